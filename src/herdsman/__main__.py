@@ -1,0 +1,3 @@
+from herdsman.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The HTTP API: OpenAI-compatible endpoints on top of the request pipeline."""

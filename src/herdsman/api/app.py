@@ -1,0 +1,73 @@
+"""The gateway's HTTP application: which path goes to which handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from herdsman.api.chat import chat_completions
+from herdsman.api.completions import completions
+from herdsman.api.errors import APIError
+from herdsman.api.responses import json_response
+from herdsman.http import Request, Response, StreamingResponse
+from herdsman.pipeline.context import ServingContext
+
+log = logging.getLogger(__name__)
+
+Endpoint = Callable[[ServingContext, Request], Awaitable[Response | StreamingResponse]]
+
+
+async def list_models(ctx: ServingContext, request: Request) -> Response:
+    model = ctx.model
+    card = {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "herdsman",
+        "root": model.name,
+        "max_model_len": model.max_context_length,
+    }
+    return json_response({"object": "list", "data": [card]})
+
+
+async def health(ctx: ServingContext, request: Request) -> Response:
+    healthy = len(ctx.registry.healthy())
+    status = 200 if healthy else 503
+    return json_response(
+        {
+            "status": "ok" if healthy else "unavailable",
+            "healthy_workers": healthy,
+            "workers": len(ctx.registry),
+        },
+        status,
+    )
+
+
+ROUTES: dict[str, dict[str, Endpoint]] = {
+    "/v1/chat/completions": {"POST": chat_completions},
+    "/v1/completions": {"POST": completions},
+    "/v1/models": {"GET": list_models},
+    "/health": {"GET": health},
+}
+
+
+class GatewayApp:
+    """Dispatches requests to endpoints and turns every ``APIError`` into its JSON response."""
+
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, request: Request) -> Response | StreamingResponse:
+        methods = ROUTES.get(request.path.rstrip("/") or "/")
+        try:
+            if methods is None:
+                raise APIError(404, f"no route for {request.path}", code="not_found")
+            endpoint = methods.get(request.method)
+            if endpoint is None:
+                allowed = ", ".join(sorted(methods))
+                raise APIError(405, f"{request.method} is not allowed here; use {allowed}")
+            return await endpoint(self.ctx, request)
+        except APIError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+            return exc.response()

@@ -1,0 +1,59 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+
+from herdsman.api.protocol import ChatCompletionRequest
+from herdsman.api.responses import (
+    decode_body,
+    json_response,
+    run_to_end,
+    stream_events,
+    usage_of,
+)
+from herdsman.api.sse import ChunkFrames
+from herdsman.http import Request, Response, StreamingResponse
+from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.generate import Generation, GenerationPlan
+from herdsman.pipeline.prepare import prepare_chat
+
+
+async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
+    body = decode_body(request.body, ChatCompletionRequest)
+    plan = prepare_chat(ctx.model, body)
+    generation = Generation(ctx, plan)
+    await generation.start()
+    created = int(time.time())
+    if plan.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        frames = ChunkFrames(plan.request_id, created, ctx.model.name, chat=True)
+        events = stream_events(frames, generation, include_usage=include_usage, announce_role=True)
+        return StreamingResponse(events)
+    return await _complete(ctx, plan, generation, created)
+
+
+async def _complete(
+    ctx: ServingContext, plan: GenerationPlan, generation: Generation, created: int
+) -> Response:
+    await run_to_end(generation)
+    choices = [
+        {
+            "index": c.index,
+            "message": {"role": "assistant", "content": "".join(c.text or ())},
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.matched_stop,
+        }
+        for c in generation.choices
+    ]
+    return json_response(
+        {
+            "id": plan.request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": ctx.model.name,
+            "choices": choices,
+            "usage": usage_of(generation),
+        }
+    )

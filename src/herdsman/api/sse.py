@@ -1,0 +1,74 @@
+"""Server-sent event frames, built from byte templates made once per request.
+
+Per token only the text is JSON-encoded; the rest of the frame is a precomputed prefix and a
+constant suffix, so a streamed token costs two concatenations and one string encode.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+DONE = b"data: [DONE]\n\n"
+
+_encode = msgspec.json.encode
+
+
+def encode_json(value: object) -> bytes:
+    return _encode(value)
+
+
+def event(payload: object) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+class ChunkFrames:
+    """Frames of one streamed response, chat (``delta.content``) or completion (``text``)."""
+
+    __slots__ = ("_close", "_heads", "_open", "_text_key")
+
+    def __init__(self, request_id: str, created: int, model: str, *, chat: bool) -> None:
+        obj = b"chat.completion.chunk" if chat else b"text_completion"
+        self._open = (
+            b'data: {"id":%b,"object":"%b","created":%d,"model":%b,"choices":[{"index":'
+            % (
+                _encode(request_id),
+                obj,
+                created,
+                _encode(model),
+            )
+        )
+        self._text_key = b'"delta":{"content":' if chat else b'"text":'
+        self._close = b"}" if chat else b""
+        self._heads: dict[int, bytes] = {}
+
+    def _head(self, index: int) -> bytes:
+        head = self._heads.get(index)
+        if head is None:
+            head = self._heads[index] = self._open + b"%d," % index + self._text_key
+        return head
+
+    def text(self, index: int, text: str) -> bytes:
+        return (
+            self._head(index)
+            + _encode(text)
+            + self._close
+            + b',"logprobs":null,"finish_reason":null}]}\n\n'
+        )
+
+    def finish(self, index: int, text: str, reason: str, stop_reason: str | int | None) -> bytes:
+        return (
+            self._head(index)
+            + _encode(text)
+            + self._close
+            + b',"logprobs":null,"finish_reason":%b,"stop_reason":%b}]}\n\n'
+            % (_encode(reason), _encode(stop_reason))
+        )
+
+    def role(self, index: int) -> bytes:
+        return self._open + (
+            b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+            b"\n\n" % index
+        )
+
+    def usage(self, usage: dict[str, object]) -> bytes:
+        return self._open[: self._open.rindex(b"[")] + b'[],"usage":%b}\n\n' % _encode(usage)

@@ -1,0 +1,23 @@
+"""Gateway configuration, as the CLI (and later env and files) produce it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    workers: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "auto"
+    model_path: str | None = None
+    tokenizer_path: str | None = None
+    served_model_name: str | None = None
+    chat_template: str | None = None
+    policy: str = "round_robin"
+    health_check_interval: float = 5.0
+    health_check_timeout: float = 2.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    drain_timeout: float = 30.0
+    log_level: str = "info"

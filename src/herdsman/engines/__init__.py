@@ -1,0 +1,24 @@
+"""Engine clients: one interface, one adapter per gRPC protocol of smg-grpc-proto."""
+
+from herdsman.engines.base import (
+    EngineClient,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineUnavailable,
+    ModelInfo,
+    SamplingParams,
+)
+from herdsman.engines.connect import BACKENDS, connect_engine
+
+__all__ = [
+    "BACKENDS",
+    "EngineClient",
+    "EngineError",
+    "EngineOutput",
+    "EngineRequest",
+    "EngineUnavailable",
+    "ModelInfo",
+    "SamplingParams",
+    "connect_engine",
+]

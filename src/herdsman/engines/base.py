@@ -1,0 +1,98 @@
+"""What the gateway needs from an inference engine, independent of its wire protocol.
+
+Adapters translate these structs to and from one proto each. They are msgspec structs because one
+``EngineOutput`` is made per streamed engine message, on the hottest path of the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+import msgspec
+
+
+class SamplingParams(msgspec.Struct, kw_only=True):
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop_token_ids: list[int] = msgspec.field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    n: int = 1
+
+
+class EngineRequest(msgspec.Struct, kw_only=True):
+    request_id: str
+    input_ids: list[int]
+    sampling: SamplingParams
+    stream: bool = True
+
+
+class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
+    """New tokens for one choice; ``finish_reason`` is set on the last output of that choice."""
+
+    index: int
+    token_ids: list[int]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+    matched_token_id: int | None = None
+    matched_stop_str: str | None = None
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    model_path: str = ""
+    served_model_name: str = ""
+    tokenizer_path: str = ""
+    model_type: str = ""
+    architectures: list[str] = msgspec.field(default_factory=list)
+    max_context_length: int = 0
+    vocab_size: int = 0
+    eos_token_ids: list[int] = msgspec.field(default_factory=list)
+    bos_token_id: int | None = None
+    supports_vision: bool = False
+
+
+class EngineError(RuntimeError):
+    """The engine failed a call; ``retryable`` when nothing was produced yet."""
+
+    def __init__(self, message: str, *, code: str = "internal", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached or refuses new work."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unavailable", retryable=True)
+
+
+class EngineClient(Protocol):
+    backend: str
+    address: str
+
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...
+
+    async def abort(self, request_ids: list[str]) -> None: ...
+
+    async def health_check(self, timeout: float) -> bool: ...
+
+    async def model_info(self) -> ModelInfo: ...
+
+    async def server_info(self) -> dict[str, object]: ...
+
+    async def fetch_tokenizer(self) -> tuple[bytes, str]:
+        """The worker's tokenizer directory as zip bytes, and the sha256 the engine announced."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,50 @@
+"""Open a client for a worker URL, choosing the protocol adapter or detecting it."""
+
+from __future__ import annotations
+
+import grpc
+
+from herdsman.engines.base import EngineClient, EngineUnavailable
+from herdsman.engines.grpc_engine import GrpcEngine, open_channel
+from herdsman.engines.sglang import SglangScheduler
+from herdsman.engines.vllm import VllmEngine
+
+BACKENDS: dict[str, type[GrpcEngine]] = {
+    VllmEngine.backend: VllmEngine,
+    SglangScheduler.backend: SglangScheduler,
+}
+
+
+def parse_worker_url(url: str) -> str:
+    """``grpc://host:port`` (or bare ``host:port``) to the gRPC target ``host:port``."""
+    target = url.removeprefix("grpc://")
+    if "://" in target or ":" not in target:
+        raise ValueError(f"worker URL must look like grpc://HOST:PORT, got {url!r}")
+    return target
+
+
+async def _speaks(engine: GrpcEngine, timeout: float) -> bool:
+    """True when the worker implements this adapter's service (probed with GetModelInfo)."""
+    try:
+        await engine._stub.GetModelInfo(engine.pb2.GetModelInfoRequest(), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        raise EngineUnavailable(f"worker unreachable: {exc.code().name} {exc.details()}") from exc
+    return True
+
+
+async def connect_engine(url: str, backend: str = "auto", timeout: float = 10.0) -> EngineClient:
+    """Connect to a worker; with ``backend="auto"`` ask each service until one answers."""
+    target = parse_worker_url(url)
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
+        return BACKENDS[backend](target, open_channel(target))
+    channel = open_channel(target)
+    for adapter in BACKENDS.values():
+        engine = adapter(target, channel)
+        if await _speaks(engine, timeout):
+            return engine
+    await channel.close()
+    raise EngineUnavailable(f"worker {url} speaks none of {sorted(BACKENDS)}")

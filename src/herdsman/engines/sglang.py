@@ -1,0 +1,50 @@
+"""Adapter for sglang.grpc.scheduler.SglangScheduler, SGLang's gRPC mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from smg_grpc_proto.generated import sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
+
+from herdsman.engines.base import EngineRequest
+from herdsman.engines.grpc_engine import GrpcEngine
+
+
+class SglangScheduler(GrpcEngine):
+    backend = "sglang"
+    pb2 = sglang_scheduler_pb2
+
+    def _make_stub(self, channel: grpc.aio.Channel) -> Any:
+        return sglang_scheduler_pb2_grpc.SglangSchedulerStub(channel)
+
+    def _generate_request(self, request: EngineRequest) -> sglang_scheduler_pb2.GenerateRequest:
+        s = request.sampling
+        # SGLang's scalar fields have no presence: absent means 0, so defaults are sent explicitly.
+        params = sglang_scheduler_pb2.SamplingParams(
+            temperature=1.0 if s.temperature is None else s.temperature,
+            top_p=1.0 if s.top_p is None else s.top_p,
+            top_k=-1 if s.top_k is None or s.top_k <= 0 else s.top_k,
+            min_p=s.min_p or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            presence_penalty=s.presence_penalty or 0.0,
+            repetition_penalty=1.0 if s.repetition_penalty is None else s.repetition_penalty,
+            min_new_tokens=s.min_tokens,
+            stop_token_ids=s.stop_token_ids,
+            ignore_eos=s.ignore_eos,
+            n=s.n,
+            skip_special_tokens=False,
+            # The gateway matches stop strings on the text; the engine must not trim.
+            no_stop_trim=True,
+        )
+        if s.max_tokens is not None:
+            params.max_new_tokens = s.max_tokens
+        return sglang_scheduler_pb2.GenerateRequest(
+            request_id=request.request_id,
+            tokenized=sglang_scheduler_pb2.TokenizedInput(input_ids=request.input_ids),
+            sampling_params=params,
+            stream=request.stream,
+        )
+
+    def _abort_requests(self, request_ids: list[str]) -> list[Any]:
+        return [sglang_scheduler_pb2.AbortRequest(request_id=rid) for rid in request_ids]

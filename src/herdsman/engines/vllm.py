@@ -1,0 +1,51 @@
+"""Adapter for vllm.grpc.engine.VllmEngine, the service ``vllm serve --grpc`` exposes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from smg_grpc_proto.generated import vllm_engine_pb2, vllm_engine_pb2_grpc
+
+from herdsman.engines.base import EngineRequest
+from herdsman.engines.grpc_engine import GrpcEngine
+
+
+class VllmEngine(GrpcEngine):
+    backend = "vllm"
+    pb2 = vllm_engine_pb2
+
+    def _make_stub(self, channel: grpc.aio.Channel) -> Any:
+        return vllm_engine_pb2_grpc.VllmEngineStub(channel)
+
+    def _generate_request(self, request: EngineRequest) -> vllm_engine_pb2.GenerateRequest:
+        s = request.sampling
+        params = vllm_engine_pb2.SamplingParams(
+            top_p=1.0 if s.top_p is None else s.top_p,
+            top_k=0 if s.top_k is None or s.top_k < 0 else s.top_k,
+            min_p=s.min_p or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            presence_penalty=s.presence_penalty or 0.0,
+            repetition_penalty=1.0 if s.repetition_penalty is None else s.repetition_penalty,
+            min_tokens=s.min_tokens,
+            stop_token_ids=s.stop_token_ids,
+            ignore_eos=s.ignore_eos,
+            n=s.n,
+            # The gateway detokenizes; the engine never sees text, so it keeps special ids.
+            skip_special_tokens=False,
+        )
+        if s.temperature is not None:
+            params.temperature = s.temperature
+        if s.max_tokens is not None:
+            params.max_tokens = s.max_tokens
+        if s.seed is not None:
+            params.seed = s.seed
+        return vllm_engine_pb2.GenerateRequest(
+            request_id=request.request_id,
+            tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),
+            sampling_params=params,
+            stream=request.stream,
+        )
+
+    def _abort_requests(self, request_ids: list[str]) -> list[Any]:
+        return [vllm_engine_pb2.AbortRequest(request_ids=request_ids)]

@@ -1,0 +1,42 @@
+"""Everything a request needs that outlives it: the model, its tokenizer, the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from herdsman.routing import RoutingPolicy, WorkerRegistry
+from herdsman.tokenizer import ModelTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServedModel:
+    name: str
+    tokenizer: ModelTokenizer
+    max_context_length: int
+    eos_token_ids: tuple[int, ...]
+    created: int
+
+
+@dataclass(slots=True)
+class ServingContext:
+    model: ServedModel
+    registry: WorkerRegistry
+    policy: RoutingPolicy
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run fire-and-forget work (an Abort) that must survive the request that started it."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %s", task.get_name(), task.exception())

@@ -1,0 +1,148 @@
+"""Run one generation on a worker and turn its token stream into per-choice text deltas.
+
+This is the stage that owns the engine request: whatever way it ends (done, stop string, client
+gone, error), the engine is told to stop work nobody will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import msgspec
+
+from herdsman.api.errors import APIError
+from herdsman.engines import EngineError, EngineOutput, EngineRequest, EngineUnavailable
+from herdsman.engines import SamplingParams as EngineSampling
+from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.postprocess import ChoiceOutput
+from herdsman.routing import Worker
+
+log = logging.getLogger(__name__)
+
+
+class GenerationPlan(msgspec.Struct, kw_only=True):
+    """What preparation decided: the ids to send and how to generate and post-process."""
+
+    request_id: str
+    input_ids: list[int]
+    sampling: EngineSampling
+    stops: list[str]
+    skip_special_tokens: bool = True
+    stream: bool = True
+
+
+class Generation:
+    def __init__(self, ctx: ServingContext, plan: GenerationPlan) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        tokenizer = ctx.model.tokenizer
+        self.choices = [
+            ChoiceOutput(
+                i,
+                tokenizer,
+                plan.stops,
+                skip_special_tokens=plan.skip_special_tokens,
+                keep_text=not plan.stream,
+            )
+            for i in range(plan.sampling.n)
+        ]
+        self.prompt_tokens = len(plan.input_ids)
+        self.cached_tokens = 0
+        self._started: tuple[AsyncGenerator[EngineOutput, None], EngineOutput | None, Worker] | None
+        self._started = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.token_count for c in self.choices)
+
+    async def start(self) -> None:
+        """Pick a worker and wait for the engine's first output.
+
+        Separate from ``run`` so that a request nobody can serve still gets a plain HTTP error
+        (503, 502) rather than a stream that opens and fails.
+        """
+        plan = self._plan
+        request = EngineRequest(
+            request_id=plan.request_id,
+            input_ids=plan.input_ids,
+            sampling=plan.sampling,
+            stream=plan.stream,
+        )
+        self._started = await self._open(request)
+
+    async def run(self) -> AsyncIterator[tuple[ChoiceOutput, str]]:
+        """Yield ``(choice, text_delta)``; a choice's last yield has ``choice.done`` set."""
+        if self._started is None:
+            await self.start()
+        assert self._started is not None
+        outputs, out, worker = self._started
+        remaining = len(self.choices)
+        worker.in_flight += 1
+        try:
+            while out is not None:
+                choice = self.choices[out.index]
+                if not choice.done:
+                    text = choice.push(out.token_ids) if out.token_ids else ""
+                    if out.finish_reason is not None and not choice.done:
+                        text += choice.finish(_finish_reason(out), out.matched_token_id)
+                        self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+                    if choice.done:
+                        remaining -= 1
+                        yield choice, text
+                        if remaining == 0:
+                            break
+                    elif text:
+                        yield choice, text
+                out = await anext(outputs, None)
+            if remaining:
+                raise EngineError("engine ended the stream before every choice finished")
+        except EngineError as exc:
+            if isinstance(exc, EngineUnavailable):
+                worker.mark_failed(str(exc))
+            raise APIError(502, f"engine failed: {exc}", code="engine_error") from exc
+        finally:
+            worker.in_flight -= 1
+            await outputs.aclose()
+            # Stopped early (stop string, client gone, error): the engine must stop too.
+            if remaining or any(isinstance(c.matched_stop, str) for c in self.choices):
+                self._abort(worker)
+
+    async def _open(
+        self, request: EngineRequest
+    ) -> tuple[AsyncGenerator[EngineOutput, None], EngineOutput | None, Worker]:
+        """Open the engine stream, moving on to another worker while one refuses the request."""
+        tried: set[int] = set()
+        while True:
+            healthy = [w for w in self._ctx.registry.healthy() if id(w) not in tried]
+            worker = self._ctx.policy.select(healthy, request.input_ids)
+            if worker is None:
+                raise APIError(503, "no healthy engine worker is available", code="no_worker")
+            tried.add(id(worker))
+            outputs = worker.engine.generate(request)
+            try:
+                first = await anext(outputs, None)
+            except EngineUnavailable as exc:
+                worker.mark_failed(str(exc))
+                continue
+            except EngineError as exc:
+                raise APIError(502, f"engine failed: {exc}", code="engine_error") from exc
+            except asyncio.CancelledError:
+                await outputs.aclose()
+                self._abort(worker)
+                raise
+            return outputs, first, worker
+
+    def _abort(self, worker: Worker) -> None:
+        rid = self._plan.request_id
+        self._ctx.spawn(worker.engine.abort([rid]), name=f"abort {rid}")
+
+
+def _finish_reason(out: EngineOutput) -> str:
+    reason = out.finish_reason or "stop"
+    if reason == "length":
+        return "length"
+    if reason in ("abort", "error"):
+        raise EngineError(f"engine finished the request with {reason!r}")
+    return "stop"

@@ -1,0 +1,58 @@
+"""Per-choice output processing: token ids to text deltas, with stop strings applied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from herdsman.tokenizer import ModelTokenizer, StopChecker
+
+
+class ChoiceOutput:
+    """The state of one choice (one of ``n``) while its tokens stream in."""
+
+    __slots__ = ("_detok", "_stop", "finish_reason", "index", "matched_stop", "text", "token_count")
+
+    def __init__(
+        self,
+        index: int,
+        tokenizer: ModelTokenizer,
+        stops: Sequence[str],
+        *,
+        skip_special_tokens: bool,
+        keep_text: bool,
+    ) -> None:
+        self.index = index
+        self._detok = tokenizer.detokenizer(skip_special_tokens=skip_special_tokens)
+        self._stop = StopChecker(stops) if stops else None
+        self.token_count = 0
+        self.finish_reason: str | None = None
+        self.matched_stop: str | int | None = None
+        # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
+        self.text: list[str] | None = [] if keep_text else None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string."""
+        self.token_count += len(token_ids)
+        text = self._detok.push(token_ids)
+        if self._stop is not None and text:
+            text = self._stop.feed(text)
+            if self._stop.matched is not None:
+                self.finish_reason = "stop"
+                self.matched_stop = self._stop.matched
+        return self._keep(text)
+
+    def finish(self, reason: str, matched_token_id: int | None = None) -> str:
+        """The engine ended this choice; release anything held back for a possible stop."""
+        self.finish_reason = reason
+        if matched_token_id is not None:
+            self.matched_stop = matched_token_id
+        return self._keep(self._stop.flush() if self._stop is not None else "")
+
+    def _keep(self, text: str) -> str:
+        if self.text is not None and text:
+            self.text.append(text)
+        return text

@@ -1,0 +1,54 @@
+"""The engine workers this gateway knows, with what each serves and whether it is healthy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from herdsman.engines import EngineClient, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    url: str
+    engine: EngineClient
+    model: ModelInfo
+    healthy: bool = True
+    in_flight: int = 0
+    consecutive_failures: int = field(default=0, repr=False)
+
+    def mark_failed(self, reason: str) -> None:
+        self.consecutive_failures += 1
+        if self.healthy:
+            log.warning("worker %s marked unhealthy: %s", self.url, reason)
+        self.healthy = False
+
+    def mark_healthy(self) -> None:
+        if not self.healthy:
+            log.info("worker %s healthy again", self.url)
+        self.healthy = True
+        self.consecutive_failures = 0
+
+
+class WorkerRegistry:
+    def __init__(self) -> None:
+        self._workers: list[Worker] = []
+
+    def add(self, worker: Worker) -> None:
+        self._workers.append(worker)
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self._workers)
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def healthy(self) -> list[Worker]:
+        return [w for w in self._workers if w.healthy]
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            await worker.engine.close()

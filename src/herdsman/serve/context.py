@@ -1,0 +1,66 @@
+"""Build the serving context: connect to every worker, learn the model, load its tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from herdsman.config import GatewayConfig
+from herdsman.engines import ModelInfo, connect_engine
+from herdsman.pipeline.context import ServedModel, ServingContext
+from herdsman.routing import POLICIES, Worker, WorkerRegistry
+from herdsman.serve.tokenizer_source import fetch_from_worker
+from herdsman.tokenizer import load_model_tokenizer
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CONTEXT = 32768
+
+
+async def _connect_all(config: GatewayConfig) -> WorkerRegistry:
+    engines = await asyncio.gather(*(connect_engine(url, config.backend) for url in config.workers))
+    infos = await asyncio.gather(*(engine.model_info() for engine in engines))
+    registry = WorkerRegistry()
+    for url, engine, info in zip(config.workers, engines, infos, strict=True):
+        registry.add(Worker(url=url, engine=engine, model=info))
+        log.info("worker %s: %s backend, model %r", url, engine.backend, info.served_model_name)
+    return registry
+
+
+def _served_name(config: GatewayConfig, info: ModelInfo, tokenizer_dir: Path) -> str:
+    return (
+        config.served_model_name
+        or info.served_model_name
+        or Path(info.model_path).name
+        or tokenizer_dir.name
+    )
+
+
+async def build_context(config: GatewayConfig) -> ServingContext:
+    if not config.workers:
+        raise ValueError("at least one --worker grpc://HOST:PORT is needed")
+    registry = await _connect_all(config)
+    first = next(iter(registry))
+    local = config.tokenizer_path or config.model_path
+    tokenizer_dir = Path(local) if local else await fetch_from_worker(first.engine)
+    tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
+    info = first.model
+    # The engine's own EOS list wins; the tokenizer's fills in when the engine does not say.
+    eos = tuple(info.eos_token_ids) or tokenizer.eos_token_ids
+    model = ServedModel(
+        name=_served_name(config, info, tokenizer_dir),
+        tokenizer=tokenizer,
+        max_context_length=info.max_context_length
+        or tokenizer.model_max_length
+        or _DEFAULT_CONTEXT,
+        eos_token_ids=eos,
+        created=int(time.time()),
+    )
+    if config.policy not in POLICIES:
+        raise ValueError(f"unknown policy {config.policy!r}; choose from {sorted(POLICIES)}")
+    log.info(
+        "serving %r (context %d, tokenizer %s)", model.name, model.max_context_length, tokenizer_dir
+    )
+    return ServingContext(model=model, registry=registry, policy=POLICIES[config.policy]())

@@ -1,0 +1,7 @@
+"""engine-sim: a simulated LLM inference engine speaking the real vLLM / SGLang gRPC protocols.
+
+It exists so the gateway can be tested and benchmarked without a GPU: it streams token ids that
+decode to real text of the model's vocabulary, honours the sampling fields a gateway relies on
+(max/min tokens, stop ids, EOS, n, logprobs), models TTFT/ITL and a prefix cache, and can inject
+faults on demand.
+"""

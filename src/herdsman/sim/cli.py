@@ -1,0 +1,145 @@
+"""Command-line entry points of `herdsman engine-sim` (wired into the main CLI by the lead)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from herdsman.sim.options import SimOptions
+from herdsman.sim.server import serve
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model and server")
+    model.add_argument(
+        "--model-path",
+        required=True,
+        metavar="DIR",
+        help="model directory: tokenizer.json (required), tokenizer_config.json, config.json, "
+        "generation_config.json",
+    )
+    model.add_argument("--backend", choices=("vllm", "sglang"), default="vllm")
+    model.add_argument("--host", default="127.0.0.1")
+    model.add_argument("--port", type=_non_negative_int, default=50051, help="0 picks a free port")
+    model.add_argument("--served-model-name", default=None, help="default: the directory name")
+    model.add_argument("--max-model-len", type=_positive_int, default=None)
+    model.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        default=1024,
+        help="sequences decoded at once; the rest queue as waiting",
+    )
+    model.add_argument(
+        "--default-max-tokens",
+        type=_non_negative_int,
+        default=256,
+        help="output length when a request sets no max tokens",
+    )
+    model.add_argument("--seed", type=int, default=0, help="varies which text requests get")
+    model.add_argument(
+        "--abort-log",
+        metavar="FILE",
+        default=None,
+        help="append 'abort <id>' per Abort RPC id and 'cancel <id>' per client cancel",
+    )
+    model.add_argument("--log-level", default="WARNING")
+
+    timing = parser.add_argument_group("timing model (all 0: as fast as possible)")
+    timing.add_argument("--ttft-base-ms", type=_non_negative_float, default=5.0)
+    timing.add_argument(
+        "--prefill-ms-per-1k",
+        type=_non_negative_float,
+        default=20.0,
+        help="added TTFT per 1000 prompt tokens not served from the prefix cache",
+    )
+    timing.add_argument("--itl-base-ms", type=_non_negative_float, default=10.0)
+    timing.add_argument(
+        "--itl-per-running-ms",
+        type=_non_negative_float,
+        default=0.02,
+        help="added inter-token latency per running sequence",
+    )
+    timing.add_argument(
+        "--tokens-per-message",
+        type=_positive_int,
+        default=1,
+        help="tokens batched per stream chunk (the first token is always sent at once)",
+    )
+    timing.add_argument(
+        "--cache-blocks",
+        type=_non_negative_int,
+        default=65536,
+        help="prefix-cache capacity in 16-token blocks (0 disables caching)",
+    )
+
+    faults = parser.add_argument_group("behaviour and fault injection")
+    faults.add_argument(
+        "--eos-after",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="emit the model's EOS id as output token N+1 (unless ignore_eos)",
+    )
+    faults.add_argument(
+        "--fail-after-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="end each Generate with status INTERNAL after N tokens",
+    )
+    faults.add_argument(
+        "--exit-after-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="kill the whole process (exit code 3) once a request has N tokens",
+    )
+    faults.add_argument(
+        "--hang",
+        action="store_true",
+        help="accept Generate calls but never produce tokens",
+    )
+    faults.add_argument(
+        "--reject-new",
+        action="store_true",
+        help="fail Generate with UNAVAILABLE and report unhealthy",
+    )
+
+
+def _run_loop(options: SimOptions) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(options))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(options))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=str(args.log_level).upper(),
+        format="%(asctime)s engine-sim %(levelname)s %(name)s: %(message)s",
+    )
+    return _run_loop(SimOptions.from_namespace(args))

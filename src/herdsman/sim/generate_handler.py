@@ -1,0 +1,109 @@
+"""The Generate RPC: submits to the engine and ships what the step loop produces.
+
+Ending behaviour, as a gateway sees it:
+- normal end: one GenerateComplete per output index, status OK;
+- Abort RPC: the tokens produced so far, then GenerateComplete(finish_reason="abort") for each
+  unfinished index, status OK;
+- --fail-after-tokens N: exactly N tokens streamed, then status INTERNAL;
+- --exit-after-tokens N: N tokens streamed, then the process dies (the client sees UNAVAILABLE);
+- --reject-new: status UNAVAILABLE before anything is accepted;
+- an invalid request (empty or over-long prompt): status INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import grpc
+
+from herdsman.sim.engine import SimEngine
+from herdsman.sim.sim_request import RequestState, SimRequest
+from herdsman.sim.wire import ProtoWire
+
+logger = logging.getLogger(__name__)
+
+INJECTED_EXIT_CODE = 3
+# Time for the last chunk to leave the socket before the injected exit tears the process down.
+_EXIT_GRACE_S = 0.05
+
+
+async def run_generate(
+    engine: SimEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
+) -> None:
+    if engine.options.reject_new:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "engine-sim rejects new requests (--reject-new)"
+        )
+        return
+    try:
+        request = engine.submit(wire.parse_generate(message))
+    except ValueError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return
+    try:
+        await _ship(engine, wire, request, context)
+    except grpc.aio.AbortError:
+        engine.release(request, cancelled=False)
+        raise
+    except BaseException:
+        # CancelledError when the client cancels; a failed write when it vanished mid-send.
+        engine.release(request, cancelled=True)
+        raise
+    engine.release(request, cancelled=False)
+
+
+async def _ship(
+    engine: SimEngine, wire: ProtoWire, request: SimRequest, context: grpc.aio.ServicerContext
+) -> None:
+    # Headers go out before the first token, as vLLM's servicer does, so a client awaiting the
+    # call object does not wait out the TTFT.
+    await context.send_initial_metadata(())
+    per_message = engine.options.tokens_per_message
+    stream = request.params.stream
+    sequences = request.sequences
+    wake = request.wake
+    while True:
+        await wake.wait()
+        wake.clear()
+        for seq in sequences:
+            if stream:
+                start = seq.flushed
+                end = len(seq.output)
+                if end > start and (
+                    end - start >= per_message or start == 0 or seq.finish_reason is not None
+                ):
+                    seq.flushed = end
+                    await context.write(wire.chunk(request, seq, start, end))
+            if (
+                seq.finish_reason is not None
+                and not seq.complete_sent
+                and request.state is not RequestState.FAILED
+            ):
+                seq.complete_sent = True
+                await context.write(wire.complete(request, seq))
+        if request.exit_now:
+            await _exit_abruptly(request)
+        if request.state is RequestState.FAILED:
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"engine-sim injected failure after {request.generated_tokens} tokens "
+                "(--fail-after-tokens)",
+            )
+        if all(seq.complete_sent for seq in sequences):
+            return
+
+
+async def _exit_abruptly(request: SimRequest) -> None:
+    logger.warning(
+        "exiting after %d tokens of %s (--exit-after-tokens)",
+        request.generated_tokens,
+        request.params.request_id,
+    )
+    await asyncio.sleep(_EXIT_GRACE_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INJECTED_EXIT_CODE)

@@ -1,0 +1,63 @@
+"""Settings of one engine-sim process, decoupled from argparse so tests can build them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Backend = Literal["vllm", "sglang"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    model_path: Path
+    backend: Backend = "vllm"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    seed: int = 0
+    served_model_name: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 1024
+    default_max_tokens: int = 256
+    # Timing model, in milliseconds.
+    ttft_base_ms: float = 5.0
+    prefill_ms_per_1k: float = 20.0
+    itl_base_ms: float = 10.0
+    itl_per_running_ms: float = 0.02
+    tokens_per_message: int = 1
+    cache_blocks: int = 65536
+    # Behaviour and fault injection.
+    eos_after: int | None = None
+    fail_after_tokens: int | None = None
+    exit_after_tokens: int | None = None
+    hang: bool = False
+    reject_new: bool = False
+    abort_log: Path | None = None
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> SimOptions:
+        return cls(
+            model_path=Path(args.model_path),
+            backend=args.backend,
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            served_model_name=args.served_model_name,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            default_max_tokens=args.default_max_tokens,
+            ttft_base_ms=args.ttft_base_ms,
+            prefill_ms_per_1k=args.prefill_ms_per_1k,
+            itl_base_ms=args.itl_base_ms,
+            itl_per_running_ms=args.itl_per_running_ms,
+            tokens_per_message=args.tokens_per_message,
+            cache_blocks=args.cache_blocks,
+            eos_after=args.eos_after,
+            fail_after_tokens=args.fail_after_tokens,
+            exit_after_tokens=args.exit_after_tokens,
+            hang=args.hang,
+            reject_new=args.reject_new,
+            abort_log=Path(args.abort_log) if args.abort_log else None,
+        )

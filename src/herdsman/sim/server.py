@@ -1,0 +1,98 @@
+"""Assembles and runs one engine-sim gRPC server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+import grpc
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc, vllm_engine_pb2_grpc
+from tokenizers import Tokenizer
+
+from herdsman.sim.abort_log import AbortLog
+from herdsman.sim.engine import SimEngine
+from herdsman.sim.model_card import load_model_card
+from herdsman.sim.options import SimOptions
+from herdsman.sim.sglang_servicer import SglangSimServicer
+from herdsman.sim.text_source import TextSource
+from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle
+from herdsman.sim.vllm_servicer import VllmSimServicer
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_GRACE_S = 1.0
+_SERVER_OPTIONS = [
+    # Two sims must never silently share a fixed port.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+def listening_line(host: str, port: int, backend: str) -> str:
+    """The one stdout line a parent process waits for to learn the bound port."""
+    return f"engine-sim listening on {host}:{port} backend={backend}"
+
+
+async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | None = None) -> int:
+    model_dir = options.model_path
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        print(f"engine-sim: {tokenizer_file} not found", file=sys.stderr)
+        return 2
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    card = load_model_card(
+        model_dir,
+        tokenizer,
+        served_model_name=options.served_model_name,
+        max_model_len=options.max_model_len,
+    )
+    abort_log = AbortLog(options.abort_log)
+    engine = SimEngine(options, card, TextSource(tokenizer), abort_log)
+    bundle = LazyTokenizerBundle(model_dir)
+
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    if options.backend == "sglang":
+        sglang_scheduler_pb2_grpc.add_SglangSchedulerServicer_to_server(
+            SglangSimServicer(engine, tokenizer, bundle), server
+        )
+    else:
+        vllm_engine_pb2_grpc.add_VllmEngineServicer_to_server(
+            VllmSimServicer(engine, tokenizer, bundle), server
+        )
+    address = f"[{options.host}]" if ":" in options.host else options.host
+    try:
+        port = server.add_insecure_port(f"{address}:{options.port}")
+    except RuntimeError as exc:
+        print(f"engine-sim: cannot bind {address}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    await server.start()
+    engine.start()
+    print(listening_line(options.host, port, options.backend), flush=True)
+    logger.info(
+        "serving %s (%s), max context %d, eos %s",
+        card.served_model_name,
+        card.model_path,
+        card.max_context_length,
+        list(card.eos_token_ids),
+    )
+    if on_listening is not None:
+        on_listening(port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(_SHUTDOWN_GRACE_S)
+        await engine.stop()
+        abort_log.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0

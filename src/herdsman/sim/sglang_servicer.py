@@ -1,0 +1,151 @@
+"""sglang.grpc.scheduler.SglangScheduler served by the simulated engine.
+
+RPCs not overridden here (Embed, FlushCache, profiling, SubscribeKvEvents, LoRA) keep the
+generated base class's UNIMPLEMENTED behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
+from tokenizers import Tokenizer
+
+from herdsman.sim.engine import SimEngine
+from herdsman.sim.generate_handler import run_generate
+from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, wants_rank_zero
+from herdsman.sim.prefix_cache import BLOCK_SIZE
+from herdsman.sim.sglang_wire import SglangWire
+from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
+
+pb = sglang_scheduler_pb2
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
+    def __init__(
+        self, engine: SimEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
+    ) -> None:
+        self._engine = engine
+        self._wire = SglangWire(engine.card, tokenizer)
+        self._bundle = bundle
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await run_generate(self._engine, self._wire, request, context)
+
+    async def Abort(
+        self, request: pb.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortResponse:
+        found = self._engine.abort(request.request_id)
+        return pb.AbortResponse(
+            success=True,
+            message=f"aborted {found} request(s)" if found else "request not in flight",
+        )
+
+    async def HealthCheck(
+        self, request: pb.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HealthCheckResponse:
+        if self._engine.options.reject_new:
+            return pb.HealthCheckResponse(
+                healthy=False, message="engine-sim rejects new requests (--reject-new)"
+            )
+        return pb.HealthCheckResponse(healthy=True, message="Health")
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        card = self._engine.card
+        return pb.GetModelInfoResponse(
+            model_path=card.model_path,
+            tokenizer_path=card.model_path,
+            is_generation=True,
+            weight_version="default",
+            served_model_name=card.served_model_name,
+            max_context_length=card.max_context_length,
+            vocab_size=card.vocab_size,
+            supports_vision=False,
+            model_type=card.model_type,
+            eos_token_ids=card.eos_token_ids,
+            pad_token_id=card.pad_token_id or 0,
+            bos_token_id=card.bos_token_id or 0,
+            max_req_input_len=card.max_context_length - 1,
+            architectures=card.architectures,
+            default_sampling_params_json=card.default_sampling_params_json,
+        )
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        engine = self._engine
+        opts = engine.options
+        card = engine.card
+        start_time = timestamp_pb2.Timestamp()
+        start_time.FromNanoseconds(int(engine.started_wall * 1e9))
+        aborts = engine.abort_log
+        return pb.GetServerInfoResponse(
+            server_args=_struct(
+                {
+                    "model_path": card.model_path,
+                    "tokenizer_path": card.model_path,
+                    "served_model_name": card.served_model_name,
+                    "context_length": card.max_context_length,
+                    "max_running_requests": opts.max_num_seqs,
+                    "page_size": BLOCK_SIZE,
+                    "tp_size": 1,
+                    "dp_size": 1,
+                    "dtype": card.dtype,
+                }
+            ),
+            scheduler_info=_struct(
+                {
+                    "max_total_num_tokens": engine.cache.capacity_tokens,
+                    "aborted_requests": aborts.counts["abort"],
+                    "cancelled_requests": aborts.counts["cancel"],
+                }
+            ),
+            active_requests=engine.active_requests,
+            is_paused=False,
+            last_receive_timestamp=engine.last_receive_timestamp,
+            uptime_seconds=engine.uptime_seconds,
+            sglang_version=SIM_VERSION,
+            server_type=self._wire.server_type,
+            start_time=start_time,
+            max_total_num_tokens=engine.cache.capacity_tokens,
+        )
+
+    async def GetLoads(
+        self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLoadsResponse:
+        loads = []
+        if wants_rank_zero(request):
+            loads.append(scheduler_load(pb.SchedulerLoad, self._engine.load()))
+        running = sum(load.num_running_reqs for load in loads)
+        waiting = sum(load.num_waiting_reqs for load in loads)
+        return pb.GetLoadsResponse(
+            timestamp=iso_timestamp(),
+            version=SIM_VERSION,
+            dp_rank_count=1,
+            loads=loads,
+            aggregate=pb.AggregateMetrics(
+                total_running_reqs=running,
+                total_waiting_reqs=waiting,
+                total_reqs=running + waiting,
+                avg_token_usage=loads[0].token_usage if loads else 0.0,
+                avg_throughput=loads[0].gen_throughput if loads else 0.0,
+                avg_utilization=loads[0].utilization if loads else 0.0,
+            ),
+        )
+
+    async def GetTokenizer(
+        self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await stream_tokenizer_bundle(await self._bundle.get(), context)

@@ -1,0 +1,101 @@
+"""A Generate call as the simulated engine sees it, independent of the wire protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int | None
+    min_tokens: int
+    stop_token_ids: frozenset[int]
+    ignore_eos: bool
+    n: int
+    stream: bool
+    # None: not requested. 0: the sampled token's logprob only. k > 0: also k alternatives.
+    logprobs: int | None
+    seed: int | None
+
+
+class RequestState(Enum):
+    PENDING = "pending"  # queued behind --max-num-seqs
+    PREFILL = "prefill"  # admitted, first token not produced yet
+    RUNNING = "running"
+    HUNG = "hung"  # --hang: accepted and never scheduled
+    FINISHED = "finished"
+    ABORTED = "aborted"
+    FAILED = "failed"  # --fail-after-tokens fired
+
+
+class SimSequence:
+    """One of the n outputs of a request."""
+
+    __slots__ = (
+        "complete_sent",
+        "cursor",
+        "eos_at",
+        "finish_reason",
+        "flushed",
+        "index",
+        "matched_token_id",
+        "max_tokens",
+        "output",
+        "request",
+        "stopped_by_eos",
+    )
+
+    def __init__(
+        self, request: SimRequest, index: int, cursor: int, max_tokens: int, eos_at: int
+    ) -> None:
+        self.request = request
+        self.index = index
+        self.cursor = cursor
+        self.max_tokens = max_tokens
+        # Output position at which --eos-after forces an EOS id; -1 when it never does.
+        self.eos_at = eos_at
+        self.output: list[int] = []
+        # Tokens already handed to the Generate handler.
+        self.flushed = 0
+        self.finish_reason: str | None = None
+        self.matched_token_id: int | None = None
+        self.stopped_by_eos = False
+        self.complete_sent = False
+
+
+class SimRequest:
+    __slots__ = (
+        "cached_tokens",
+        "exit_now",
+        "logprob_key",
+        "params",
+        "prompt_len",
+        "ready_at",
+        "sequences",
+        "state",
+        "wake",
+    )
+
+    def __init__(self, params: GenerationParams, key: int) -> None:
+        self.params = params
+        self.sequences: list[SimSequence] = []
+        self.prompt_len = len(params.prompt_ids)
+        self.cached_tokens = 0
+        self.ready_at = 0.0
+        self.state = RequestState.PENDING
+        self.logprob_key = key
+        # Set by the scheduler whenever the handler has something to send or the request ended.
+        self.wake = asyncio.Event()
+        self.exit_now = False
+
+    @property
+    def done(self) -> bool:
+        return self.state in (RequestState.FINISHED, RequestState.ABORTED, RequestState.FAILED)
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(s.output) for s in self.sequences)

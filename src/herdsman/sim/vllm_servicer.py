@@ -1,0 +1,103 @@
+"""vllm.grpc.engine.VllmEngine served by the simulated engine.
+
+RPCs not overridden here (Embed, FlushCache, profiling, SubscribeKvEvents) keep the generated
+base class's UNIMPLEMENTED behaviour.
+"""
+
+from __future__ import annotations
+
+import grpc
+from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2, vllm_engine_pb2_grpc
+from tokenizers import Tokenizer
+
+from herdsman.sim.engine import SimEngine
+from herdsman.sim.generate_handler import run_generate
+from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, wants_rank_zero
+from herdsman.sim.prefix_cache import BLOCK_SIZE
+from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
+from herdsman.sim.vllm_wire import VllmWire
+
+pb = vllm_engine_pb2
+
+
+class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
+    def __init__(
+        self, engine: SimEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
+    ) -> None:
+        self._engine = engine
+        self._wire = VllmWire(engine.card, tokenizer)
+        self._bundle = bundle
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await run_generate(self._engine, self._wire, request, context)
+
+    async def Abort(
+        self, request: pb.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortResponse:
+        for request_id in request.request_ids:
+            self._engine.abort(request_id)
+        return pb.AbortResponse()
+
+    async def HealthCheck(
+        self, request: pb.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HealthCheckResponse:
+        if self._engine.options.reject_new:
+            return pb.HealthCheckResponse(
+                healthy=False, message="engine-sim rejects new requests (--reject-new)"
+            )
+        return pb.HealthCheckResponse(healthy=True, message="Health")
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        card = self._engine.card
+        return pb.GetModelInfoResponse(
+            model_path=card.model_path,
+            is_generation=True,
+            max_context_length=card.max_context_length,
+            vocab_size=card.vocab_size,
+            supports_vision=False,
+            served_model_name=card.served_model_name,
+            tokenizer_path=card.model_path,
+            model_type=card.model_type,
+            architectures=card.architectures,
+            eos_token_ids=card.eos_token_ids,
+            pad_token_id=card.pad_token_id or 0,
+            bos_token_id=card.bos_token_id or 0,
+            max_req_input_len=card.max_context_length,
+            default_sampling_params_json=card.default_sampling_params_json,
+        )
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        engine = self._engine
+        return pb.GetServerInfoResponse(
+            active_requests=engine.active_requests,
+            is_paused=False,
+            last_receive_timestamp=engine.last_receive_timestamp,
+            uptime_seconds=engine.uptime_seconds,
+            server_type=self._wire.server_type,
+            data_parallel_size=1,
+            kv_cache_dtype="auto",
+            block_size=BLOCK_SIZE,
+            model_dtype=f"torch.{engine.card.dtype}",
+            max_num_seqs=engine.options.max_num_seqs,
+        )
+
+    async def GetLoads(
+        self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLoadsResponse:
+        loads = []
+        if wants_rank_zero(request):
+            loads.append(scheduler_load(pb.SchedulerLoad, self._engine.load()))
+        return pb.GetLoadsResponse(
+            timestamp=iso_timestamp(), version=SIM_VERSION, dp_rank_count=1, loads=loads
+        )
+
+    async def GetTokenizer(
+        self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await stream_tokenizer_bundle(await self._bundle.get(), context)

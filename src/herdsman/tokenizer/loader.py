@@ -1,0 +1,90 @@
+"""Load a model's tokenizer, chat template and EOS ids from a Hugging Face style directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from herdsman.tokenizer.chat_template import ChatTemplate
+from herdsman.tokenizer.tokenizer import ModelTokenizer
+
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class TokenizerLoadError(RuntimeError):
+    pass
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value: Any) -> str | None:
+    # tokenizer_config.json writes special tokens either as strings or as AddedToken dicts.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _template_source(directory: Path, config: dict[str, Any], override: str | None) -> str | None:
+    if override:
+        path = Path(override)
+        return path.read_text(encoding="utf-8") if path.is_file() else override
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template: Any = _read_json(directory / "chat_template.json").get("chat_template")
+    if template is None:
+        template = config.get("chat_template")
+    if isinstance(template, list):
+        # Named templates: transformers uses the one called "default" for plain chat.
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def _eos_ids(directory: Path, tokenizer: Tokenizer, eos_token: str | None) -> tuple[int, ...]:
+    ids: list[int] = []
+    generation = _read_json(directory / "generation_config.json").get("eos_token_id")
+    if isinstance(generation, int):
+        ids.append(generation)
+    elif isinstance(generation, list):
+        ids.extend(i for i in generation if isinstance(i, int))
+    if eos_token is not None:
+        token_id = tokenizer.token_to_id(eos_token)
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    return tuple(ids)
+
+
+def load_model_tokenizer(directory: str | Path, chat_template: str | None = None) -> ModelTokenizer:
+    """Load from a local directory holding tokenizer.json (and usually tokenizer_config.json)."""
+    directory = Path(directory)
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise TokenizerLoadError(f"no tokenizer.json in {directory}")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises plain Exception on malformed files
+        raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
+    config = _read_json(directory / "tokenizer_config.json")
+    special = {key: _token_text(config.get(key)) for key in _SPECIAL_TOKEN_KEYS}
+    source = _template_source(directory, config, chat_template)
+    max_length = config.get("model_max_length")
+    return ModelTokenizer(
+        tokenizer=tokenizer,
+        chat_template=ChatTemplate(source, special) if source else None,
+        eos_token_ids=_eos_ids(directory, tokenizer, special["eos_token"]),
+        special_tokens=special,
+        model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
+        source=str(directory),
+    )

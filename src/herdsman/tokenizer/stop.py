@@ -1,0 +1,57 @@
+"""Stop strings over streamed text.
+
+Text that might be the start of a stop string is held back until the next delta decides it, so
+the client never sees text past a stop, and streamed output equals the non-streamed output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class StopChecker:
+    __slots__ = ("_held", "_max_len", "_stops", "matched")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._max_len = max((len(s) for s in self._stops), default=0)
+        self._held = ""
+        self.matched: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._stops)
+
+    def feed(self, text: str) -> str:
+        """Return the text that is safe to emit; set ``matched`` when a stop string appears."""
+        if self.matched is not None:
+            return ""
+        buffer = self._held + text
+        # Only the window that could contain a new match needs scanning.
+        window_start = max(0, len(self._held) - self._max_len + 1)
+        first_at = -1
+        for stop in self._stops:
+            at = buffer.find(stop, window_start)
+            if at >= 0 and (first_at < 0 or at < first_at):
+                first_at, self.matched = at, stop
+        if first_at >= 0:
+            self._held = ""
+            return buffer[:first_at]
+        keep = self._partial_suffix_len(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """At the end of generation, release what was held back (it never became a stop)."""
+        held, self._held = self._held, ""
+        return "" if self.matched is not None else held
+
+    def _partial_suffix_len(self, buffer: str) -> int:
+        """Length of the longest suffix of ``buffer`` that is a proper prefix of some stop."""
+        longest = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest

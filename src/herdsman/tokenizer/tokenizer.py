@@ -1,0 +1,37 @@
+"""The model's tokenizer as the gateway uses it: ids in and out, special tokens, EOS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer
+
+from herdsman.tokenizer.chat_template import ChatTemplate
+from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
+
+
+@dataclass(slots=True)
+class ModelTokenizer:
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+    eos_token_ids: tuple[int, ...]
+    special_tokens: dict[str, str | None] = field(default_factory=dict)
+    model_max_length: int | None = None
+    source: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def detokenizer(self, *, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer, skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)

@@ -1,0 +1,93 @@
+"""Real processes on real sockets: engine-sim and gateway started as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+QWEN3 = MODELS / "qwen3"
+LLAMA3 = MODELS / "llama3"
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _start(argv: list[str], ready: re.Pattern[bytes], timeout: float = 60.0) -> Proc:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{argv[:4]} exited with {process.wait()} before it was ready")
+        if match := ready.search(line):
+            return Proc(process, f"{match.group(1).decode()}:{match.group(2).decode()}")
+    process.kill()
+    raise RuntimeError(f"{argv[:4]} not ready after {timeout}s")
+
+
+_SIM_READY = re.compile(rb"engine-sim listening on (\S+):(\d+)")
+_GATEWAY_READY = re.compile(rb"herdsman listening on http://(\S+):(\d+)")
+
+
+def start_sim(model: Path = QWEN3, backend: str = "vllm", *extra: str) -> Proc:
+    argv = [sys.executable, "-m", "herdsman.sim", "--model-path", str(model), "--port", "0",
+            "--backend", backend, *extra]
+    return _start(argv, _SIM_READY)
+
+
+def start_gateway(*workers: str, extra: tuple[str, ...] = ()) -> Proc:
+    argv = [sys.executable, "-m", "herdsman", "serve", "--port", "0", "--log-level", "warning"]
+    for worker in workers:
+        argv += ["--worker", f"grpc://{worker}"]
+    return _start([*argv, *extra], _GATEWAY_READY)
+
+
+@pytest.fixture(scope="session", params=["vllm", "sglang"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def sim(backend: str) -> Iterator[Proc]:
+    """A fast engine-sim (small timings) for the given protocol."""
+    proc = start_sim(QWEN3, backend, "--ttft-base-ms", "1", "--prefill-ms-per-1k", "0",
+                     "--itl-base-ms", "1", "--itl-per-running-ms", "0")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(sim: Proc) -> Iterator[Proc]:
+    """A gateway in front of ``sim`` with the tokenizer fetched from the worker."""
+    proc = start_gateway(sim.address)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway: Proc) -> str:
+    return f"http://{gateway.address}"

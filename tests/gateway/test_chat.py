@@ -1,0 +1,160 @@
+"""Chat and text completions through the gateway, against engine-sim speaking each protocol."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from tokenizers import Tokenizer
+
+from tests.conftest import QWEN3
+
+MODEL = "qwen3"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_file(str(QWEN3 / "tokenizer.json"))
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    events, done = [], False
+    for line in response.iter_lines():
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        payload = line[len("data: ") :]
+        assert not done, "nothing may follow [DONE]"
+        if payload == "[DONE]":
+            done = True
+            continue
+        events.append(json.loads(payload))
+    assert done, "stream must end with data: [DONE]"
+    return events
+
+
+def chat(base_url: str, **body) -> httpx.Response:
+    body.setdefault("model", MODEL)
+    body.setdefault("messages", [{"role": "user", "content": "Tell me about gateways."}])
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+
+
+def test_chat_non_streaming(base_url: str) -> None:
+    response = chat(base_url, max_tokens=12)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["object"] == "chat.completion"
+    assert data["model"] == MODEL
+    [choice] = data["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["role"] == "assistant"
+    assert len(choice["message"]["content"]) > 10
+    usage = data["usage"]
+    assert usage["completion_tokens"] == 12
+    assert usage["prompt_tokens"] > 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 12
+
+
+def test_chat_prompt_tokens_match_template(base_url: str, tokenizer: Tokenizer) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Grüße, 世界 🙂"},
+    ]
+    expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße, 世界 🙂<|im_end|>\n<|im_start|>assistant\n"
+    response = chat(base_url, messages=messages, max_tokens=1)
+    n_expected = len(tokenizer.encode(expected, add_special_tokens=False).ids)
+    assert response.json()["usage"]["prompt_tokens"] == n_expected
+
+
+def test_chat_streaming_equals_token_decode(base_url: str, tokenizer: Tokenizer) -> None:
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 40, "stream": True, "stream_options": {"include_usage": True},
+    }) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    finals = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert [f["choices"][0]["finish_reason"] for f in finals] == ["length"]
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"]["completion_tokens"] == 40
+    # The streamed text is real text of the vocabulary: it round-trips through the tokenizer.
+    assert len(text) > 40
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_streamed_text_equals_non_streamed(base_url: str) -> None:
+    body = {"max_tokens": 30, "seed": 7, "temperature": 0}
+    full = chat(base_url, **body).json()["choices"][0]["message"]["content"]
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Tell me about gateways."}],
+        "stream": True, **body,
+    }) as response:
+        events = sse_events(response)
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert streamed == full
+
+
+def test_stop_string_trims_and_reports(base_url: str) -> None:
+    body = {"max_tokens": 60, "seed": 3, "temperature": 0}
+    full = chat(base_url, **body).json()["choices"][0]["message"]["content"]
+    words = full.split()
+    assert len(words) > 6
+    stop = " " + words[4]
+    expected = full[: full.index(stop)]
+    data = chat(base_url, stop=[stop], **body).json()
+    [choice] = data["choices"]
+    assert choice["message"]["content"] == expected
+    assert choice["finish_reason"] == "stop"
+    assert choice["stop_reason"] == stop
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Tell me about gateways."}],
+        "stream": True, "stop": stop, **body,
+    }) as response:
+        events = sse_events(response)
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert streamed == expected
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_n_choices(base_url: str) -> None:
+    data = chat(base_url, max_tokens=8, n=3).json()
+    assert sorted(c["index"] for c in data["choices"]) == [0, 1, 2]
+    assert all(c["finish_reason"] == "length" for c in data["choices"])
+    assert data["usage"]["completion_tokens"] == 24
+
+
+def test_completions(base_url: str) -> None:
+    response = httpx.post(f"{base_url}/v1/completions", timeout=30, json={
+        "model": MODEL, "prompt": "The gateway", "max_tokens": 10,
+    })
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["object"] == "text_completion"
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == 10
+    assert data["choices"][0]["text"]
+
+
+def test_completions_streaming_token_ids_prompt(base_url: str, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("Once upon a time", add_special_tokens=False).ids
+    with httpx.stream("POST", f"{base_url}/v1/completions", timeout=30, json={
+        "model": MODEL, "prompt": ids, "max_tokens": 16, "stream": True,
+        "stream_options": {"include_usage": True},
+    }) as response:
+        events = sse_events(response)
+    assert all(e["object"] == "text_completion" for e in events)
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    assert events[-1]["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_models_and_health(base_url: str) -> None:
+    models = httpx.get(f"{base_url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    assert models["data"][0]["max_model_len"] == 40960
+    health = httpx.get(f"{base_url}/health")
+    assert health.status_code == 200
+    assert health.json()["healthy_workers"] == 1
