@@ -69,25 +69,23 @@ async def _ship(
     while True:
         await wake.wait()
         wake.clear()
-        for seq in sequences:
+        # Snapshot before the first write: the step loop keeps running during every await, and
+        # a sequence that finishes mid-write must not get its complete ahead of its last tokens.
+        state = request.state
+        exit_now = request.exit_now
+        ready = [(seq, seq.finish_reason is not None, len(seq.output)) for seq in sequences]
+        for seq, finished, end in ready:
             if stream:
                 start = seq.flushed
-                end = len(seq.output)
-                if end > start and (
-                    end - start >= per_message or start == 0 or seq.finish_reason is not None
-                ):
+                if end > start and (end - start >= per_message or start == 0 or finished):
                     seq.flushed = end
                     await context.write(wire.chunk(request, seq, start, end))
-            if (
-                seq.finish_reason is not None
-                and not seq.complete_sent
-                and request.state is not RequestState.FAILED
-            ):
+            if finished and not seq.complete_sent and state is not RequestState.FAILED:
                 seq.complete_sent = True
                 await context.write(wire.complete(request, seq))
-        if request.exit_now:
+        if exit_now:
             await _exit_abruptly(request)
-        if request.state is RequestState.FAILED:
+        if state is RequestState.FAILED:
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"engine-sim injected failure after {request.generated_tokens} tokens "
