@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from herdsman.config import GatewayConfig
@@ -17,6 +18,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="URL",
         help="engine worker, grpc://HOST:PORT (repeatable)",
+    )
+    p.add_argument(
+        "--workers",
+        dest="processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="gateway processes, each with its own event loop (default: CPU count)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -71,7 +80,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 async def _serve(args: argparse.Namespace) -> None:
     from herdsman.serve.embedded import EmbeddedEngineSim
-    from herdsman.serve.gateway import serve_gateway
+    from herdsman.serve.supervisor import run_supervisor
 
     config = _config(args)
     sim: EmbeddedEngineSim | None = None
@@ -82,7 +91,7 @@ async def _serve(args: argparse.Namespace) -> None:
         sim = EmbeddedEngineSim(args.model_path, backend, args.engine_sim_arg)
         config.workers.append(await sim.start())
     try:
-        await serve_gateway(config)
+        await run_supervisor(config, max(1, args.processes))
     finally:
         if sim is not None:
             await sim.stop()

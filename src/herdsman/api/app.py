@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from herdsman.api.chat import chat_completions
@@ -38,6 +39,7 @@ async def health(ctx: ServingContext, request: Request) -> Response:
             "status": "ok" if healthy else "unavailable",
             "healthy_workers": healthy,
             "workers": len(ctx.registry),
+            "pid": os.getpid(),
         },
         status,
     )

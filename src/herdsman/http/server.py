@@ -8,8 +8,8 @@ import logging
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -275,13 +275,16 @@ class HttpServer:
             connection._close()
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(4096)
+    if listen:
+        sock.listen(4096)
     sock.setblocking(False)
     return sock

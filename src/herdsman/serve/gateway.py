@@ -1,38 +1,89 @@
-"""Run one gateway process: context, health checks, HTTP server, graceful drain on SIGTERM."""
+"""One gateway process: its own event loop, engine channels, tokenizer and listening socket.
+
+Started by the supervisor, one per core. It binds the shared port itself with SO_REUSEPORT, so
+the kernel spreads new connections evenly over the processes (one inherited socket would wake
+whichever process is least busy accepting, which balances badly).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-import socket
+from multiprocessing.connection import Connection
 
 from herdsman.api.app import GatewayApp
 from herdsman.config import GatewayConfig
 from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
-from herdsman.routing import HealthChecker
+from herdsman.pipeline.context import ServingContext
+from herdsman.routing import Worker
 from herdsman.serve.context import build_context
+from herdsman.serve.control import (
+    ControlChannel,
+    Message,
+    Ready,
+    Shutdown,
+    WorkerFailed,
+    WorkerHealth,
+)
 
 log = logging.getLogger(__name__)
 
 
-async def serve_gateway(config: GatewayConfig, sock: socket.socket | None = None) -> None:
-    ctx = await build_context(config)
-    checker = HealthChecker(ctx.registry, config.health_check_interval, config.health_check_timeout)
-    checker.start()
-    server = HttpServer(GatewayApp(ctx), ServerLimits(max_body_bytes=config.max_body_bytes))
-    sock = sock or bind_socket(config.host, config.port)
-    await server.start(sock)
-    host, port = sock.getsockname()[:2]
-    print(f"herdsman listening on http://{host}:{port} model={ctx.model.name}", flush=True)
+class GatewayProcess:
+    def __init__(self, config: GatewayConfig, conn: Connection, index: int) -> None:
+        self._config = config
+        self._index = index
+        self._stop = asyncio.Event()
+        self._drain_timeout = config.drain_timeout
+        self._ctx: ServingContext | None = None
+        self._control = ControlChannel(conn, self._on_message, self._on_supervisor_gone)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining: %d responses in flight", server.in_flight)
-    await server.drain(config.drain_timeout)
-    await checker.stop()
-    await ctx.registry.close()
+    async def run(self) -> None:
+        config = self._config
+        ctx = self._ctx = await build_context(config)
+        for worker in ctx.registry:
+            worker.on_change = self._report
+        self._control.start()
+        server = HttpServer(GatewayApp(ctx), ServerLimits(max_body_bytes=config.max_body_bytes))
+        await server.start(bind_socket(config.host, config.port, reuse_port=True))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        self._control.send(Ready(index=self._index, pid=os.getpid(), model=ctx.model.name))
+        await self._stop.wait()
+        log.info("process %d draining: %d responses in flight", self._index, server.in_flight)
+        await server.drain(self._drain_timeout)
+        self._control.stop()
+        await ctx.registry.close()
+
+    def _report(self, worker: Worker, reason: str) -> None:
+        if not worker.healthy:
+            self._control.send(WorkerFailed(url=worker.url, reason=reason))
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, WorkerHealth) and self._ctx is not None:
+            worker = self._ctx.registry.get(message.url)
+            if worker is not None:
+                worker.set_health(message.healthy, message.reason)
+        elif isinstance(message, Shutdown):
+            self._drain_timeout = message.drain_timeout
+            self._stop.set()
+
+    def _on_supervisor_gone(self) -> None:
+        log.warning("process %d lost its supervisor; draining", self._index)
+        self._stop.set()
+
+
+def gateway_process_main(config: GatewayConfig, conn: Connection, index: int) -> None:
+    """Entry point of a spawned gateway process."""
+    import uvloop
+
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{index}] %(name)s: %(message)s",
+    )
+    # Ctrl-C reaches the whole process group; the supervisor decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    uvloop.run(GatewayProcess(config, conn, index).run())

@@ -49,9 +49,10 @@ async def run_generate(
     except grpc.aio.AbortError:
         engine.release(request, cancelled=False)
         raise
-    except BaseException:
+    except BaseException as exc:
         # CancelledError when the client cancels; a failed write when it vanished mid-send.
-        engine.release(request, cancelled=True)
+        cancelled = isinstance(exc, asyncio.CancelledError) or context.cancelled()
+        engine.release(request, cancelled=cancelled)
         raise
     engine.release(request, cancelled=False)
 

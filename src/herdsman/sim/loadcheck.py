@@ -36,6 +36,7 @@ class ClientResult:
     tokens: int
     messages: int
     errors: int
+    first_error: str
 
 
 def _request(backend: str, request_id: str, prompt: list[int], max_tokens: int) -> object:
@@ -60,6 +61,7 @@ async def _drive(
     target: str, backend: str, worker: int, streams: int, max_tokens: int, prompt_tokens: int
 ) -> ClientResult:
     tokens = messages = errors = 0
+    first_error = ""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = (
             sglang_scheduler_pb2_grpc.SglangSchedulerStub(channel)
@@ -68,7 +70,7 @@ async def _drive(
         )
 
         async def one(i: int) -> None:
-            nonlocal tokens, messages, errors
+            nonlocal tokens, messages, errors, first_error
             # Distinct prompts keep the prefix cache out of the measurement.
             seed = worker * 100_003 + i * 7919
             prompt = [1000 + (seed + k * 31) % 50_000 for k in range(prompt_tokens)]
@@ -78,11 +80,12 @@ async def _drive(
                     messages += 1
                     if response.HasField("chunk"):
                         tokens += len(response.chunk.token_ids)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 errors += 1
+                first_error = first_error or f"{exc.code().name}: {exc.details()}"
 
         await asyncio.gather(*(one(i) for i in range(streams)))
-    return ClientResult(tokens, messages, errors)
+    return ClientResult(tokens, messages, errors, first_error)
 
 
 def _client_process(
@@ -185,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         f"client_procs={procs} tokens_per_message={args.tokens_per_message}"
     )
     print(f"wall={elapsed:.2f}s tokens={tokens} messages={messages} errors={errors}")
+    for result in results:
+        if result.first_error:
+            print(f"first error: {result.first_error}")
+            break
     print(f"throughput={tokens / elapsed:,.0f} tokens/s {messages / elapsed:,.0f} messages/s")
     if pid:
         print(

@@ -29,6 +29,10 @@ _SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # gRPC core CANCELs calls arriving while more than 1000 wait for the Python server to pick
+    # them up; a burst of a few thousand streams from a benchmark would hit that.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 
@@ -79,11 +83,12 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
     engine.start()
     print(listening_line(options.host, port, options.backend), flush=True)
     logger.info(
-        "serving %s (%s), max context %d, eos %s",
+        "serving %s (%s), max context %d, eos %s, loop %s",
         card.served_model_name,
         card.model_path,
         card.max_context_length,
         list(card.eos_token_ids),
+        type(loop).__module__,
     )
     if on_listening is not None:
         on_listening(port)

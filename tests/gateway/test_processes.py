@@ -1,0 +1,105 @@
+"""One gateway process per core: SO_REUSEPORT spreading, restart on death, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.conftest import QWEN3, start_gateway, start_sim
+from tests.gateway.test_chat import MODEL, sse_events
+
+
+def _pids(base_url: str, attempts: int = 60) -> set[int]:
+    pids = set()
+    for _ in range(attempts):
+        # A new connection each time: the kernel picks the process per connection.
+        with httpx.Client() as client:
+            pids.add(client.get(f"{base_url}/health").json()["pid"])
+    return pids
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_processes_share_the_port_and_restart() -> None:
+    sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "5")
+    gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3), "--workers", "2"))
+    base = f"http://{gateway.address}"
+    try:
+        pids = _pids(base)
+        assert len(pids) == 2
+        assert gateway.process.pid not in pids
+
+        # A long stream, on whichever process; then kill the *other* process.
+        results: dict[str, object] = {}
+
+        def stream() -> None:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 200, "stream": True}
+            try:
+                with httpx.stream("POST", f"{base}/v1/chat/completions", json=body,
+                                  timeout=30) as response:
+                    results["events"] = sse_events(response)
+            except httpx.TransportError as exc:  # the stream was on the killed process
+                results["cut"] = exc
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        time.sleep(0.3)
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        assert _wait(lambda: len(_pids(base, 10) - {victim}) == 2, timeout=10)
+        restart_seconds = time.monotonic() - started
+        thread.join(30)
+        events = results.get("events")
+        # Either the stream ran on the survivor and finished, or it ran on the victim and was cut;
+        # the survivor's streams are never disturbed, and the gateway answers again at once.
+        assert (events is None) != ("cut" not in results)
+        if events is not None:
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert restart_seconds < 5
+        assert httpx.get(f"{base}/health").status_code == 200
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_sigterm_drains_in_flight_streams() -> None:
+    sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "10")
+    gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3), "--workers", "2",
+                                                "--drain-timeout", "20"))
+    base = f"http://{gateway.address}"
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 100, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body,
+                          timeout=30) as response:
+            lines = response.iter_lines()
+            first = next(lines)
+            assert first.startswith("data: ")
+            gateway.process.send_signal(signal.SIGTERM)
+            rest = list(lines)
+        assert "data: [DONE]" in rest
+        finals = [line for line in rest if '"finish_reason":"length"' in line]
+        assert len(finals) == 1
+        assert gateway.process.wait(30) == 0
+        # Drained and gone: nobody accepts any more.
+        try:
+            httpx.get(f"{base}/health", timeout=2)
+            raise AssertionError("the gateway still accepts connections after draining")
+        except httpx.TransportError:
+            pass
+    finally:
+        gateway.stop()
+        sim.stop()
