@@ -54,8 +54,18 @@ _GATEWAY_READY = re.compile(rb"herdsman listening on http://(\S+):(\d+)")
 
 
 def start_sim(model: Path = QWEN3, backend: str = "vllm", *extra: str) -> Proc:
-    argv = [sys.executable, "-m", "herdsman.sim", "--model-path", str(model), "--port", "0",
-            "--backend", backend, *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "herdsman.sim",
+        "--model-path",
+        str(model),
+        "--port",
+        "0",
+        "--backend",
+        backend,
+        *extra,
+    ]
     return _start(argv, _SIM_READY)
 
 
@@ -74,8 +84,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def sim(backend: str) -> Iterator[Proc]:
     """A fast engine-sim (small timings) for the given protocol."""
-    proc = start_sim(QWEN3, backend, "--ttft-base-ms", "1", "--prefill-ms-per-1k", "0",
-                     "--itl-base-ms", "1", "--itl-per-running-ms", "0")
+    proc = start_sim(
+        QWEN3,
+        backend,
+        "--ttft-base-ms",
+        "1",
+        "--prefill-ms-per-1k",
+        "0",
+        "--itl-base-ms",
+        "1",
+        "--itl-per-running-ms",
+        "0",
+    )
     yield proc
     proc.stop()
 

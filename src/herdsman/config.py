@@ -21,3 +21,5 @@ class GatewayConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 30.0
     log_level: str = "info"
+    # Where the gateway processes leave their metric snapshots (made by the supervisor).
+    metrics_dir: str | None = None

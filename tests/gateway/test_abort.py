@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from tests.conftest import QWEN3, start_gateway, start_sim
 from tests.gateway.test_chat import MODEL
 
@@ -31,8 +30,12 @@ def test_disconnect_sends_abort(backend: str, tmp_path: Path) -> None:
     gateway = start_gateway(sim.address)
     try:
         url = f"http://{gateway.address}/v1/chat/completions"
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 2000, "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2000,
+            "stream": True,
+        }
         with httpx.stream("POST", url, json=body, timeout=30) as response:
             lines = response.iter_lines()
             seen = [next(lines) for _ in range(6)]
@@ -58,11 +61,13 @@ def test_disconnect_while_engine_hangs_sends_abort(tmp_path: Path) -> None:
     gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3)))
     try:
         host, port = gateway.address.split(":")
-        body = (b'{"model":"qwen3","messages":[{"role":"user","content":"hi"}],"stream":true}')
+        body = b'{"model":"qwen3","messages":[{"role":"user","content":"hi"}],"stream":true}'
         with socket.create_connection((host, int(port))) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                      b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
-                      % (len(body), body))
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                % (len(body), body)
+            )
             time.sleep(0.5)
         assert _wait_for(lambda: any(line.startswith("abort ") for line in _read_log(log)))
     finally:

@@ -6,9 +6,8 @@ import json
 
 import httpx
 import pytest
-from tokenizers import Tokenizer
-
 from tests.conftest import QWEN3
+from tokenizers import Tokenizer
 
 MODEL = "qwen3"
 
@@ -61,17 +60,28 @@ def test_chat_prompt_tokens_match_template(base_url: str, tokenizer: Tokenizer) 
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Grüße, 世界 🙂"},
     ]
-    expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße, 世界 🙂<|im_end|>\n<|im_start|>assistant\n"
+    expected = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nGrüße, 世界 🙂<|im_end|>\n<|im_start|>assistant\n"
+    )
     response = chat(base_url, messages=messages, max_tokens=1)
     n_expected = len(tokenizer.encode(expected, add_special_tokens=False).ids)
     assert response.json()["usage"]["prompt_tokens"] == n_expected
 
 
 def test_chat_streaming_equals_token_decode(base_url: str, tokenizer: Tokenizer) -> None:
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 40, "stream": True, "stream_options": {"include_usage": True},
-    }) as response:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = sse_events(response)
@@ -89,10 +99,17 @@ def test_chat_streaming_equals_token_decode(base_url: str, tokenizer: Tokenizer)
 def test_streamed_text_equals_non_streamed(base_url: str) -> None:
     body = {"max_tokens": 30, "seed": 7, "temperature": 0}
     full = chat(base_url, **body).json()["choices"][0]["message"]["content"]
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "Tell me about gateways."}],
-        "stream": True, **body,
-    }) as response:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell me about gateways."}],
+            "stream": True,
+            **body,
+        },
+    ) as response:
         events = sse_events(response)
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert streamed == full
@@ -110,10 +127,18 @@ def test_stop_string_trims_and_reports(base_url: str) -> None:
     assert choice["message"]["content"] == expected
     assert choice["finish_reason"] == "stop"
     assert choice["stop_reason"] == stop
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", timeout=30, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "Tell me about gateways."}],
-        "stream": True, "stop": stop, **body,
-    }) as response:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell me about gateways."}],
+            "stream": True,
+            "stop": stop,
+            **body,
+        },
+    ) as response:
         events = sse_events(response)
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert streamed == expected
@@ -128,9 +153,15 @@ def test_n_choices(base_url: str) -> None:
 
 
 def test_completions(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/v1/completions", timeout=30, json={
-        "model": MODEL, "prompt": "The gateway", "max_tokens": 10,
-    })
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        timeout=30,
+        json={
+            "model": MODEL,
+            "prompt": "The gateway",
+            "max_tokens": 10,
+        },
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["object"] == "text_completion"
@@ -141,10 +172,18 @@ def test_completions(base_url: str) -> None:
 
 def test_completions_streaming_token_ids_prompt(base_url: str, tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode("Once upon a time", add_special_tokens=False).ids
-    with httpx.stream("POST", f"{base_url}/v1/completions", timeout=30, json={
-        "model": MODEL, "prompt": ids, "max_tokens": 16, "stream": True,
-        "stream_options": {"include_usage": True},
-    }) as response:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/completions",
+        timeout=30,
+        json={
+            "model": MODEL,
+            "prompt": ids,
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
         events = sse_events(response)
     assert all(e["object"] == "text_completion" for e in events)
     assert "".join(e["choices"][0]["text"] for e in events if e["choices"])

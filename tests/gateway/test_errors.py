@@ -6,7 +6,6 @@ import socket
 
 import httpx
 import pytest
-
 from tests.conftest import QWEN3, start_gateway, start_sim
 from tests.gateway.test_chat import MODEL, chat, sse_events
 
@@ -21,8 +20,11 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
 
 
 def test_invalid_json(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json",
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert_openai_error(response, 400)
 
 
@@ -65,8 +67,9 @@ def test_unknown_route_and_method(base_url: str) -> None:
 def test_body_too_large(sim) -> None:
     gateway = start_gateway(sim.address, extra=("--max-body-bytes", "1000"))
     try:
-        response = httpx.post(f"http://{gateway.address}/v1/completions",
-                              json={"model": MODEL, "prompt": "x" * 5000})
+        response = httpx.post(
+            f"http://{gateway.address}/v1/completions", json={"model": MODEL, "prompt": "x" * 5000}
+        )
         assert_openai_error(response, 413)
     finally:
         gateway.stop()
@@ -86,8 +89,9 @@ def _free_port() -> int:
 
 def test_no_healthy_worker_is_503() -> None:
     sim = start_sim(QWEN3, "vllm", "--ttft-base-ms", "0", "--itl-base-ms", "0")
-    gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3),
-                                                "--health-check-interval", "0.2"))
+    gateway = start_gateway(
+        sim.address, extra=("--model-path", str(QWEN3), "--health-check-interval", "0.2")
+    )
     try:
         assert chat(f"http://{gateway.address}", max_tokens=2).status_code == 200
         sim.stop()
@@ -102,8 +106,9 @@ def test_no_healthy_worker_is_503() -> None:
 def test_failed_worker_is_skipped() -> None:
     good = start_sim(QWEN3, "vllm", "--ttft-base-ms", "0", "--itl-base-ms", "0")
     bad = start_sim(QWEN3, "vllm", "--reject-new")
-    gateway = start_gateway(good.address, bad.address,
-                            extra=("--model-path", str(QWEN3), "--backend", "vllm"))
+    gateway = start_gateway(
+        good.address, bad.address, extra=("--model-path", str(QWEN3), "--backend", "vllm")
+    )
     try:
         for _ in range(6):
             assert chat(f"http://{gateway.address}", max_tokens=2).status_code == 200
@@ -118,8 +123,12 @@ def test_engine_failure_mid_stream_is_an_sse_error(backend: str) -> None:
     gateway = start_gateway(sim.address)
     try:
         url = f"http://{gateway.address}/v1/chat/completions"
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 50, "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 50,
+            "stream": True,
+        }
         with httpx.stream("POST", url, json=body, timeout=30) as response:
             assert response.status_code == 200
             events = sse_events(response)

@@ -8,7 +8,6 @@ import threading
 import time
 
 import httpx
-
 from tests.conftest import QWEN3, start_gateway, start_sim
 from tests.gateway.test_chat import MODEL, sse_events
 
@@ -44,11 +43,16 @@ def test_processes_share_the_port_and_restart() -> None:
         results: dict[str, object] = {}
 
         def stream() -> None:
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 200, "stream": True}
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 200,
+                "stream": True,
+            }
             try:
-                with httpx.stream("POST", f"{base}/v1/chat/completions", json=body,
-                                  timeout=30) as response:
+                with httpx.stream(
+                    "POST", f"{base}/v1/chat/completions", json=body, timeout=30
+                ) as response:
                     results["events"] = sse_events(response)
             except httpx.TransportError as exc:  # the stream was on the killed process
                 results["cut"] = exc
@@ -77,14 +81,18 @@ def test_processes_share_the_port_and_restart() -> None:
 
 def test_sigterm_drains_in_flight_streams() -> None:
     sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "10")
-    gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3), "--workers", "2",
-                                                "--drain-timeout", "20"))
+    gateway = start_gateway(
+        sim.address, extra=("--model-path", str(QWEN3), "--workers", "2", "--drain-timeout", "20")
+    )
     base = f"http://{gateway.address}"
     try:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 100, "stream": True}
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body,
-                          timeout=30) as response:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 100,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as response:
             lines = response.iter_lines()
             first = next(lines)
             assert first.startswith("data: ")

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from herdsman.sim.corpus import CORPUS
 
-from .simproc import SimProcess, generate_request, split_responses
+from .simproc import SimFactory, SimProcess, generate_request, split_responses
 
 QWEN_EOS = (151645, 151643)
 
@@ -191,7 +191,7 @@ def test_overlong_prompt_is_invalid(fast_sim: SimProcess) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_eos_after(sim_factory: Any, qwen_tokenizer: Tokenizer) -> None:
+def test_eos_after(sim_factory: SimFactory, qwen_tokenizer: Tokenizer) -> None:
     prompt = _prompt(qwen_tokenizer)
     for backend in ("vllm", "sglang"):
         sim = sim_factory("--eos-after", "5", "--itl-base-ms", "0", backend=backend)

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import LLAMA3, QWEN3
 
 from herdsman.tokenizer import ChatTemplateError, load_model_tokenizer
-from tests.conftest import LLAMA3, QWEN3
 
 
 def test_qwen3_template_with_generation_prompt() -> None:
@@ -12,7 +12,10 @@ def test_qwen3_template_with_generation_prompt() -> None:
     text = tok.chat_template.render(
         [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     )
-    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text
+        == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen3_enable_thinking_false_adds_empty_think() -> None:

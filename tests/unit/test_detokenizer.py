@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import LLAMA3, QWEN3
 
 from herdsman.tokenizer import load_model_tokenizer
-from tests.conftest import LLAMA3, QWEN3
 
 TOKENIZERS = {path.name: load_model_tokenizer(path) for path in (QWEN3, LLAMA3)}
 
@@ -23,7 +23,7 @@ def test_incremental_equals_full_decode(name: str, data: st.DataObject) -> None:
     joined = "".join(pieces)
     # A stream may withhold an incomplete character at the very end; everything else matches.
     assert full.startswith(joined)
-    assert len(full) - len(joined) <= 1 or full[len(joined):].count("\ufffd") >= 1
+    assert len(full) - len(joined) <= 1 or full[len(joined) :].count("\ufffd") >= 1
     for piece in pieces:
         assert not piece.endswith("\ufffd") or "\ufffd" in full
 

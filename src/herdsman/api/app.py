@@ -11,6 +11,7 @@ from herdsman.api.completions import completions
 from herdsman.api.errors import APIError
 from herdsman.api.responses import json_response
 from herdsman.http import Request, Response, StreamingResponse
+from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ async def list_models(ctx: ServingContext, request: Request) -> Response:
         "max_model_len": model.max_context_length,
     }
     return json_response({"object": "list", "data": [card]})
+
+
+async def metrics(ctx: ServingContext, request: Request) -> Response:
+    text = METRICS.registry.render().encode()
+    return Response(200, text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def health(ctx: ServingContext, request: Request) -> Response:
@@ -50,7 +56,11 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/completions": {"POST": completions},
     "/v1/models": {"GET": list_models},
     "/health": {"GET": health},
+    "/metrics": {"GET": metrics},
 }
+
+
+_STATUS_TEXT = {code: str(code) for code in range(100, 600)}
 
 
 class GatewayApp:
@@ -68,8 +78,11 @@ class GatewayApp:
             if endpoint is None:
                 allowed = ", ".join(sorted(methods))
                 raise APIError(405, f"{request.method} is not allowed here; use {allowed}")
-            return await endpoint(self.ctx, request)
+            response = await endpoint(self.ctx, request)
         except APIError as exc:
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-            return exc.response()
+            response = exc.response()
+        route = request.path if methods is not None else "other"
+        METRICS.requests.inc(labels=(route, _STATUS_TEXT[response.status]))
+        return response

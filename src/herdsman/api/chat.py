@@ -22,7 +22,7 @@ from herdsman.pipeline.prepare import prepare_chat
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
     plan = prepare_chat(ctx.model, body)
-    generation = Generation(ctx, plan)
+    generation = Generation(ctx, plan, request.received_at)
     await generation.start()
     created = int(time.time())
     if plan.stream:

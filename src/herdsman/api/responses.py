@@ -10,6 +10,7 @@ import msgspec
 from herdsman.api.errors import APIError, bad_request
 from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.http import Response
+from herdsman.observability import METRICS
 from herdsman.pipeline.generate import Generation
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ async def stream_events(
             else:
                 yield frames.finish(choice.index, text, choice.finish_reason, choice.matched_stop)
     except APIError as exc:
+        METRICS.stream_errors.inc(labels=(frames.endpoint,))
         yield exc.sse_event()
         yield DONE
         return

@@ -24,7 +24,7 @@ def event(payload: object) -> bytes:
 class ChunkFrames:
     """Frames of one streamed response, chat (``delta.content``) or completion (``text``)."""
 
-    __slots__ = ("_close", "_heads", "_open", "_text_key")
+    __slots__ = ("_close", "_heads", "_open", "_text_key", "endpoint")
 
     def __init__(self, request_id: str, created: int, model: str, *, chat: bool) -> None:
         obj = b"chat.completion.chunk" if chat else b"text_completion"
@@ -40,6 +40,7 @@ class ChunkFrames:
         self._text_key = b'"delta":{"content":' if chat else b'"text":'
         self._close = b"}" if chat else b""
         self._heads: dict[int, bytes] = {}
+        self.endpoint = "chat" if chat else "completions"
 
     def _head(self, index: int) -> bytes:
         head = self._heads.get(index)

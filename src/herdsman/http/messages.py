@@ -13,6 +13,7 @@ class Request:
     query: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = 0.0  # time.perf_counter() when the whole request had arrived
 
 
 @dataclass(slots=True)

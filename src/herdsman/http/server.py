@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -136,6 +137,7 @@ class _Connection(asyncio.Protocol):
             query=(parsed.query or b"").decode("utf-8", "replace"),
             headers=self._headers,
             body=b"".join(self._body),
+            received_at=time.perf_counter(),
         )
         keep_alive = self._parser.should_keep_alive() and not self._too_large
         if self._too_large:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
@@ -15,6 +16,7 @@ import msgspec
 from herdsman.api.errors import APIError
 from herdsman.engines import EngineError, EngineOutput, EngineRequest, EngineUnavailable
 from herdsman.engines import SamplingParams as EngineSampling
+from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.routing import Worker
@@ -34,9 +36,10 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
 
 
 class Generation:
-    def __init__(self, ctx: ServingContext, plan: GenerationPlan) -> None:
+    def __init__(self, ctx: ServingContext, plan: GenerationPlan, received_at: float) -> None:
         self._ctx = ctx
         self._plan = plan
+        self._received_at = received_at
         tokenizer = ctx.model.tokenizer
         self.choices = [
             ChoiceOutput(
@@ -80,8 +83,20 @@ class Generation:
         outputs, out, worker = self._started
         remaining = len(self.choices)
         worker.in_flight += 1
+        metrics = METRICS
+        metrics.in_flight.inc()
+        engine_started = last = now = time.perf_counter()
+        first_token_at = 0.0
         try:
             while out is not None:
+                if out.token_ids:
+                    now = time.perf_counter()
+                    if first_token_at:
+                        metrics.itl.observe(now - last)
+                    else:
+                        first_token_at = now
+                        metrics.ttft.observe(now - self._received_at)
+                    last = now
                 choice = self.choices[out.index]
                 if not choice.done:
                     text = choice.push(out.token_ids) if out.token_ids else ""
@@ -104,6 +119,11 @@ class Generation:
             raise APIError(502, f"engine failed: {exc}", code="engine_error") from exc
         finally:
             worker.in_flight -= 1
+            metrics.in_flight.dec()
+            metrics.stage.observe(now - engine_started, ("engine",))
+            metrics.e2e.observe(time.perf_counter() - self._received_at)
+            metrics.prompt_tokens.inc(self.prompt_tokens)
+            metrics.generation_tokens.inc(self.completion_tokens)
             await outputs.aclose()
             # Stopped early (stop string, client gone, error): the engine must stop too.
             if remaining or any(isinstance(c.matched_stop, str) for c in self.choices):

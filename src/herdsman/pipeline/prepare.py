@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from herdsman.api.errors import APIError, bad_request
 from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
+from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.tokenizer import ChatTemplateError
@@ -146,8 +148,12 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
         )
     if req.response_format and req.response_format.get("type", "text") != "text":
         raise bad_request("response_format is not supported yet", "response_format")
+    started = time.perf_counter()
     prompt = render_chat_prompt(model, req)
+    rendered = time.perf_counter()
     input_ids = model.tokenizer.encode(prompt, add_special_tokens=False)
+    METRICS.stage.observe(rendered - started, ("template",))
+    METRICS.stage.observe(time.perf_counter() - rendered, ("tokenize",))
     max_tokens = req.max_completion_tokens or req.max_tokens
     return GenerationPlan(
         request_id=new_request_id("chatcmpl"),
@@ -164,7 +170,9 @@ def prepare_completion(model: ServedModel, req: CompletionRequest) -> Generation
     _check_unsupported(req)
     if req.echo or req.suffix or (req.best_of not in (None, 1)):
         raise bad_request("echo, suffix and best_of are not supported yet")
+    started = time.perf_counter()
     input_ids = _completion_ids(model, req.prompt)
+    METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
     return GenerationPlan(
         request_id=new_request_id("cmpl"),
         input_ids=input_ids,

@@ -17,6 +17,7 @@ from herdsman.api.app import GatewayApp
 from herdsman.config import GatewayConfig
 from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
+from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
 from herdsman.serve.context import build_context
@@ -47,6 +48,9 @@ class GatewayProcess:
         for worker in ctx.registry:
             worker.on_change = self._report
         self._control.start()
+        if config.metrics_dir:
+            METRICS.registry.share_through(config.metrics_dir)
+            snapshots = asyncio.create_task(METRICS.registry.run_snapshots(), name="metrics")
         server = HttpServer(GatewayApp(ctx), ServerLimits(max_body_bytes=config.max_body_bytes))
         await server.start(bind_socket(config.host, config.port, reuse_port=True))
         loop = asyncio.get_running_loop()
@@ -55,6 +59,9 @@ class GatewayProcess:
         await self._stop.wait()
         log.info("process %d draining: %d responses in flight", self._index, server.in_flight)
         await server.drain(self._drain_timeout)
+        if config.metrics_dir:
+            snapshots.cancel()
+            METRICS.registry.write_snapshot()
         self._control.stop()
         await ctx.registry.close()
 

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 
@@ -61,6 +62,8 @@ class Supervisor:
         if not (config.tokenizer_path or config.model_path):
             # Fetched once here, so the processes load it from the local cache.
             config.tokenizer_path = str(await fetch_from_worker(next(iter(self._registry)).engine))
+        metrics_dir = tempfile.TemporaryDirectory(prefix="herdsman-metrics-")
+        config.metrics_dir = metrics_dir.name
         reservation = self._reserve_port()
         try:
             children = [self._start_child(i) for i in range(self._count)]
@@ -85,6 +88,7 @@ class Supervisor:
         await checker.stop()
         await self._shutdown()
         await self._registry.close()
+        metrics_dir.cleanup()
 
     async def _connect_engines(self) -> None:
         for url in self._config.workers:

@@ -1,0 +1,60 @@
+"""GET /metrics: Prometheus text, aggregated over every gateway process."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+from tests.conftest import QWEN3, start_gateway, start_sim
+from tests.gateway.test_chat import MODEL
+
+
+def _value(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name + labels) + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name}{labels} missing"
+    return float(match.group(1))
+
+
+def test_metrics_are_aggregated_over_processes() -> None:
+    sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "1")
+    gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3), "--workers", "2"))
+    base = f"http://{gateway.address}"
+    try:
+        pids = set()
+        for _ in range(12):
+            with httpx.Client() as client:  # new connections spread over both processes
+                body = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 5,
+                    "stream": True,
+                }
+                response = client.post(f"{base}/v1/chat/completions", json=body)
+                assert response.status_code == 200
+                assert response.text.endswith("data: [DONE]\n\n")
+                pids.add(client.get(f"{base}/health").json()["pid"])
+        assert len(pids) == 2
+        time.sleep(1.5)  # one snapshot interval
+        seen = []
+        for _ in range(6):
+            with httpx.Client() as client:
+                text = client.get(f"{base}/metrics").text
+            seen.append(
+                _value(
+                    text,
+                    "herdsman_requests_total",
+                    '{endpoint="/v1/chat/completions",status="200"}',
+                )
+            )
+            assert _value(text, "herdsman_generation_tokens_total") == 60
+            assert _value(text, "herdsman_time_to_first_token_seconds_count") == 12
+            assert _value(text, "herdsman_inter_token_latency_seconds_count") == 48
+            for stage in ("template", "tokenize", "engine"):
+                assert _value(text, "herdsman_stage_seconds_count", f'{{stage="{stage}"}}') == 12
+            assert _value(text, "herdsman_in_flight_requests") == 0
+        assert seen == [12.0] * 6
+    finally:
+        gateway.stop()
+        sim.stop()
