@@ -13,6 +13,8 @@ import pytest
 from smg_grpc_proto.generated import common_pb2
 from tokenizers import Tokenizer
 
+from herdsman.sim.corpus import CORPUS
+
 from .simproc import (
     BACKENDS,
     LLAMA3,
@@ -99,6 +101,21 @@ def test_cancel_frees_a_hung_request(sim_factory: SimFactory) -> None:
     assert _wait_active(sim, 0) == 0
 
 
+def test_max_num_seqs_queues_the_rest(sim_factory: SimFactory) -> None:
+    sim = sim_factory("--max-num-seqs", "1", "--itl-base-ms", "1")
+    first = sim.stub().Generate(generate_request("vllm", "a", [1, 2], max_tokens=LONG), timeout=20)
+    take(first, 1)
+    second = sim.stub().Generate(generate_request("vllm", "b", [3, 4], max_tokens=5), timeout=20)
+    assert _wait_active(sim, 2) == 2
+    load = sim.stub().GetLoads(sim.pb.GetLoadsRequest(), timeout=5).loads[0]
+    assert (load.num_running_reqs, load.num_waiting_reqs) == (1, 1)
+    assert load.num_waiting_uncached_tokens == 2
+
+    first.cancel()
+    _, completes = split_responses(list(second))
+    assert [c.completion_tokens for c in completes] == [5]
+
+
 def test_model_info(fast_sim: SimProcess) -> None:
     info = fast_sim.stub().GetModelInfo(fast_sim.pb.GetModelInfoRequest(), timeout=5)
     assert info.model_path.endswith("/models/qwen3")
@@ -122,6 +139,15 @@ def test_model_info_overrides(sim_factory: SimFactory) -> None:
         list(sim.stub().Generate(generate_request("vllm", "big", [9] * 2048), timeout=5))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # A text prompt is tokenized by the engine, and the output is prose in Llama's vocabulary.
+    request = sim.pb.GenerateRequest(
+        request_id="text", text="Hello", sampling_params=sim.pb.SamplingParams(max_tokens=20)
+    )
+    _, completes = split_responses(list(sim.stub().Generate(request, timeout=5)))
+    llama = Tokenizer.from_file(str(LLAMA3 / "tokenizer.json"))
+    assert completes[0].prompt_tokens == len(llama.encode("Hello").ids)
+    assert llama.decode(list(completes[0].output_ids)) in CORPUS * 2
+
 
 def test_server_info_and_loads(fast_sim: SimProcess) -> None:
     stub = fast_sim.stub()
@@ -133,7 +159,7 @@ def test_server_info_and_loads(fast_sim: SimProcess) -> None:
         assert (info.max_num_seqs, info.block_size) == (1024, 16)
     else:
         assert info.server_args["max_running_requests"] == 1024
-        assert "aborted_requests" in info.scheduler_info
+        assert "recent_aborts" in info.scheduler_info
 
     call = stub.Generate(
         generate_request(fast_sim.backend, "loaded", [5] * 100, max_tokens=LONG), timeout=20

@@ -2,7 +2,9 @@
 
 Each entry is `<kind> <request_id>`: `abort` for an explicit Abort RPC (logged for every id it
 names, in flight or not, since the point is to show the gateway sent it) and `cancel` for a
-Generate call the client cancelled before the engine had finished it.
+Generate call that ended from the client's side before the engine had finished it: an explicit
+cancel, a deadline that expired, a dropped connection, or the sim shutting down mid-stream.
+A request aborted by RPC is not logged again when its stream is cancelled afterwards.
 """
 
 from __future__ import annotations

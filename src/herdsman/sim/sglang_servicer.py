@@ -110,6 +110,7 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
                     "max_total_num_tokens": engine.cache.capacity_tokens,
                     "aborted_requests": aborts.counts["abort"],
                     "cancelled_requests": aborts.counts["cancel"],
+                    "recent_aborts": [f"{kind} {rid}" for kind, rid in aborts.recent],
                 }
             ),
             active_requests=engine.active_requests,

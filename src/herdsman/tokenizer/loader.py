@@ -9,6 +9,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from herdsman.tokenizer.chat_template import ChatTemplate
+from herdsman.tokenizer.fast_backend import load_fast_encoder
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -66,7 +67,9 @@ def _eos_ids(directory: Path, tokenizer: Tokenizer, eos_token: str | None) -> tu
     return tuple(ids)
 
 
-def load_model_tokenizer(directory: str | Path, chat_template: str | None = None) -> ModelTokenizer:
+def load_model_tokenizer(
+    directory: str | Path, chat_template: str | None = None, *, fast: bool = True
+) -> ModelTokenizer:
     """Load from a local directory holding tokenizer.json (and usually tokenizer_config.json)."""
     directory = Path(directory)
     tokenizer_file = directory / "tokenizer.json"
@@ -87,4 +90,5 @@ def load_model_tokenizer(directory: str | Path, chat_template: str | None = None
         special_tokens=special,
         model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
         source=str(directory),
+        fast_encode=load_fast_encoder(tokenizer_file, tokenizer) if fast else None,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
@@ -19,12 +19,20 @@ class ModelTokenizer:
     special_tokens: dict[str, str | None] = field(default_factory=dict)
     model_max_length: int | None = None
     source: str = ""
+    # A faster encoder proven to give the same ids (see fast_backend); None: use ``tokenizer``.
+    fast_encode: Callable[[str, bool], list[int]] | None = None
+
+    @property
+    def backend(self) -> str:
+        return "fastokens" if self.fast_encode is not None else "tokenizers"
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        if self.fast_encode is not None:
+            return self.fast_encode(text, add_special_tokens)
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:

@@ -1,0 +1,99 @@
+"""CPU time and memory of a process tree, read from Linux /proc.
+
+A gateway may be one process or a supervisor with worker children (and helpers such as
+multiprocessing's resource tracker), so every figure sums the root and all its descendants.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    comm: str
+    # utime + stime of the process itself (all its threads), in clock ticks.
+    own_ticks: int
+    # cutime + cstime: what its reaped children (and their reaped descendants) used.
+    reaped_ticks: int
+    rss_kb: int
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: split at the last ")".
+    head, _, rest = raw.rpartition(")")
+    fields = rest.split()
+    # After ")", field index 0 is state; ppid 1, utime 11, stime 12, cutime 13, cstime 14, rss 21.
+    return ProcStat(
+        pid=pid,
+        ppid=int(fields[1]),
+        comm=head.partition("(")[2],
+        own_ticks=int(fields[11]) + int(fields[12]),
+        reaped_ticks=int(fields[13]) + int(fields[14]),
+        rss_kb=int(fields[21]) * PAGE_KB,
+    )
+
+
+def _all_stats() -> dict[int, ProcStat]:
+    stats: dict[int, ProcStat] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None:
+                stats[stat.pid] = stat
+    return stats
+
+
+def tree(root: int) -> list[ProcStat]:
+    """The root and every live descendant (found by walking ppid links over all of /proc)."""
+    stats = _all_stats()
+    if root not in stats:
+        return []
+    children: dict[int, list[int]] = {}
+    for stat in stats.values():
+        children.setdefault(stat.ppid, []).append(stat.pid)
+    found: list[ProcStat] = []
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        found.append(stats[pid])
+        pending.extend(children.get(pid, ()))
+    return found
+
+
+def tree_cpu_ms(root: int) -> float:
+    """CPU ms used so far by the tree, including descendants that already exited.
+
+    A descendant that exits is reaped by its parent, which is in the tree, and its time moves
+    into that parent's cutime/cstime; summing own + reaped over the live tree counts it once.
+    """
+    members = tree(root)
+    ticks = sum(s.own_ticks + s.reaped_ticks for s in members)
+    return ticks * 1000.0 / CLOCK_TICKS
+
+
+def tree_rss(root: int) -> list[dict[str, int | str]]:
+    """Resident memory of each process in the tree."""
+    return [{"pid": s.pid, "comm": s.comm, "rss_kb": s.rss_kb} for s in tree(root)]
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    # inside user/nice.
+    total = sum(values[:8])
+    idle = values[3] + values[4]
+    return total - idle, total
