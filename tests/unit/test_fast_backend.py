@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import LLAMA3, QWEN3
 
 from herdsman.tokenizer import load_model_tokenizer
-from tests.conftest import LLAMA3, QWEN3
 
 PAIRS = {
     path.name: (load_model_tokenizer(path), load_model_tokenizer(path, fast=False))
