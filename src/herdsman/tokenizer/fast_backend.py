@@ -55,7 +55,9 @@ def load_fast_encoder(path: Path, reference: Tokenizer) -> Encoder | None:
             if got != expected:
                 log.warning(
                     "fastokens differs from tokenizers on %s (add_special_tokens=%s); "
-                    "using tokenizers", path, special,
+                    "using tokenizers",
+                    path,
+                    special,
                 )
                 return None
 
