@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ from bench.workload import Turn, Workload
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "models/qwen3/tokenizer.json"
 ERROR_SAMPLES = 5
 ERROR_BACKOFF_S = 0.05
+RAMP_S = 2.0
 
 
 @dataclass(slots=True)
@@ -173,10 +175,14 @@ async def run_load(config: LoadConfig, driver: Driver, workload: Workload) -> di
     measured_done = asyncio.Event()
     stop = asyncio.Event()
     conversations = itertools.count(config.conversation_offset)
+    ramp = min(config.warmup, RAMP_S)
     in_flight = 0
 
     async def slot_loop(slot: int) -> None:
         nonlocal in_flight
+        # Staggered starts: slots that all begin at once finish in waves of C requests, which
+        # a short window would see as a step function in completions.
+        await asyncio.sleep(ramp * slot / config.concurrency)
         while not stop.is_set():
             k = next(conversations)
             for turn in workload.conversation(k, with_ids=driver.needs_ids):
@@ -221,19 +227,15 @@ async def run_load(config: LoadConfig, driver: Driver, workload: Workload) -> di
     sampler: asyncio.Task[None] | None = None
     try:
         if config.warmup > 0 and config.warmup_requests > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(warm_done.wait(), config.warmup)
-            except TimeoutError:
-                pass
         before = _snapshot(config)
         memory["rss_start"] = _rss(config.gateway_pid)
         current = measured
         if config.gateway_pid and config.rss_interval > 0:
             sampler = asyncio.create_task(sample_rss(before.at))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(measured_done.wait(), config.duration)
-        except TimeoutError:
-            pass
         after = _snapshot(config)
         memory["rss_end"] = _rss(config.gateway_pid)
         memory["rss_samples_mb"] = rss_samples
@@ -390,7 +392,8 @@ def human_line(result: dict[str, Any]) -> str:
     gw = result["gateway"]["cpu_ms_per_req"]
     return (
         f"{result['label'] or result['kind']} c={result['concurrency']}: "
-        f"{result['completed']} req in {result['window_s']:.1f}s = {result['req_per_s']:.1f} req/s, "
+        f"{result['completed']} req in {result['window_s']:.1f}s = "
+        f"{result['req_per_s']:.1f} req/s, "
         f"{result['out_tok_per_s']:.0f} tok/s, "
         f"TTFT p50/p99 {ms(result['ttft_ms'], 'p50')}/{ms(result['ttft_ms'], 'p99')} ms, "
         f"ITL p50/p99 {ms(result['itl_ms'], 'p50')}/{ms(result['itl_ms'], 'p99')} ms, "

@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 # Common English words; sampled uniformly they tokenize at about 1.1 tokens per word.
-WORDS = """
+_WORD_TEXT = """
 the of and to in is that it for was on are as with his they be at one have this from by hot
 word but what some we can out other were all there when up use your how said an each she which
 do their time if will way about many then them write would like so these her long make thing see
@@ -86,7 +86,8 @@ arrive master track parent shore division sheet substance favor connect post spe
 original share station dad bread charge proper bar offer segment slave duck instant market degree
 populate chick dear enemy reply drink occur support speech nature range steam motion path liquid
 log meant quotient teeth shell neck
-""".split()
+"""
+WORDS = _WORD_TEXT.split()
 
 MAX_PROMPT_TOKENS = 4096
 SYSTEM_TOKENS = (920, 1300)

@@ -100,10 +100,15 @@ def sim(backend: str) -> Iterator[Proc]:
     proc.stop()
 
 
+@pytest.fixture(scope="session", params=["native", "grpcio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def gateway(sim: Proc) -> Iterator[Proc]:
+def gateway(sim: Proc, transport: str) -> Iterator[Proc]:
     """A gateway in front of ``sim`` with the tokenizer fetched from the worker."""
-    proc = start_gateway(sim.address)
+    proc = start_gateway(sim.address, extra=("--grpc-transport", transport))
     yield proc
     proc.stop()
 

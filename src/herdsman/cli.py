@@ -35,6 +35,12 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "vllm", "sglang"],
         help="worker protocol; auto asks the worker",
     )
+    p.add_argument(
+        "--grpc-transport",
+        default="native",
+        choices=["native", "grpcio"],
+        help="gRPC client: herdsman's lean HTTP/2 client (native) or grpcio's asyncio stack",
+    )
     p.add_argument("--model-path", help="local model directory (tokenizer.json, ...)")
     p.add_argument("--tokenizer-path", help="local tokenizer directory; overrides --model-path")
     p.add_argument("--served-model-name", help="model name clients use (default: the engine's)")
@@ -65,6 +71,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         host=args.host,
         port=args.port,
         backend=args.backend,
+        grpc_transport=args.grpc_transport,
         model_path=args.model_path,
         tokenizer_path=args.tokenizer_path,
         served_model_name=args.served_model_name,

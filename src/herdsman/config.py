@@ -11,6 +11,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     backend: str = "auto"
+    grpc_transport: str = "native"
     model_path: str | None = None
     tokenizer_path: str | None = None
     served_model_name: str | None = None

@@ -190,6 +190,22 @@ def test_completions_streaming_token_ids_prompt(base_url: str, tokenizer: Tokeni
     assert events[-1]["usage"]["prompt_tokens"] == len(ids)
 
 
+def test_long_prompt_crosses_flow_control_windows(base_url: str, tokenizer: Tokenizer) -> None:
+    # 30k ids are ~120 KB of protobuf: more than HTTP/2's initial 64 KB window.
+    ids = (tokenizer.encode("The quick brown fox jumps over the lazy dog. ").ids * 3000)[:30000]
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        timeout=60,
+        json={
+            "model": MODEL,
+            "prompt": ids,
+            "max_tokens": 3,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] == 30000
+
+
 def test_models_and_health(base_url: str) -> None:
     models = httpx.get(f"{base_url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == [MODEL]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 
 from herdsman.engines.base import EngineClient, EngineUnavailable
-from herdsman.engines.grpc_engine import GrpcEngine, open_channel
+from herdsman.engines.grpc_engine import GrpcEngine
 from herdsman.engines.sglang import SglangScheduler
+from herdsman.engines.transport import TRANSPORTS, RpcError, Transport
 from herdsman.engines.vllm import VllmEngine
 
 BACKENDS: dict[str, type[GrpcEngine]] = {
@@ -23,28 +24,34 @@ def parse_worker_url(url: str) -> str:
     return target
 
 
-async def _speaks(engine: GrpcEngine, timeout: float) -> bool:
+async def _speaks(adapter: type[GrpcEngine], transport: Transport, timeout: float) -> bool:
     """True when the worker implements this adapter's service (probed with GetModelInfo)."""
+    method = f"/{adapter.service}/GetModelInfo"
     try:
-        await engine._stub.GetModelInfo(engine.pb2.GetModelInfoRequest(), timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        await transport.unary(
+            method, adapter.pb2.GetModelInfoRequest(), adapter.pb2.GetModelInfoResponse, timeout
+        )
+    except RpcError as exc:
+        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
             return False
-        raise EngineUnavailable(f"worker unreachable: {exc.code().name} {exc.details()}") from exc
+        raise EngineUnavailable(f"worker unreachable: {exc}") from exc
     return True
 
 
-async def connect_engine(url: str, backend: str = "auto", timeout: float = 10.0) -> EngineClient:
+async def connect_engine(
+    url: str, backend: str = "auto", transport: str = "native", timeout: float = 10.0
+) -> EngineClient:
     """Connect to a worker; with ``backend="auto"`` ask each service until one answers."""
     target = parse_worker_url(url)
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; choose from {sorted(TRANSPORTS)}")
+    channel = TRANSPORTS[transport](target)
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-        return BACKENDS[backend](target, open_channel(target))
-    channel = open_channel(target)
+        return BACKENDS[backend](target, channel)
     for adapter in BACKENDS.values():
-        engine = adapter(target, channel)
-        if await _speaks(engine, timeout):
-            return engine
+        if await _speaks(adapter, channel, timeout):
+            return adapter(target, channel)
     await channel.close()
     raise EngineUnavailable(f"worker {url} speaks none of {sorted(BACKENDS)}")

@@ -1,4 +1,4 @@
-"""What the two gRPC adapters share: the channel, error mapping, and the Generate stream loop."""
+"""What the two gRPC adapters share: the calls, the error mapping and the Generate stream loop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from smg_grpc_proto.generated import common_pb2
 
 from herdsman.engines.base import (
     EngineError,
@@ -16,30 +17,16 @@ from herdsman.engines.base import (
     EngineUnavailable,
     ModelInfo,
 )
-
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
-    ("grpc.max_send_message_length", 512 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # One TCP connection per engine is the point: a gateway process multiplexes its streams.
-    ("grpc.use_local_subchannel_pool", 1),
-]
+from herdsman.engines.transport import RpcError, Transport
 
 _UNAVAILABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-
-
-def engine_error(exc: grpc.aio.AioRpcError, *, produced: bool = False) -> EngineError:
-    code = exc.code()
-    message = f"engine {code.name}: {exc.details() or 'no details'}"
-    if code in _UNAVAILABLE_CODES and not produced:
+def engine_error(exc: RpcError, *, produced: bool = False) -> EngineError:
+    message = f"engine {exc.code.name}: {exc.details or 'no details'}"
+    if exc.code in _UNAVAILABLE_CODES and not produced:
         return EngineUnavailable(message)
-    return EngineError(message, code=code.name.lower())
+    return EngineError(message, code=exc.code.name.lower())
 
 
 def _final_output(done: Any, take_ids: bool) -> EngineOutput:
@@ -57,18 +44,26 @@ def _final_output(done: Any, take_ids: bool) -> EngineOutput:
 
 
 class GrpcEngine:
-    """Base of the protocol adapters; subclasses supply the proto modules and conversions."""
+    """Base of the protocol adapters; subclasses supply the service, messages and conversions."""
 
     backend: ClassVar[str]
+    service: ClassVar[str]
     pb2: ClassVar[Any]
 
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, address: str, transport: Transport) -> None:
         self.address = address
-        self._channel = channel
-        self._stub = self._make_stub(channel)
-
-    def _make_stub(self, channel: grpc.aio.Channel) -> Any:
-        raise NotImplementedError
+        self._transport = transport
+        self._methods = {
+            name: f"/{self.service}/{name}"
+            for name in (
+                "Generate",
+                "Abort",
+                "HealthCheck",
+                "GetModelInfo",
+                "GetServerInfo",
+                "GetTokenizer",
+            )
+        }
 
     def _generate_request(self, request: EngineRequest) -> Any:
         raise NotImplementedError
@@ -76,17 +71,25 @@ class GrpcEngine:
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
         raise NotImplementedError
 
+    async def _unary(self, name: str, request: Any, response_type: Any, timeout: float) -> Any:
+        try:
+            return await self._transport.unary(self._methods[name], request, response_type, timeout)
+        except RpcError as exc:
+            raise engine_error(exc) from exc
+
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        call = self._stub.Generate(self._generate_request(request))
+        responses = self._transport.stream(
+            self._methods["Generate"], self._generate_request(request), self.pb2.GenerateResponse
+        )
         produced = False
         # In a streamed generation every token arrives in a chunk; the complete message repeats
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
         try:
-            async for response in call:
+            async for response in responses:
+                produced = True
                 if response.HasField("chunk"):
                     chunk = response.chunk
-                    produced = True
                     yield EngineOutput(
                         index=chunk.index,
                         token_ids=list(chunk.token_ids),
@@ -95,34 +98,29 @@ class GrpcEngine:
                         cached_tokens=chunk.cached_tokens,
                     )
                 elif response.HasField("complete"):
-                    done = response.complete
-                    produced = True
-                    yield _final_output(done, take_final_ids)
-        except grpc.aio.AioRpcError as exc:
+                    yield _final_output(response.complete, take_final_ids)
+        except RpcError as exc:
             raise engine_error(exc, produced=produced) from exc
         finally:
-            if not call.done():
-                call.cancel()
+            await responses.aclose()
 
     async def abort(self, request_ids: list[str]) -> None:
         for message in self._abort_requests(request_ids):
-            try:
-                await self._stub.Abort(message, timeout=5.0)
-            except grpc.aio.AioRpcError as exc:
-                raise engine_error(exc) from exc
+            await self._unary("Abort", message, self.pb2.AbortResponse, 5.0)
 
     async def health_check(self, timeout: float) -> bool:
         try:
-            response = await self._stub.HealthCheck(self.pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError:
+            response = await self._unary(
+                "HealthCheck", self.pb2.HealthCheckRequest(), self.pb2.HealthCheckResponse, timeout
+            )
+        except EngineError:
             return False
         return bool(response.healthy)
 
     async def model_info(self) -> ModelInfo:
-        try:
-            info = await self._stub.GetModelInfo(self.pb2.GetModelInfoRequest(), timeout=10.0)
-        except grpc.aio.AioRpcError as exc:
-            raise engine_error(exc) from exc
+        info = await self._unary(
+            "GetModelInfo", self.pb2.GetModelInfoRequest(), self.pb2.GetModelInfoResponse, 10.0
+        )
         return ModelInfo(
             model_path=info.model_path,
             served_model_name=info.served_model_name,
@@ -137,23 +135,25 @@ class GrpcEngine:
         )
 
     async def server_info(self) -> dict[str, object]:
-        try:
-            info = await self._stub.GetServerInfo(self.pb2.GetServerInfoRequest(), timeout=10.0)
-        except grpc.aio.AioRpcError as exc:
-            raise engine_error(exc) from exc
+        info = await self._unary(
+            "GetServerInfo", self.pb2.GetServerInfoRequest(), self.pb2.GetServerInfoResponse, 10.0
+        )
         return MessageToDict(info, preserving_proto_field_name=True)
 
     async def fetch_tokenizer(self) -> tuple[bytes, str]:
-        from smg_grpc_proto.generated import common_pb2
-
         parts: list[bytes] = []
         announced = ""
+        chunks = self._transport.stream(
+            self._methods["GetTokenizer"],
+            common_pb2.GetTokenizerRequest(),
+            common_pb2.GetTokenizerChunk,
+            timeout=120,
+        )
         try:
-            stream = self._stub.GetTokenizer(common_pb2.GetTokenizerRequest(), timeout=120)
-            async for chunk in stream:
+            async for chunk in chunks:
                 parts.append(chunk.data)
                 announced = chunk.sha256 or announced
-        except grpc.aio.AioRpcError as exc:
+        except RpcError as exc:
             raise engine_error(exc) from exc
         data = b"".join(parts)
         if not announced:
@@ -163,4 +163,4 @@ class GrpcEngine:
         return data, announced
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._transport.close()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-from smg_grpc_proto.generated import sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
+from smg_grpc_proto.generated import sglang_scheduler_pb2
 
 from herdsman.engines.base import EngineRequest
 from herdsman.engines.grpc_engine import GrpcEngine
@@ -13,10 +12,8 @@ from herdsman.engines.grpc_engine import GrpcEngine
 
 class SglangScheduler(GrpcEngine):
     backend = "sglang"
+    service = "sglang.grpc.scheduler.SglangScheduler"
     pb2 = sglang_scheduler_pb2
-
-    def _make_stub(self, channel: grpc.aio.Channel) -> Any:
-        return sglang_scheduler_pb2_grpc.SglangSchedulerStub(channel)
 
     def _generate_request(self, request: EngineRequest) -> sglang_scheduler_pb2.GenerateRequest:
         s = request.sampling

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-from smg_grpc_proto.generated import vllm_engine_pb2, vllm_engine_pb2_grpc
+from smg_grpc_proto.generated import vllm_engine_pb2
 
 from herdsman.engines.base import EngineRequest
 from herdsman.engines.grpc_engine import GrpcEngine
@@ -13,10 +12,8 @@ from herdsman.engines.grpc_engine import GrpcEngine
 
 class VllmEngine(GrpcEngine):
     backend = "vllm"
+    service = "vllm.grpc.engine.VllmEngine"
     pb2 = vllm_engine_pb2
-
-    def _make_stub(self, channel: grpc.aio.Channel) -> Any:
-        return vllm_engine_pb2_grpc.VllmEngineStub(channel)
 
     def _generate_request(self, request: EngineRequest) -> vllm_engine_pb2.GenerateRequest:
         s = request.sampling

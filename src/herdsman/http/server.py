@@ -49,7 +49,7 @@ class _Connection(asyncio.Protocol):
         self._limits = server.limits
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[tuple[Request, bool]] = deque()
+        self._pending: deque[tuple[Request | None, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -139,10 +139,10 @@ class _Connection(asyncio.Protocol):
             body=b"".join(self._body),
             received_at=time.perf_counter(),
         )
-        keep_alive = self._parser.should_keep_alive() and not self._too_large
-        if self._too_large:
-            request.method = "__TOO_LARGE__"
-        self._pending.append((request, keep_alive))
+        # An oversized body is answered (413) in order, after the requests before it.
+        self._pending.append(
+            (None if self._too_large else request, self._parser.should_keep_alive())
+        )
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve_pending())
 
@@ -163,9 +163,9 @@ class _Connection(asyncio.Protocol):
             self._task = None
         self._arm_idle_timer()
 
-    async def _serve(self, request: Request, keep_alive: bool) -> bool:
+    async def _serve(self, request: Request | None, keep_alive: bool) -> bool:
         """Write one response; False when the connection cannot be reused afterwards."""
-        if request.method == "__TOO_LARGE__":
+        if request is None:
             limit = self._limits.max_body_bytes
             self._write_error(413, f"request body exceeds {limit} bytes", keep_alive=False)
             return False

@@ -20,7 +20,9 @@ _DEFAULT_CONTEXT = 32768
 
 
 async def _connect_all(config: GatewayConfig) -> WorkerRegistry:
-    engines = await asyncio.gather(*(connect_engine(url, config.backend) for url in config.workers))
+    engines = await asyncio.gather(
+        *(connect_engine(url, config.backend, config.grpc_transport) for url in config.workers)
+    )
     infos = await asyncio.gather(*(engine.model_info() for engine in engines))
     registry = WorkerRegistry()
     for url, engine, info in zip(config.workers, engines, infos, strict=True):

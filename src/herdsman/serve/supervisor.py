@@ -92,7 +92,7 @@ class Supervisor:
 
     async def _connect_engines(self) -> None:
         for url in self._config.workers:
-            engine = await connect_engine(url, self._config.backend)
+            engine = await connect_engine(url, self._config.backend, self._config.grpc_transport)
             worker = Worker(url=url, engine=engine, model=await engine.model_info())
             worker.on_change = self._broadcast_health
             self._registry.add(worker)

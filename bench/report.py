@@ -1,0 +1,437 @@
+"""Turns one suite run (bench/results/<run>/) into docs/benchmarks.md.
+
+python -m bench.report bench/results/<run> [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+CLIENT_CORES_WARN = 0.5
+MACHINE_BUSY_WARN = 0.95
+BACKGROUND_WARN = 0.10
+OTHER_CORES_WARN = 0.25
+
+
+def load(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    meta = json.loads((out_dir / "meta.json").read_text())
+    results = [
+        json.loads(path.read_text())
+        for path in sorted(out_dir.glob("*.json"))
+        if path.name != "meta.json"
+    ]
+    order = {t["name"]: i for i, t in enumerate(meta["targets"])}
+    scenarios = {s["name"]: i for i, s in enumerate(meta["scenarios"])}
+    results = [r for r in results if "scenario" in r]
+    results.sort(
+        key=lambda r: (scenarios.get(r["scenario"], 99), r["concurrency"], order.get(r["target"]))
+    )
+    return meta, results
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def rss_mb(snapshot: dict[str, Any] | None) -> float | None:
+    return snapshot["total_kb"] / 1024 if snapshot else None
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def find(
+    results: list[dict[str, Any]], scenario: str, c: int, target: str
+) -> dict[str, Any] | None:
+    for r in results:
+        if r["scenario"] == scenario and r["concurrency"] == c and r["target"] == target:
+            return r
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def other_cores(r: dict[str, Any]) -> float | None:
+    """CPU used during the window by processes outside this measurement (other work)."""
+    busy, cpus = r["machine"]["busy"], r["machine"]["cpus"]
+    if busy is None or not cpus:
+        return None
+    ours = r["client"]["cpu_cores"] + (r["gateway"]["cpu_cores"] or 0.0)
+    ours += r["engine"]["cpu_cores"] or 0.0
+    return max(0.0, busy * cpus - ours)
+
+
+def results_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for scenario in meta["scenarios"]:
+        rows = [r for r in results if r["scenario"] == scenario["name"]]
+        if not rows:
+            continue
+        out += [f"### {scenario['title']}", ""]
+        out += [
+            f"engine-sim `{' '.join(scenario['engine_args'])}`; "
+            f"warm-up {scenario['warmup']:g}s, measured window {scenario['duration']:g}s"
+            + (f" ({scenario['duration_c1']:g}s at c=1)" if scenario.get("duration_c1") else "")
+            + ".",
+            "",
+        ]
+        floors = [r for r in rows if r["target_kind"] == "floor" and r["chunks_per_request"]]
+        if any(r["tokens_per_request"] / r["chunks_per_request"] > 1.5 for r in floors):
+            per = ", ".join(
+                f"c={r['concurrency']}: {r['tokens_per_request'] / r['chunks_per_request']:.1f}"
+                for r in floors
+            )
+            out += [
+                "With no latency to wait out, the engine-sim's step loop runs ahead of its stream "
+                "writes, so it ships several tokens per gRPC message (tokens per message at the "
+                f"floor: {per}); `msgs/req` counts the messages (SSE content events for a "
+                "gateway) each 128-token request arrived in.",
+                "",
+            ]
+        header = [
+            "c", "target", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
+            "errors", "msgs/req",
+        ]  # fmt: skip
+        body = [
+            [
+                str(r["concurrency"]),
+                r["target"],
+                fmt(r["req_per_s"], 2),
+                fmt(r["out_tok_per_s"], 0),
+                fmt(r["ttft_ms"]["p50"]),
+                fmt(r["ttft_ms"]["p99"]),
+                fmt(r["itl_ms"]["p50"], 2),
+                fmt(r["itl_ms"]["p99"], 2),
+                str(r["errors"]),
+                fmt(r["chunks_per_request"], 1),
+            ]
+            for r in rows
+        ]
+        out += table(header, body)
+        out.append("")
+        header = [
+            "c", "target", "gateway CPU ms/req", "gateway cores", "engine CPU ms/req",
+            "client cores", "other cores", "machine busy", "gateway RSS MB start → end",
+        ]  # fmt: skip
+        body = []
+        for r in rows:
+            gw = r["gateway"]
+            start, end = rss_mb(gw["rss_start"]), rss_mb(gw["rss_end"])
+            body.append(
+                [
+                    str(r["concurrency"]),
+                    r["target"],
+                    fmt(gw["cpu_ms_per_req"], 2),
+                    fmt(gw["cpu_cores"], 2),
+                    fmt(r["engine"]["cpu_ms_per_req"], 2),
+                    fmt(r["client"]["cpu_cores"], 2),
+                    fmt(other_cores(r), 2),
+                    f"{r['machine']['busy']:.0%}" if r["machine"]["busy"] is not None else "–",
+                    f"{fmt(start, 0)} → {fmt(end, 0)}" if start is not None else "–",
+                ]
+            )
+        out += table(header, body)
+        out.append("")
+    return out
+
+
+def ratios_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    herdsmen = [t["name"] for t in meta["targets"] if t["kind"] == "herdsman"]
+    has_smg = any(t["kind"] == "smg" for t in meta["targets"])
+    has_floor = any(t["kind"] == "floor" for t in meta["targets"])
+    out = ["## Ratios", ""]
+    if has_smg and herdsmen:
+        out += [
+            "**Gateway CPU per request, herdsman ÷ SMG** (lower is better; 1.00× = parity):",
+            "",
+        ]
+        body = []
+        for scenario in meta["scenarios"]:
+            for c in scenario["levels"]:
+                smg = find(results, scenario["name"], c, "smg")
+                cells = []
+                for name in herdsmen:
+                    h = find(results, scenario["name"], c, name)
+                    cells.append(
+                        ratio(
+                            h and h["gateway"]["cpu_ms_per_req"],
+                            smg and smg["gateway"]["cpu_ms_per_req"],
+                        )
+                    )
+                body.append([scenario["name"], str(c), *cells])
+        out += table(["scenario", "c", *herdsmen], body)
+        out.append("")
+    multi = [n for n in herdsmen if n != "herdsman-w1"]
+    if "herdsman-w1" in herdsmen and multi:
+        out += ["**Throughput with N workers ÷ 1 worker** (req/s):", ""]
+        body = []
+        for scenario in meta["scenarios"]:
+            for c in scenario["levels"]:
+                one = find(results, scenario["name"], c, "herdsman-w1")
+                for name in multi:
+                    many = find(results, scenario["name"], c, name)
+                    smg = find(results, scenario["name"], c, "smg")
+                    body.append(
+                        [
+                            scenario["name"],
+                            str(c),
+                            f"{name} ÷ herdsman-w1",
+                            ratio(many and many["req_per_s"], one and one["req_per_s"]),
+                            ratio(many and many["req_per_s"], smg and smg["req_per_s"]),
+                        ]
+                    )
+        out += table(["scenario", "c", "ratio", "value", "same herdsman ÷ SMG"], body)
+        out.append("")
+    if has_floor:
+        out += ["**TTFT added over the engine floor at concurrency 1** (gateway − floor):", ""]
+        body = []
+        for scenario in meta["scenarios"]:
+            if 1 not in scenario["levels"]:
+                continue
+            floor = find(results, scenario["name"], 1, "floor")
+            for t in meta["targets"]:
+                if t["kind"] == "floor":
+                    continue
+                g = find(results, scenario["name"], 1, t["name"])
+                if not (g and floor):
+                    continue
+                row = [scenario["name"], t["name"]]
+                for key in ("p50", "p99"):
+                    a, b = g["ttft_ms"][key], floor["ttft_ms"][key]
+                    row.append("–" if a is None or b is None else f"{a - b:+.1f} ms")
+                a, b = g["itl_ms"]["p50"], floor["itl_ms"]["p50"]
+                row.append("–" if a is None or b is None else f"{a - b:+.2f} ms")
+                body.append(row)
+        out += table(
+            ["scenario", "gateway", "TTFT p50 added", "TTFT p99 added", "ITL p50 added"], body
+        )
+        out.append("")
+    return out
+
+
+def memory_section(results: list[dict[str, Any]]) -> list[str]:
+    out = ["## Memory", ""]
+    out += [
+        "Resident set size of the gateway's whole process tree: before warm-up, at the start and "
+        "at the end of the measured window, and the range of the samples taken during it. "
+        "Per process at the end: pid:comm=MB.",
+        "",
+    ]
+    body = []
+    for r in results:
+        gw = r["gateway"]
+        if not gw.get("rss_start"):
+            continue
+        samples = [s[1] for s in gw.get("rss_samples_mb") or []]
+        per_process = ", ".join(
+            f"{p['pid']}:{p['comm']}={p['rss_kb'] / 1024:.0f}" for p in gw["rss_end"]["processes"]
+        )
+        body.append(
+            [
+                r["scenario"],
+                str(r["concurrency"]),
+                r["target"],
+                fmt(rss_mb(gw["rss_before_warmup"]), 0),
+                fmt(rss_mb(gw["rss_start"]), 0),
+                fmt(rss_mb(gw["rss_end"]), 0),
+                f"{min(samples):.0f}–{max(samples):.0f} ({len(samples)})" if samples else "–",
+                per_process,
+            ]
+        )
+    header = ["scenario", "c", "target", "before warm-up", "start", "end", "samples (n)"]
+    out += table([*header, "processes at end"], body)
+    out.append("")
+    return out
+
+
+def commands_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    out = ["## Commands", ""]
+    out += [f"The whole run: `{meta.get('invocation', './bench/run.sh')}`.", ""]
+    out += [
+        "Per measurement (one example per scenario and target; other concurrency levels differ "
+        "only in `--concurrency`, `--duration`, `--conversation-offset`, ports and pids):",
+        "",
+        "```sh",
+    ]
+    seen: set[tuple[str, str]] = set()
+    for r in results:
+        key = (r["scenario"], r["target"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(f"# {r['scenario']} / {r['target']}")
+        commands = r["commands"]
+        out.append(commands["engine"] + " &")
+        if commands["gateway"]:
+            env = "HF_ENDPOINT=http://127.0.0.1:9 " if r["target_kind"] == "smg" else ""
+            out.append(env + commands["gateway"] + " &")
+        out.append(commands["client"])
+    out += ["```", ""]
+    return out
+
+
+def observations(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    notes: list[str] = []
+    background = meta.get("background_busy_before", 0.0)
+    if background > BACKGROUND_WARN:
+        notes.append(
+            f"The machine was already {background:.0%} busy just before the run started (other "
+            "processes); see `other cores` per measurement for how much that perturbed each."
+        )
+    forced: dict[str, list[float]] = {}
+    saturated: list[str] = []
+    disturbed: list[str] = []
+    for r in results:
+        where = f"{r['scenario']} c={r['concurrency']} {r['target']}"
+        if r["errors"]:
+            notes.append(f"{where}: {r['errors']} errors, e.g. `{r['error_samples'][0]}`.")
+        if r["warmup"]["errors"]:
+            notes.append(
+                f"{where}: {r['warmup']['errors']} errors during warm-up, e.g. "
+                f"`{r['warmup']['error_samples'][0]}`."
+            )
+        if r["client"]["cpu_cores"] > CLIENT_CORES_WARN:
+            notes.append(
+                f"{where}: the load client used {r['client']['cpu_cores']:.2f} cores, competing "
+                "with the gateway and engine for the machine's CPUs."
+            )
+        if r["machine"]["busy"] is not None and r["machine"]["busy"] > MACHINE_BUSY_WARN:
+            saturated.append(f"{where} ({r['machine']['busy']:.0%})")
+        other = other_cores(r)
+        if other is not None and other > OTHER_CORES_WARN:
+            disturbed.append(f"{where} ({other:.2f})")
+        if r["reasoning_chunks"]:
+            notes.append(f"{where}: {r['reasoning_chunks']} chunks came as reasoning_content.")
+        if r["prompt_tokens"]["server_mismatches"]:
+            notes.append(
+                f"{where}: {r['prompt_tokens']['server_mismatches']} responses reported a prompt "
+                "token count other than the workload's."
+            )
+        stop = r.get("stop", {}).get("gateway")
+        if stop and stop["sigkill"]:
+            forced.setdefault(r["target"], []).append(stop["stop_s"])
+    if saturated:
+        notes.append(
+            "All CPUs busy (throughput bounded by the CPUs that client, engine-sim and gateway "
+            "share): " + ", ".join(saturated) + "."
+        )
+    if disturbed:
+        notes.append(
+            "Processes outside the measurement used CPU during the window (cores): "
+            + ", ".join(disturbed)
+            + ". Numbers from these runs are perturbed; rerun on a quiet machine to trust them."
+        )
+    for target, times in forced.items():
+        runs = sum(1 for r in results if r["target"] == target)
+        notes.append(
+            f"{target}: still running {max(times):.0f}s after SIGTERM in {len(times)} of {runs} "
+            "runs, then stopped with SIGKILL (the harness does not wait out graceful drains)."
+        )
+    return notes
+
+
+def workload_line(results: list[dict[str, Any]]) -> str:
+    means = [r["prompt_tokens"]["mean"] for r in results if r["prompt_tokens"]["mean"]]
+    lows = [r["prompt_tokens"]["min"] for r in results if r["prompt_tokens"]["min"]]
+    highs = [r["prompt_tokens"]["max"] for r in results if r["prompt_tokens"]["max"]]
+    if not means:
+        return ""
+    return (
+        f"Prompts actually sent: {min(lows)}–{max(highs)} tokens, run means "
+        f"{min(means):.0f}–{max(means):.0f}."
+    )
+
+
+def render(meta: dict[str, Any], results: list[dict[str, Any]], out_dir: Path) -> str:
+    m, v, smg = meta["machine"], meta["versions"], meta["smg_defaults"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `bench/run.sh` (mode **{meta['mode']}**) on {meta['started']} "
+        f"in {meta.get('elapsed_s', 0):.0f}s. Raw results: `{out_dir.name}` under "
+        "`bench/results/` (not committed).",
+        "",
+        "## Setup",
+        "",
+        f"- Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}. Client, "
+        "engine-sim and gateway share these CPUs.",
+        f"- Background load before the run: {meta.get('background_busy_before', 0):.0%} of all "
+        "CPUs.",
+        f"- Versions: herdsman {v['herdsman']}; SMG {v['smg']}; Python {v['python']}.",
+        f"- Network: a private network namespace (interfaces: {', '.join(meta['interfaces'])}); "
+        "all traffic on 127.0.0.1.",
+        "- Workload: streaming chat completions (`stream_options.include_usage`), "
+        "`max_tokens: 128`, `ignore_eos: true` (every request yields exactly 128 tokens; the "
+        "engine-sim runs with `--tokens-per-message 1`). Multi-turn conversations built "
+        "deterministically from a seed (`bench/workload.py`): a system prompt, then "
+        "user/assistant turns; each request is the "
+        "previous one plus a reply and a new user message, so it shares a long prefix with it. "
+        "Prompt lengths 1–4k tokens, ~2.4k on average (Qwen3 tokenizer). " + workload_line(results),
+        "- The floor is the same workload sent straight to the engine-sim over gRPC "
+        "(VllmEngine.Generate with the chat-templated prompt as token ids, stream=True).",
+        "- Each measurement starts a fresh engine-sim (empty prefix cache) and gateway; "
+        "targets are interleaved per concurrency level. Closed loop: C client tasks, one request "
+        "in flight each, keep-alive HTTP/1.1.",
+        "- TTFT: request sent → first content token received. ITL: time between content chunks.",
+        "- Gateway CPU: utime+stime of the gateway's root process and all its descendants "
+        "(/proc, plus reaped children via cutime/cstime), over the measured window, divided by "
+        "requests completed. /proc counts in clock ticks (10 ms) per process, so per-request "
+        "figures from windows with few requests (c=1) are coarse. Client cores = the load "
+        "client's own CPU ÷ window; other cores = machine busy time not used by client, engine "
+        "or gateway (other processes on the machine).",
+        f"- SMG: `smg launch` with its defaults (tokenizer cache L0 "
+        f"`--tokenizer-cache-enable-l0` default {smg.get('tokenizer-cache-enable-l0')}, L1 "
+        f"`--tokenizer-cache-enable-l1` default {smg.get('tokenizer-cache-enable-l1')}; "
+        f"`--reasoning-parser` default {smg.get('reasoning-parser')}, which picks the Qwen3 "
+        "parser from the model name). To make SMG do the same work as herdsman (plain "
+        "`content`, no reasoning parsing), every request carries `separate_reasoning: false`, "
+        "which SMG honours and herdsman ignores; `--reasoning-parser passthrough` did not "
+        "change SMG 1.13.0's output for this model.",
+        "",
+    ]
+    notes = observations(meta, results)
+    if notes:
+        lines += ["## Observations from this run", ""]
+        lines += [f"- {note}" for note in notes]
+        lines.append("")
+    lines += ["## Results", ""]
+    lines += ["Latencies in ms. `–`: not applicable.", ""]
+    lines += results_section(meta, results)
+    lines += ratios_section(meta, results)
+    lines += memory_section(results)
+    lines += commands_section(meta, results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out_dir: Path, docs: Path) -> None:
+    meta, results = load(out_dir)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(render(meta, results, out_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("results", help="a run directory under bench/results/")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent.parent / "docs/benchmarks.md")
+    )
+    args = parser.parse_args(argv)
+    write_report(Path(args.results), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

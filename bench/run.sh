@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The benchmark: engine floor vs herdsman (1 and N workers) vs SMG, written to docs/benchmarks.md.
+#
+#   ./bench/run.sh            default run (~12 minutes)
+#   ./bench/run.sh --quick    smoke run (~2.5 minutes); also BENCH_MODE=quick
+#   ./bench/run.sh --soak     long run at c=64 recording memory; BENCH_SOAK_SECONDS per gateway
+#                             (default 1200)
+#   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg)
+#
+# Everything runs inside a private network namespace with only loopback: the script first
+# prepares what needs the network (the project venv, SMG in a cache venv), then re-executes
+# itself under `unshare -rn`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELF="$ROOT/bench/run.sh"
+MODE="${BENCH_MODE:-default}"
+for arg in "$@"; do
+    case "$arg" in
+        --quick) MODE=quick ;;
+        --soak) MODE=soak ;;
+        --default) MODE=default ;;
+        -h | --help)
+            sed -n '2,12p' "$SELF"
+            exit 0
+            ;;
+        *)
+            echo "run.sh: unknown argument $arg" >&2
+            exit 2
+            ;;
+    esac
+done
+
+SMG_VERSION=1.13.0
+SMG_VENV="${BENCH_SMG_VENV:-$HOME/.cache/herdsman-bench/smg-venv}"
+PYTHON="$ROOT/.venv/bin/python"
+
+isolated() {
+    # Isolated when loopback is the only interface.
+    [ -z "$(ip -o link show | awk -F': ' '$2 != "lo"')" ]
+}
+
+if ! isolated; then
+    if [ -n "${BENCH_IN_NETNS:-}" ]; then
+        echo "run.sh: still see non-loopback interfaces inside the namespace" >&2
+        exit 1
+    fi
+    # Network is still available here: install what the run needs.
+    if [ ! -x "$ROOT/.venv/bin/herdsman" ]; then
+        make -C "$ROOT" .venv/.installed
+    fi
+    installed="$("$SMG_VENV/bin/python" -c \
+        'import importlib.metadata as m; print(m.version("smg"))' 2>/dev/null || true)"
+    if [ "$installed" != "$SMG_VERSION" ]; then
+        echo "run.sh: installing smg==$SMG_VERSION into $SMG_VENV" >&2
+        python3 -m venv "$SMG_VENV"
+        "$SMG_VENV/bin/pip" install --quiet "smg==$SMG_VERSION"
+    fi
+    export BENCH_IN_NETNS=1 BENCH_MODE="$MODE"
+    export BENCH_INVOCATION="${BENCH_INVOCATION:-./bench/run.sh $*}"
+    # shellcheck disable=SC2016
+    exec unshare -rn sh -c 'ip link set lo up && exec "$0" "$@"' "$SELF" "$@"
+fi
+
+cd "$ROOT"
+OUT_DIR="$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-$MODE"
+mkdir -p "$OUT_DIR"
+SUITE_PID=""
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ -n "$SUITE_PID" ] && kill -0 "$SUITE_PID" 2>/dev/null; then
+        kill -TERM "$SUITE_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$SUITE_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SUITE_PID" 2>/dev/null || true
+    fi
+    # Servers live in their own process groups; the suite lists the ones still running.
+    if [ -f "$OUT_DIR/server-pids" ]; then
+        while read -r pgid; do
+            [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
+        done <"$OUT_DIR/server-pids"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+"$PYTHON" -m bench.suite --mode "$MODE" --smg "$SMG_VENV/bin/smg" --out-dir "$OUT_DIR" &
+SUITE_PID=$!
+wait "$SUITE_PID"
