@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: engine floor vs herdsman (1 and N workers) vs SMG, written to docs/benchmarks.md.
 #
-#   ./bench/run.sh            default run (~12 minutes)
+#   ./bench/run.sh            default run (~10 minutes)
 #   ./bench/run.sh --quick    smoke run (~2.5 minutes); also BENCH_MODE=quick
 #   ./bench/run.sh --soak     long run at c=64 recording memory; BENCH_SOAK_SECONDS per gateway
 #                             (default 1200)

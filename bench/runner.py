@@ -1,11 +1,12 @@
 """The closed-loop load runner shared by the HTTP client (load.py) and the gRPC floor.
 
-C slot tasks each walk conversations turn by turn, one request in flight per slot. A short
-warm-up runs first; then CPU counters of the gateway tree, the engine tree, this client and the
-whole machine are read, the measured window runs until its duration or request count is
-reached, the counters are read again, and every slot is cancelled. Requests are attributed to
-the phase in which they complete. Every loop is bounded by both time and count, and a hard
-deadline ends the run even if a target stops answering.
+C slot tasks each walk conversations turn by turn, one request in flight per slot; their starts
+are staggered over the first seconds. A short warm-up runs first; then CPU counters of the
+gateway tree, the engine tree, this client and the whole machine are read, the measured window
+runs until its duration or request count is reached, the counters are read again, and every
+slot is cancelled. Requests are attributed to the phase in which they complete. Every loop is
+bounded by both time and count, and each request by a timeout, so the run ends by itself even
+if a target stops answering.
 """
 
 from __future__ import annotations
@@ -399,6 +400,7 @@ def human_line(result: dict[str, Any]) -> str:
         f"ITL p50/p99 {ms(result['itl_ms'], 'p50')}/{ms(result['itl_ms'], 'p99')} ms, "
         f"errors {result['errors']}, "
         f"gateway {'-' if gw is None else f'{gw:.1f}'} CPU ms/req, "
+        f"engine {result['engine']['cpu_cores'] or 0:.2f} cores, "
         f"client {result['client']['cpu_cores']:.2f} cores, "
         f"machine busy {result['machine']['busy']:.0%}"
     )
