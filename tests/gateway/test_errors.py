@@ -41,7 +41,13 @@ def test_invalid_json(base_url: str) -> None:
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 0},
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6},
         {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "logprobs": True,
+            "top_logprobs": 50,
+        },
     ],
 )
 def test_invalid_fields(base_url: str, body: dict) -> None:

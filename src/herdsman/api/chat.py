@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from herdsman.api.logprobs import chat_logprobs
 from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import (
     decode_body,
@@ -16,6 +17,7 @@ from herdsman.api.sse import ChunkFrames
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
+from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_chat
 
 
@@ -28,9 +30,27 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
     if plan.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         frames = ChunkFrames(plan.request_id, created, ctx.model.name, chat=True)
-        events = stream_events(frames, generation, include_usage=include_usage, announce_role=True)
+        top_n = plan.sampling.logprobs
+        tokenizer = ctx.model.tokenizer
+        logprobs = (
+            None
+            if top_n is None
+            else lambda _choice, run: {"content": chat_logprobs(tokenizer, [run], top_n)}
+        )
+        events = stream_events(
+            frames, generation, include_usage=include_usage, announce_role=True, logprobs=logprobs
+        )
         return StreamingResponse(events)
     return await _complete(ctx, plan, generation, created)
+
+
+def _choice_logprobs(
+    ctx: ServingContext, plan: GenerationPlan, choice: ChoiceOutput
+) -> dict[str, object] | None:
+    top_n = plan.sampling.logprobs
+    if top_n is None:
+        return None
+    return {"content": chat_logprobs(ctx.model.tokenizer, choice.logprobs or (), top_n)}
 
 
 async def _complete(
@@ -41,7 +61,7 @@ async def _complete(
         {
             "index": c.index,
             "message": {"role": "assistant", "content": "".join(c.text or ())},
-            "logprobs": None,
+            "logprobs": _choice_logprobs(ctx, plan, c),
             "finish_reason": c.finish_reason,
             "stop_reason": c.matched_stop,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from herdsman.api.logprobs import CompletionLogprobs
 from herdsman.api.protocol import CompletionRequest
 from herdsman.api.responses import (
     decode_body,
@@ -13,47 +14,63 @@ from herdsman.api.responses import (
     usage_of,
 )
 from herdsman.api.sse import ChunkFrames
+from herdsman.engines import TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
+from herdsman.pipeline.batch import GenerationGroup
 from herdsman.pipeline.context import ServingContext
-from herdsman.pipeline.generate import Generation, GenerationPlan
+from herdsman.pipeline.generate import Generation
+from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_completion
 
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
-    plan = prepare_completion(ctx.model, body)
-    generation = Generation(ctx, plan, request.received_at)
-    await generation.start()
+    plans = prepare_completion(ctx.model, body)
+    group = GenerationGroup([Generation(ctx, plan, request.received_at) for plan in plans])
+    await group.start()
     created = int(time.time())
-    if plan.stream:
+    request_id = plans[0].request_id.rsplit("-", 1)[0] if len(plans) > 1 else plans[0].request_id
+    top_n = plans[0].sampling.logprobs
+    formatters = {
+        c.index: CompletionLogprobs(ctx.model.tokenizer, top_n)
+        for c in group.choices
+        if top_n is not None
+    }
+    echoes = {c.index: g.plan.echo for g in group.generations for c in g.choices}
+    if plans[0].stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        frames = ChunkFrames(plan.request_id, created, ctx.model.name, chat=False)
-        events = stream_events(frames, generation, include_usage=include_usage, announce_role=False)
+        frames = ChunkFrames(request_id, created, ctx.model.name, chat=False)
+
+        def logprobs(choice: ChoiceOutput, run: TokenLogprobs) -> object:
+            return formatters[choice.index].format([run])
+
+        events = stream_events(
+            frames,
+            group,
+            include_usage=include_usage,
+            announce_role=False,
+            logprobs=logprobs if formatters else None,
+            echo=echoes if body.echo else None,
+        )
         return StreamingResponse(events)
-    return await _complete(ctx, plan, generation, created)
-
-
-async def _complete(
-    ctx: ServingContext, plan: GenerationPlan, generation: Generation, created: int
-) -> Response:
-    await run_to_end(generation)
+    await run_to_end(group)
     choices = [
         {
             "index": c.index,
-            "text": "".join(c.text or ()),
-            "logprobs": None,
+            "text": echoes[c.index] + "".join(c.text or ()),
+            "logprobs": formatters[c.index].format(c.logprobs or ()) if formatters else None,
             "finish_reason": c.finish_reason,
             "stop_reason": c.matched_stop,
         }
-        for c in generation.choices
+        for c in group.choices
     ]
     return json_response(
         {
-            "id": plan.request_id,
+            "id": request_id,
             "object": "text_completion",
             "created": created,
             "model": ctx.model.name,
             "choices": choices,
-            "usage": usage_of(generation),
+            "usage": usage_of(group),
         }
     )

@@ -17,6 +17,7 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -43,14 +44,14 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     min_tokens: NonNegativeInt = 0
     skip_special_tokens: bool = True
-    logprobs: Any = None
     user: str | None = None
 
 
 class ChatCompletionRequest(_SamplingFields, kw_only=True):
     messages: list[dict[str, Any]]
     max_completion_tokens: PositiveInt | None = None
-    top_logprobs: NonNegativeInt | None = None
+    logprobs: bool = False
+    top_logprobs: TopLogprobs | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
@@ -60,6 +61,7 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):
+    logprobs: TopLogprobs | None = None
     # str, list of str, list of ids or list of id lists: msgspec unions allow one array type.
     prompt: str | list[Any]
     max_tokens: PositiveInt | None = 16

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import msgspec
 
 from herdsman.api.errors import APIError, bad_request
 from herdsman.api.sse import DONE, ChunkFrames, encode_json
+from herdsman.engines import TokenLogprobs
 from herdsman.http import Response
 from herdsman.observability import METRICS
+from herdsman.pipeline.batch import GenerationGroup
 from herdsman.pipeline.generate import Generation
+from herdsman.pipeline.postprocess import ChoiceOutput
 
 T = TypeVar("T")
 
@@ -37,7 +40,7 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(status, encode_json(payload))
 
 
-def usage_of(generation: Generation) -> dict[str, object]:
+def usage_of(generation: Generation | GenerationGroup) -> dict[str, object]:
     prompt, completion = generation.prompt_tokens, generation.completion_tokens
     usage: dict[str, object] = {
         "prompt_tokens": prompt,
@@ -49,19 +52,33 @@ def usage_of(generation: Generation) -> dict[str, object]:
     return usage
 
 
+LogprobsFormat = Callable[[ChoiceOutput, TokenLogprobs], object]
+
+
 async def stream_events(
-    frames: ChunkFrames, generation: Generation, *, include_usage: bool, announce_role: bool
+    frames: ChunkFrames,
+    generation: Generation | GenerationGroup,
+    *,
+    include_usage: bool,
+    announce_role: bool,
+    logprobs: LogprobsFormat | None = None,
+    echo: dict[int, str] | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a streamed chat or completion; an engine failure becomes an error event."""
-    if announce_role:
-        for choice in generation.choices:
+    for choice in generation.choices:
+        if announce_role:
             yield frames.role(choice.index)
+        if echo and echo.get(choice.index):
+            yield frames.text(choice.index, echo[choice.index])
     try:
-        async for choice, text in generation.run():
-            if choice.finish_reason is None:
-                yield frames.text(choice.index, text)
+        async for choice, text, token_logprobs, finish_reason in generation.run():
+            lp = b"null"
+            if logprobs is not None and token_logprobs is not None:
+                lp = encode_json(logprobs(choice, token_logprobs))
+            if finish_reason is None:
+                yield frames.text(choice.index, text, lp)
             else:
-                yield frames.finish(choice.index, text, choice.finish_reason, choice.matched_stop)
+                yield frames.finish(choice.index, text, finish_reason, choice.matched_stop, lp)
     except APIError as exc:
         METRICS.stream_errors.inc(labels=(frames.endpoint,))
         yield exc.sse_event()
@@ -72,6 +89,6 @@ async def stream_events(
     yield DONE
 
 
-async def run_to_end(generation: Generation) -> None:
+async def run_to_end(generation: Generation | GenerationGroup) -> None:
     async for _ in generation.run():
         pass

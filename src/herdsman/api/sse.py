@@ -48,21 +48,28 @@ class ChunkFrames:
             head = self._heads[index] = self._open + b"%d," % index + self._text_key
         return head
 
-    def text(self, index: int, text: str) -> bytes:
+    def text(self, index: int, text: str, logprobs: bytes = b"null") -> bytes:
         return (
             self._head(index)
             + _encode(text)
             + self._close
-            + b',"logprobs":null,"finish_reason":null}]}\n\n'
+            + b',"logprobs":%b,"finish_reason":null}]}\n\n' % logprobs
         )
 
-    def finish(self, index: int, text: str, reason: str, stop_reason: str | int | None) -> bytes:
+    def finish(
+        self,
+        index: int,
+        text: str,
+        reason: str,
+        stop_reason: str | int | None,
+        logprobs: bytes = b"null",
+    ) -> bytes:
         return (
             self._head(index)
             + _encode(text)
             + self._close
-            + b',"logprobs":null,"finish_reason":%b,"stop_reason":%b}]}\n\n'
-            % (_encode(reason), _encode(stop_reason))
+            + b',"logprobs":%b,"finish_reason":%b,"stop_reason":%b}]}\n\n'
+            % (logprobs, _encode(reason), _encode(stop_reason))
         )
 
     def role(self, index: int) -> bytes:

@@ -8,6 +8,7 @@ from herdsman.engines.base import (
     EngineUnavailable,
     ModelInfo,
     SamplingParams,
+    TokenLogprobs,
 )
 from herdsman.engines.connect import BACKENDS, connect_engine
 
@@ -20,5 +21,6 @@ __all__ = [
     "EngineUnavailable",
     "ModelInfo",
     "SamplingParams",
+    "TokenLogprobs",
     "connect_engine",
 ]

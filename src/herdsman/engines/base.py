@@ -26,6 +26,8 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     min_tokens: int = 0
     n: int = 1
+    # Top alternatives per generated token; None: no logprobs at all, 0: the sampled token's only.
+    logprobs: int | None = None
 
 
 class EngineRequest(msgspec.Struct, kw_only=True):
@@ -33,6 +35,14 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     input_ids: list[int]
     sampling: SamplingParams
     stream: bool = True
+
+
+class TokenLogprobs(msgspec.Struct, gc=False):
+    """Logprobs of a run of generated tokens: one entry per token, alternatives best first."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]]
 
 
 class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
@@ -46,6 +56,7 @@ class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
     finish_reason: str | None = None
     matched_token_id: int | None = None
     matched_stop_str: str | None = None
+    logprobs: TokenLogprobs | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

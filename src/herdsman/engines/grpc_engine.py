@@ -16,6 +16,7 @@ from herdsman.engines.base import (
     EngineRequest,
     EngineUnavailable,
     ModelInfo,
+    TokenLogprobs,
 )
 from herdsman.engines.transport import RpcError, Transport
 
@@ -29,11 +30,24 @@ def engine_error(exc: RpcError, *, produced: bool = False) -> EngineError:
     return EngineError(message, code=exc.code.name.lower())
 
 
+def _logprobs(message: Any) -> TokenLogprobs | None:
+    """The proto's OutputLogProbs (same shape in both protos) as a TokenLogprobs."""
+    if not message.HasField("output_logprobs"):
+        return None
+    lp = message.output_logprobs
+    return TokenLogprobs(
+        token_ids=list(lp.token_ids),
+        logprobs=list(lp.token_logprobs),
+        top=[list(zip(t.token_ids, t.values, strict=False)) for t in lp.top_logprobs],
+    )
+
+
 def _final_output(done: Any, take_ids: bool) -> EngineOutput:
     matched = done.WhichOneof("matched_stop")
     return EngineOutput(
         index=done.index,
         token_ids=list(done.output_ids) if take_ids else [],
+        logprobs=_logprobs(done) if take_ids else None,
         prompt_tokens=done.prompt_tokens,
         completion_tokens=done.completion_tokens,
         cached_tokens=done.cached_tokens,
@@ -85,6 +99,7 @@ class GrpcEngine:
         # In a streamed generation every token arrives in a chunk; the complete message repeats
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
+        want_logprobs = request.sampling.logprobs is not None
         try:
             async for response in responses:
                 produced = True
@@ -96,6 +111,7 @@ class GrpcEngine:
                         prompt_tokens=chunk.prompt_tokens,
                         completion_tokens=chunk.completion_tokens,
                         cached_tokens=chunk.cached_tokens,
+                        logprobs=_logprobs(chunk) if want_logprobs else None,
                     )
                 elif response.HasField("complete"):
                     yield _final_output(response.complete, take_final_ids)

@@ -36,12 +36,20 @@ class SglangScheduler(GrpcEngine):
         )
         if s.max_tokens is not None:
             params.max_new_tokens = s.max_tokens
-        return sglang_scheduler_pb2.GenerateRequest(
+        if s.seed is not None:
+            # SGLang's sampling params carry the seed as a custom parameter.
+            params.custom_params.update({"sampling_seed": s.seed})
+        message = sglang_scheduler_pb2.GenerateRequest(
             request_id=request.request_id,
             tokenized=sglang_scheduler_pb2.TokenizedInput(input_ids=request.input_ids),
             sampling_params=params,
             stream=request.stream,
         )
+        if s.logprobs is not None:
+            message.return_logprob = True
+            message.top_logprobs_num = s.logprobs
+            message.logprob_start_len = -1  # generated tokens only, no prompt logprobs
+        return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
         return [sglang_scheduler_pb2.AbortRequest(request_id=rid) for rid in request_ids]

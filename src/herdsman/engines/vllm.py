@@ -37,6 +37,8 @@ class VllmEngine(GrpcEngine):
             params.max_tokens = s.max_tokens
         if s.seed is not None:
             params.seed = s.seed
+        if s.logprobs is not None:
+            params.logprobs = s.logprobs
         return vllm_engine_pb2.GenerateRequest(
             request_id=request.request_id,
             tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),

@@ -14,7 +14,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import msgspec
 
 from herdsman.api.errors import APIError
-from herdsman.engines import EngineError, EngineOutput, EngineRequest, EngineUnavailable
+from herdsman.engines import (
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineUnavailable,
+    TokenLogprobs,
+)
 from herdsman.engines import SamplingParams as EngineSampling
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
@@ -33,6 +39,13 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     stops: list[str]
     skip_special_tokens: bool = True
     stream: bool = True
+    # Batched completion prompts number their choices on from one prompt to the next.
+    first_index: int = 0
+    # Completions with echo: the prompt text, shown before the generated text.
+    echo: str = ""
+
+
+Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
 
 
 class Generation:
@@ -43,7 +56,7 @@ class Generation:
         tokenizer = ctx.model.tokenizer
         self.choices = [
             ChoiceOutput(
-                i,
+                plan.first_index + i,
                 tokenizer,
                 plan.stops,
                 skip_special_tokens=plan.skip_special_tokens,
@@ -55,6 +68,10 @@ class Generation:
         self.cached_tokens = 0
         self._started: tuple[AsyncGenerator[EngineOutput, None], EngineOutput | None, Worker] | None
         self._started = None
+
+    @property
+    def plan(self) -> GenerationPlan:
+        return self._plan
 
     @property
     def completion_tokens(self) -> int:
@@ -75,8 +92,13 @@ class Generation:
         )
         self._started = await self._open(request)
 
-    async def run(self) -> AsyncIterator[tuple[ChoiceOutput, str]]:
-        """Yield ``(choice, text_delta)``; a choice's last yield has ``choice.done`` set."""
+    async def run(self) -> AsyncIterator[Step]:
+        """Yield ``(choice, text_delta, logprobs, finish_reason)`` per step of a choice.
+
+        ``logprobs`` covers the tokens of this step when the request asked for them;
+        ``finish_reason`` is set on the choice's last step. It is part of the step, not read off
+        the choice later, because a consumer may see a step after the choice has moved on.
+        """
         if self._started is None:
             await self.start()
         assert self._started is not None
@@ -100,16 +122,19 @@ class Generation:
                 choice = self.choices[out.index]
                 if not choice.done:
                     text = choice.push(out.token_ids) if out.token_ids else ""
+                    logprobs = out.logprobs
+                    if logprobs is not None:
+                        choice.keep_logprobs(logprobs)
                     if out.finish_reason is not None and not choice.done:
                         text += choice.finish(_finish_reason(out), out.matched_token_id)
                         self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
                     if choice.done:
                         remaining -= 1
-                        yield choice, text
+                        yield choice, text, logprobs, choice.finish_reason
                         if remaining == 0:
                             break
-                    elif text:
-                        yield choice, text
+                    elif text or logprobs is not None:
+                        yield choice, text, logprobs, None
                 out = await anext(outputs, None)
             if remaining:
                 raise EngineError("engine ended the stream before every choice finished")
@@ -153,6 +178,14 @@ class Generation:
                 self._abort(worker)
                 raise
             return outputs, first, worker
+
+    async def discard(self) -> None:
+        """Give up on a started generation that will never be run (a sibling failed)."""
+        if self._started is not None:
+            outputs, _, worker = self._started
+            self._started = None
+            await outputs.aclose()
+            self._abort(worker)
 
     def _abort(self, worker: Worker) -> None:
         rid = self._plan.request_id

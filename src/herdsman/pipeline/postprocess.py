@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from herdsman.engines import TokenLogprobs
 from herdsman.tokenizer import ModelTokenizer, StopChecker
 
 
 class ChoiceOutput:
     """The state of one choice (one of ``n``) while its tokens stream in."""
 
-    __slots__ = ("_detok", "_stop", "finish_reason", "index", "matched_stop", "text", "token_count")
+    __slots__ = (
+        "_detok",
+        "_stop",
+        "finish_reason",
+        "index",
+        "logprobs",
+        "matched_stop",
+        "text",
+        "token_count",
+    )
 
     def __init__(
         self,
@@ -29,6 +39,7 @@ class ChoiceOutput:
         self.matched_stop: str | int | None = None
         # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
         self.text: list[str] | None = [] if keep_text else None
+        self.logprobs: list[TokenLogprobs] | None = [] if keep_text else None
 
     @property
     def done(self) -> bool:
@@ -51,6 +62,10 @@ class ChoiceOutput:
         if matched_token_id is not None:
             self.matched_stop = matched_token_id
         return self._keep(self._stop.flush() if self._stop is not None else "")
+
+    def keep_logprobs(self, logprobs: TokenLogprobs) -> None:
+        if self.logprobs is not None:
+            self.logprobs.append(logprobs)
 
     def _keep(self, text: str) -> str:
         if self.text is not None and text:

@@ -21,11 +21,6 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _check_unsupported(req: _SamplingFields) -> None:
-    if req.logprobs not in (None, False, 0):
-        raise bad_request("logprobs are not supported yet", param="logprobs")
-
-
 def _text_of(content: Any, index: int) -> str | None:
     """Message content as the template sees it: a string (text parts joined by newlines)."""
     if content is None or isinstance(content, str):
@@ -87,7 +82,11 @@ def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
 
 
 def _sampling(
-    model: ServedModel, req: _SamplingFields, prompt_len: int, max_tokens: int | None
+    model: ServedModel,
+    req: _SamplingFields,
+    prompt_len: int,
+    max_tokens: int | None,
+    logprobs: int | None,
 ) -> SamplingParams:
     room = model.max_context_length - prompt_len
     if room <= 0:
@@ -120,6 +119,7 @@ def _sampling(
         ignore_eos=req.ignore_eos,
         min_tokens=req.min_tokens,
         n=req.n,
+        logprobs=logprobs,
     )
 
 
@@ -141,7 +141,8 @@ def check_model(model: ServedModel, name: str) -> None:
 
 def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPlan:
     check_model(model, req.model)
-    _check_unsupported(req)
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
     if req.tools and req.tool_choice not in (None, "none", "auto"):
         raise bad_request(
             "tool_choice other than 'none' or 'auto' is not supported yet", "tool_choice"
@@ -158,41 +159,72 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
     return GenerationPlan(
         request_id=new_request_id("chatcmpl"),
         input_ids=input_ids,
-        sampling=_sampling(model, req, len(input_ids), max_tokens),
+        sampling=_sampling(
+            model,
+            req,
+            len(input_ids),
+            max_tokens,
+            (req.top_logprobs or 0) if req.logprobs else None,
+        ),
         stops=_stops(req),
         skip_special_tokens=req.skip_special_tokens,
         stream=req.stream,
     )
 
 
-def prepare_completion(model: ServedModel, req: CompletionRequest) -> GenerationPlan:
+def prepare_completion(model: ServedModel, req: CompletionRequest) -> list[GenerationPlan]:
+    """One plan per prompt of the (possibly batched) request, sharing sampling settings."""
     check_model(model, req.model)
-    _check_unsupported(req)
-    if req.echo or req.suffix or (req.best_of not in (None, 1)):
-        raise bad_request("echo, suffix and best_of are not supported yet")
+    if req.suffix:
+        raise bad_request("suffix is not supported", "suffix")
+    if req.best_of not in (None, 1, req.n):
+        raise bad_request("best_of different from n is not supported", "best_of")
+    if req.echo and req.logprobs is not None:
+        raise bad_request("echo together with logprobs is not supported yet", "echo")
     started = time.perf_counter()
-    input_ids = _completion_ids(model, req.prompt)
+    prompts = [_completion_ids(model, p) for p in _split_prompts(req.prompt)]
     METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
-    return GenerationPlan(
-        request_id=new_request_id("cmpl"),
-        input_ids=input_ids,
-        sampling=_sampling(model, req, len(input_ids), req.max_tokens),
-        stops=_stops(req),
-        skip_special_tokens=req.skip_special_tokens,
-        stream=req.stream,
-    )
+    request_id = new_request_id("cmpl")
+    return [
+        GenerationPlan(
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
+            input_ids=input_ids,
+            sampling=_sampling(model, req, len(input_ids), req.max_tokens, req.logprobs),
+            stops=_stops(req),
+            skip_special_tokens=req.skip_special_tokens,
+            stream=req.stream,
+            first_index=i * req.n,
+            echo=model.tokenizer.decode(input_ids, skip_special_tokens=False) if req.echo else "",
+        )
+        for i, input_ids in enumerate(prompts)
+    ]
+
+
+def _split_prompts(prompt: Any) -> list[Any]:
+    """A prompt is a string, a list of ids, or a batch: a list of strings or of id lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty", "prompt")
+    if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        return [prompt]
+    if all(isinstance(p, (str, list)) for p in prompt):
+        return list(prompt)
+    raise bad_request("prompt must be a string, a list of token ids, or a list of either", "prompt")
 
 
 def _completion_ids(model: ServedModel, prompt: Any) -> list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
     if isinstance(prompt, str):
         if not prompt:
             raise bad_request("prompt must not be empty", "prompt")
         return model.tokenizer.encode(prompt, add_special_tokens=True)
-    if prompt and all(isinstance(t, int) for t in prompt):
-        vocab = model.tokenizer.vocab_size
-        if any(t < 0 or t >= vocab for t in prompt):
-            raise bad_request(f"prompt token ids must be in [0, {vocab})", "prompt")
-        return list(prompt)
-    raise bad_request("batched prompts are not supported yet; send one prompt", "prompt")
+    vocab = model.tokenizer.vocab_size
+    if (
+        not prompt
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        or any(t < 0 or t >= vocab for t in prompt)
+    ):
+        raise bad_request(
+            f"a token id prompt must be a non-empty list of ids in [0, {vocab})", "prompt"
+        )
+    return list(prompt)

@@ -21,6 +21,7 @@ class ModelTokenizer:
     source: str = ""
     # A faster encoder proven to give the same ids (see fast_backend); None: use ``tokenizer``.
     fast_encode: Callable[[str, bool], list[int]] | None = None
+    _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def backend(self) -> str:
@@ -40,6 +41,15 @@ class ModelTokenizer:
 
     def detokenizer(self, *, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.tokenizer, skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded on its own (as logprobs report it), cached per id."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode(
+                [token_id], skip_special_tokens=False
+            )
+        return text
 
     def token_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)

@@ -1,0 +1,149 @@
+"""What every model family's image processor shares: the result type, the config reading, the
+exact-as-transformers rescale/normalize, and placeholder expansion in token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+# transformers' PILImageResampling values are Pillow's; configs store the integer.
+RESAMPLE = {
+    0: Image.Resampling.NEAREST,
+    1: Image.Resampling.LANCZOS,
+    2: Image.Resampling.BILINEAR,
+    3: Image.Resampling.BICUBIC,
+    4: Image.Resampling.BOX,
+    5: Image.Resampling.HAMMING,
+}
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ProcessedImages:
+    """Tensors for one request's images, in the layout the model's vision tower expects.
+
+    `pixel_values` is float32. `model_specific` holds the extra tensors the engine needs (e.g.
+    `image_grid_thw`). `num_placeholders[i]` is how many image-token slots image i takes in the
+    prompt; `placeholder_tokens[i]`, when set, is the exact token sequence (with separators) that
+    replaces image i's single placeholder.
+    """
+
+    pixel_values: np.ndarray
+    model_specific: dict[str, np.ndarray] = field(default_factory=dict)
+    num_placeholders: list[int] = field(default_factory=list)
+    placeholder_tokens: list[list[int]] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixel_values.nbytes + sum(v.nbytes for v in self.model_specific.values()))
+
+
+def normalize_lut(
+    rescale_factor: float | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> np.ndarray:
+    """A (3, 256) float32 table mapping each uint8 value to its rescaled, normalized value.
+
+    transformers computes `float32(float64(x) * rescale_factor)` then `(x - mean32) / std32` in
+    float32. Every uint8 input has only 256 possible outputs per channel, so tabulating them with
+    the same float operations gives bit-identical results for one gather instead of three passes.
+    """
+    values = np.arange(256, dtype=np.uint8)
+    if rescale_factor is not None:
+        base = (values.astype(np.float64) * rescale_factor).astype(np.float32)
+    else:
+        base = values.astype(np.float32)
+    lut = np.repeat(base[None, :], 3, axis=0)
+    if mean is not None and std is not None:
+        m = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+        s = np.asarray(std, dtype=np.float32).reshape(3, 1)
+        lut = (lut - m) / s
+    return np.ascontiguousarray(lut, dtype=np.float32)
+
+
+def apply_lut_chw(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """uint8 HWC -> normalized float32 CHW."""
+    h, w, c = img.shape
+    out = np.empty((c, h, w), dtype=np.float32)
+    for ch in range(c):
+        np.take(lut[ch], img[:, :, ch], out=out[ch])
+    return out
+
+
+def resize(img: Image.Image, height: int, width: int, resample: int) -> Image.Image:
+    """transformers resizes uint8 images through Pillow with no reducing_gap; so do we."""
+    if img.size == (width, height):
+        # Pillow's resize to the same size is an identity copy for every filter.
+        return img
+    return img.resize((width, height), resample=RESAMPLE[resample])
+
+
+class ImageProcessor:
+    """Base class: subclasses read their preprocessor_config.json values in `__init__`."""
+
+    #: `model_type`s and `image_processor_type`s this class serves (for the registry).
+    model_types: ClassVar[tuple[str, ...]] = ()
+    processor_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = dict(config)
+        self.resample = int(config.get("resample", 3))
+        self.do_rescale = bool(config.get("do_rescale", True))
+        self.rescale_factor = float(config.get("rescale_factor", 1 / 255))
+        self.do_normalize = bool(config.get("do_normalize", True))
+        self.image_mean = tuple(config.get("image_mean") or CLIP_MEAN)
+        self.image_std = tuple(config.get("image_std") or CLIP_STD)
+        self.lut = normalize_lut(
+            self.rescale_factor if self.do_rescale else None,
+            self.image_mean if self.do_normalize else None,
+            self.image_std if self.do_normalize else None,
+        )
+
+    def preprocess(self, images: Sequence[Image.Image]) -> ProcessedImages:
+        raise NotImplementedError
+
+    def num_placeholders_for(self, height: int, width: int) -> int:
+        """Placeholder count for an image of this size, without processing the pixels."""
+        raise NotImplementedError
+
+
+def expand_placeholders(
+    input_ids: Sequence[int],
+    image_token_id: int,
+    counts: Sequence[int] | Sequence[Sequence[int]],
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Replace the i-th `image_token_id` in `input_ids` with image i's placeholder tokens.
+
+    `counts[i]` is either an int (the token is repeated that many times) or a token sequence
+    (families with row breaks or tile separators). Returns the new ids and, per image, the
+    (offset, length) of its replacement in them — the engines' placeholder ranges.
+    """
+    out: list[int] = []
+    ranges: list[tuple[int, int]] = []
+    k = 0
+    for tok in input_ids:
+        if tok != image_token_id:
+            out.append(tok)
+            continue
+        if k >= len(counts):
+            raise ValueError(
+                f"prompt has more image tokens ({image_token_id}) than images ({len(counts)})"
+            )
+        repl = counts[k]
+        start = len(out)
+        if isinstance(repl, int):
+            out.extend([image_token_id] * repl)
+        else:
+            out.extend(repl)
+        ranges.append((start, len(out) - start))
+        k += 1
+    if k != len(counts):
+        raise ValueError(f"prompt has {k} image tokens but {len(counts)} images were given")
+    return out, ranges
