@@ -10,6 +10,7 @@ from herdsman.api.chat import chat_completions
 from herdsman.api.completions import completions
 from herdsman.api.errors import APIError
 from herdsman.api.responses import json_response
+from herdsman.api.tokenize import detokenize, tokenize
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
@@ -55,6 +56,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/chat/completions": {"POST": chat_completions},
     "/v1/completions": {"POST": completions},
     "/v1/models": {"GET": list_models},
+    "/v1/tokenize": {"POST": tokenize},
+    "/v1/detokenize": {"POST": detokenize},
     "/health": {"GET": health},
     "/metrics": {"GET": metrics},
 }

@@ -1,0 +1,77 @@
+"""POST /v1/tokenize and POST /v1/detokenize, in the shapes vLLM's server uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from herdsman.api.errors import bad_request
+from herdsman.api.protocol import ChatCompletionRequest
+from herdsman.api.responses import decode_body, json_response
+from herdsman.http import Request, Response
+from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.prepare import check_model, render_chat_prompt
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(msgspec.Struct, kw_only=True):
+    tokens: list[int]
+    model: str | None = None
+
+
+async def tokenize(ctx: ServingContext, request: Request) -> Response:
+    body = decode_body(request.body, TokenizeRequest)
+    model = ctx.model
+    if body.model is not None:
+        check_model(model, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("send either 'prompt' or 'messages'")
+    if body.messages is not None:
+        chat = ChatCompletionRequest(
+            model=model.name,
+            messages=body.messages,
+            tools=body.tools,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        text = render_chat_prompt(model, chat)
+        # The rendered template already holds its special tokens (vLLM's default for chat).
+        add_special = bool(body.add_special_tokens)
+    else:
+        assert body.prompt is not None
+        text = body.prompt
+        add_special = True if body.add_special_tokens is None else body.add_special_tokens
+    tokens = model.tokenizer.encode(text, add_special_tokens=add_special)
+    strs = [model.tokenizer.token_text(t) for t in tokens] if body.return_token_strs else None
+    return json_response(
+        {
+            "count": len(tokens),
+            "max_model_len": model.max_context_length,
+            "tokens": tokens,
+            "token_strs": strs,
+        }
+    )
+
+
+async def detokenize(ctx: ServingContext, request: Request) -> Response:
+    body = decode_body(request.body, DetokenizeRequest)
+    model = ctx.model
+    if body.model is not None:
+        check_model(model, body.model)
+    vocab = model.tokenizer.vocab_size
+    if any(t < 0 or t >= vocab for t in body.tokens):
+        raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
+    return json_response({"prompt": model.tokenizer.decode(body.tokens, skip_special_tokens=False)})
