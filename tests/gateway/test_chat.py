@@ -145,6 +145,22 @@ def test_stop_string_trims_and_reports(base_url: str) -> None:
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def test_stop_string_kept_when_asked(base_url: str) -> None:
+    body = {"max_tokens": 60, "seed": 3, "temperature": 0}
+    full = chat(base_url, **body).json()["choices"][0]["message"]["content"]
+    stop = " " + full.split()[4]
+    expected = full[: full.index(stop) + len(stop)]
+    for flag in ("include_stop_str_in_output", "no_stop_trim"):
+        data = chat(base_url, stop=stop, **{flag: True}, **body).json()
+        assert data["choices"][0]["message"]["content"] == expected
+
+
+def test_logit_bias_validated_and_accepted(base_url: str) -> None:
+    assert chat(base_url, max_tokens=2, logit_bias={"100": 5.0}).status_code == 200
+    assert chat(base_url, max_tokens=2, logit_bias={"abc": 1.0}).status_code == 400
+    assert chat(base_url, max_tokens=2, logit_bias={"100": 500.0}).status_code == 400
+
+
 def test_n_choices(base_url: str) -> None:
     data = chat(base_url, max_tokens=8, n=3).json()
     assert sorted(c["index"] for c in data["choices"]) == [0, 1, 2]

@@ -47,3 +47,19 @@ def test_nothing_after_a_match() -> None:
     assert checker.matched == "\n\n"
     assert checker.feed("three") == ""
     assert checker.flush() == ""
+
+
+@given(
+    pieces=st.lists(st.text(alphabet, max_size=6), max_size=12),
+    stops=st.lists(st.text(alphabet, min_size=1, max_size=4), min_size=1, max_size=3),
+)
+def test_keep_stop_includes_the_match(pieces: list[str], stops: list[str]) -> None:
+    checker = StopChecker(stops, keep_stop=True)
+    out = "".join(checker.feed(p) for p in pieces) + checker.flush()
+    expected, matched = reference("".join(pieces), stops)
+    if matched is None:
+        assert out == expected
+    else:
+        assert checker.matched is not None
+        assert out == expected + checker.matched
+        assert "".join(pieces).startswith(out)

@@ -44,6 +44,9 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     min_tokens: NonNegativeInt = 0
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    no_stop_trim: bool = False  # SGLang's name for include_stop_str_in_output
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
 
 

@@ -28,6 +28,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     n: int = 1
     # Top alternatives per generated token; None: no logprobs at all, 0: the sampled token's only.
     logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
 
 
 class EngineRequest(msgspec.Struct, kw_only=True):

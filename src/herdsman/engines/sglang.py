@@ -36,6 +36,8 @@ class SglangScheduler(GrpcEngine):
         )
         if s.max_tokens is not None:
             params.max_new_tokens = s.max_tokens
+        if s.logit_bias:
+            params.logit_bias.update({str(k): v for k, v in s.logit_bias.items()})
         if s.seed is not None:
             # SGLang's sampling params carry the seed as a custom parameter.
             params.custom_params.update({"sampling_seed": s.seed})

@@ -39,6 +39,8 @@ class VllmEngine(GrpcEngine):
             params.seed = s.seed
         if s.logprobs is not None:
             params.logprobs = s.logprobs
+        if s.logit_bias:
+            params.logit_bias.update(s.logit_bias)
         return vllm_engine_pb2.GenerateRequest(
             request_id=request.request_id,
             tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),

@@ -37,6 +37,7 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     input_ids: list[int]
     sampling: EngineSampling
     stops: list[str]
+    include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     stream: bool = True
     # Batched completion prompts number their choices on from one prompt to the next.
@@ -61,6 +62,7 @@ class Generation:
                 plan.stops,
                 skip_special_tokens=plan.skip_special_tokens,
                 keep_text=not plan.stream,
+                keep_stop=plan.include_stop_str_in_output,
             )
             for i in range(plan.sampling.n)
         ]

@@ -30,10 +30,11 @@ class ChoiceOutput:
         *,
         skip_special_tokens: bool,
         keep_text: bool,
+        keep_stop: bool = False,
     ) -> None:
         self.index = index
         self._detok = tokenizer.detokenizer(skip_special_tokens=skip_special_tokens)
-        self._stop = StopChecker(stops) if stops else None
+        self._stop = StopChecker(stops, keep_stop=keep_stop) if stops else None
         self.token_count = 0
         self.finish_reason: str | None = None
         self.matched_stop: str | int | None = None

@@ -120,7 +120,22 @@ def _sampling(
         min_tokens=req.min_tokens,
         n=req.n,
         logprobs=logprobs,
+        logit_bias=_logit_bias(model, req.logit_bias),
     )
+
+
+def _logit_bias(model: ServedModel, bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not bias:
+        return None
+    vocab = model.tokenizer.vocab_size
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if not key.isdigit() or int(key) >= vocab:
+            raise bad_request(
+                f"logit_bias keys must be token ids in [0, {vocab}); got {key!r}", "logit_bias"
+            )
+        out[int(key)] = value
+    return out
 
 
 def _stops(req: _SamplingFields) -> list[str]:
@@ -167,6 +182,7 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
             (req.top_logprobs or 0) if req.logprobs else None,
         ),
         stops=_stops(req),
+        include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
         skip_special_tokens=req.skip_special_tokens,
         stream=req.stream,
     )
@@ -191,6 +207,7 @@ def prepare_completion(model: ServedModel, req: CompletionRequest) -> list[Gener
             input_ids=input_ids,
             sampling=_sampling(model, req, len(input_ids), req.max_tokens, req.logprobs),
             stops=_stops(req),
+            include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
             skip_special_tokens=req.skip_special_tokens,
             stream=req.stream,
             first_index=i * req.n,

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 
 class StopChecker:
-    __slots__ = ("_held", "_max_len", "_stops", "matched")
+    __slots__ = ("_held", "_keep", "_max_len", "_stops", "matched")
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    def __init__(self, stops: Sequence[str], *, keep_stop: bool = False) -> None:
         self._stops = tuple(s for s in stops if s)
+        self._keep = keep_stop  # include_stop_str_in_output / no_stop_trim
         self._max_len = max((len(s) for s in self._stops), default=0)
         self._held = ""
         self.matched: str | None = None
@@ -36,7 +37,8 @@ class StopChecker:
                 first_at, self.matched = at, stop
         if first_at >= 0:
             self._held = ""
-            return buffer[:first_at]
+            assert self.matched is not None
+            return buffer[: first_at + len(self.matched)] if self._keep else buffer[:first_at]
         keep = self._partial_suffix_len(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
