@@ -45,6 +45,18 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer-path", help="local tokenizer directory; overrides --model-path")
     p.add_argument("--served-model-name", help="model name clients use (default: the engine's)")
     p.add_argument("--chat-template", help="a Jinja chat template, or a file holding one")
+    p.add_argument(
+        "--tokenizer-cache-l0-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="exact-prompt tokenization cache budget per process (0 disables)",
+    )
+    p.add_argument(
+        "--tokenizer-cache-l1-bytes",
+        type=int,
+        default=128 * 1024 * 1024,
+        help="segment tokenization cache budget per process (0 disables)",
+    )
     p.add_argument("--policy", default="round_robin", help="routing policy")
     p.add_argument("--health-check-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--health-check-timeout", type=float, default=2.0, metavar="SECONDS")
@@ -76,6 +88,8 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_path=args.tokenizer_path,
         served_model_name=args.served_model_name,
         chat_template=args.chat_template,
+        tokenizer_cache_l0_bytes=args.tokenizer_cache_l0_bytes,
+        tokenizer_cache_l1_bytes=args.tokenizer_cache_l1_bytes,
         policy=args.policy,
         health_check_interval=args.health_check_interval,
         health_check_timeout=args.health_check_timeout,

@@ -16,6 +16,8 @@ class GatewayConfig:
     tokenizer_path: str | None = None
     served_model_name: str | None = None
     chat_template: str | None = None
+    tokenizer_cache_l0_bytes: int = 64 * 1024 * 1024
+    tokenizer_cache_l1_bytes: int = 128 * 1024 * 1024
     policy: str = "round_robin"
     health_check_interval: float = 5.0
     health_check_timeout: float = 2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from herdsman.observability.metrics import Counter, Gauge, Histogram, MetricsRegistry
+from herdsman.tokenizer.cache import TokenizationCache
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _ITL = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5)
@@ -60,6 +61,30 @@ class GatewayMetrics:
                 ["stage"],
             )
         )
+
+    def watch_tokenizer_cache(self, cache: TokenizationCache) -> None:
+        """Read the cache's own counters whenever metrics are snapshot or rendered."""
+        r = self.registry
+        hits = r.add(Counter("herdsman_tokenizer_cache_hits_total", "cache hits", ["level"]))
+        misses = r.add(Counter("herdsman_tokenizer_cache_misses_total", "cache misses", ["level"]))
+        evictions = r.add(
+            Counter("herdsman_tokenizer_cache_evictions_total", "entries evicted", ["level"])
+        )
+        size = r.add(Gauge("herdsman_tokenizer_cache_bytes", "bytes held", ["level"]))
+        entries = r.add(Gauge("herdsman_tokenizer_cache_entries", "entries held", ["level"]))
+
+        def collect() -> None:
+            for level, lru in (("l0", cache.l0), ("l1", cache.l1)):
+                if lru is None:
+                    continue
+                labels = (level,)
+                hits.values[labels] = float(lru.hits)
+                misses.values[labels] = float(lru.misses)
+                evictions.values[labels] = float(lru.evictions)
+                size.values[labels] = float(lru.size)
+                entries.values[labels] = float(len(lru))
+
+        r.collectors.append(collect)
 
 
 METRICS = GatewayMetrics()

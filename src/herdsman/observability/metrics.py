@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,12 @@ def _render(metric: Metric) -> list[str]:
 class MetricsRegistry:
     def __init__(self) -> None:
         self.metrics: list[Metric] = []
+        self.collectors: list[Callable[[], None]] = []  # refresh values kept elsewhere
         self._directory: Path | None = None
+
+    def _collect(self) -> None:
+        for collect in self.collectors:
+            collect()
 
     def add(self, metric: Metric) -> Any:
         self.metrics.append(metric)
@@ -143,6 +148,7 @@ class MetricsRegistry:
         path = self._own_file()
         if path is None:
             return
+        self._collect()
         data = msgspec.msgpack.encode({m.name: m.snapshot() for m in self.metrics})
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
@@ -168,6 +174,7 @@ class MetricsRegistry:
 
     def render(self) -> str:
         """Prometheus text exposition of every process's values, merged."""
+        self._collect()
         others = self._others()
         lines: list[str] = []
         for metric in self.metrics:

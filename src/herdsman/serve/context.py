@@ -9,6 +9,7 @@ from pathlib import Path
 
 from herdsman.config import GatewayConfig
 from herdsman.engines import ModelInfo, connect_engine
+from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.routing import POLICIES, Worker, WorkerRegistry
 from herdsman.serve.tokenizer_source import fetch_from_worker
@@ -48,6 +49,16 @@ async def build_context(config: GatewayConfig) -> ServingContext:
     local = config.tokenizer_path or config.model_path
     tokenizer_dir = Path(local) if local else await fetch_from_worker(first.engine)
     tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
+    cache = tokenizer.enable_cache(config.tokenizer_cache_l0_bytes, config.tokenizer_cache_l1_bytes)
+    if cache is not None:
+        METRICS.watch_tokenizer_cache(cache)
+    log.info(
+        "tokenizer %s: encoding with %s; cache L0 %s, L1 %s",
+        tokenizer_dir,
+        tokenizer.backend,
+        "on" if cache is not None and cache.l0 is not None else "off",
+        "on" if cache is not None and cache.l1_enabled else "off",
+    )
     info = first.model
     # The engine's own EOS list wins; the tokenizer's fills in when the engine does not say.
     eos = tuple(info.eos_token_ids) or tokenizer.eos_token_ids

@@ -91,4 +91,5 @@ def load_model_tokenizer(
         model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
         source=str(directory),
         fast_encode=load_fast_encoder(tokenizer_file, tokenizer) if fast else None,
+        tokenizer_file=tokenizer_file,
     )

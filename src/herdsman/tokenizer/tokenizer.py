@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from herdsman.tokenizer.cache import Splitting, TokenizationCache, plan_splitting
 from herdsman.tokenizer.chat_template import ChatTemplate
 from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
 
@@ -22,6 +24,23 @@ class ModelTokenizer:
     # A faster encoder proven to give the same ids (see fast_backend); None: use ``tokenizer``.
     fast_encode: Callable[[str, bool], list[int]] | None = None
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
+    cache: TokenizationCache | None = None
+    tokenizer_file: Path | None = None
+    _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned
+
+    def enable_cache(self, l0_bytes: int, l1_bytes: int) -> TokenizationCache | None:
+        """Put the two-level cache in front of the encoder (budgets in bytes; 0 disables)."""
+        if l0_bytes <= 0 and l1_bytes <= 0:
+            self.cache = None
+            return None
+        raw = self._raw_encode
+        if self._splitting is False:
+            self._splitting = (
+                plan_splitting(self.tokenizer_file, raw) if self.tokenizer_file else None
+            )
+        splitting = self._splitting if isinstance(self._splitting, Splitting) else None
+        self.cache = TokenizationCache(raw, splitting, l0_bytes, l1_bytes)
+        return self.cache
 
     @property
     def backend(self) -> str:
@@ -32,6 +51,11 @@ class ModelTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        if self.cache is not None:
+            return self.cache.encode(text, add_special_tokens)
+        return self._raw_encode(text, add_special_tokens)
+
+    def _raw_encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if self.fast_encode is not None:
             return self.fast_encode(text, add_special_tokens)
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
