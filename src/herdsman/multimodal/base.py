@@ -113,6 +113,20 @@ class ImageProcessor:
         """Placeholder count for an image of this size, without processing the pixels."""
         raise NotImplementedError
 
+    def combine(self, results: Sequence[ProcessedImages]) -> ProcessedImages:
+        """Separately processed images (e.g. some from the cache) into one request's batch, as
+        `preprocess` would have returned them together: concatenated along axis 0."""
+        if len(results) == 1:
+            return results[0]
+        pixel_values = np.concatenate([r.pixel_values for r in results], axis=0)
+        keys = results[0].model_specific.keys()
+        specific = {k: np.concatenate([r.model_specific[k] for r in results]) for k in keys}
+        counts = [c for r in results for c in r.num_placeholders]
+        tokens = None
+        if all(r.placeholder_tokens is not None for r in results):
+            tokens = [t for r in results for t in (r.placeholder_tokens or [])]
+        return ProcessedImages(pixel_values, specific, counts, tokens)
+
 
 def expand_placeholders(
     input_ids: Sequence[int],

@@ -15,7 +15,11 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, param: str | None = None
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    param: str | None = None,
+    alpha_background: tuple[int, int, int] | None = None,
 ) -> Image.Image:
     """Decode an encoded image into an RGB image, refusing what we can't or shouldn't decode.
 
@@ -23,6 +27,9 @@ def decode_image(
     (`ImageOps.exif_transpose`) and the image is converted with `convert("RGB")`, which drops an
     alpha channel rather than compositing it (so RGBA pixels keep their colour under alpha 0).
     GIFs and other animations yield their first frame.
+
+    `alpha_background`, when set, composites images with transparency onto that colour instead
+    (vLLM's loader composites onto white, (255, 255, 255)); the goldens use transformers' way.
     """
     try:
         with warnings.catch_warnings():
@@ -41,7 +48,15 @@ def decode_image(
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return img if img.mode == "RGB" else img.convert("RGB")
+            if img.mode == "RGB":
+                return img
+            if alpha_background is not None and (
+                img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+            ):
+                rgba = img.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (*alpha_background, 255))
+                return Image.alpha_composite(canvas, rgba).convert("RGB")
+            return img.convert("RGB")
     except MediaError:
         raise
     except (Image.UnidentifiedImageError, Image.DecompressionBombError) as exc:

@@ -49,6 +49,9 @@ class FetchPolicy:
     allow_private: bool = False
     #: allow the cloud metadata addresses too (implies nothing else)
     allow_metadata: bool = False
+    #: networks allowed even though non-public (e.g. ("10.20.0.0/16",) for an internal image
+    #: store) without opening every private range
+    allowed_networks: tuple[str, ...] = ()
     #: when set, only these hosts (exact, or a subdomain of an entry given as ".example.com")
     allowed_domains: tuple[str, ...] | None = None
     allowed_schemes: tuple[str, ...] = ("http", "https")
@@ -69,7 +72,9 @@ def address_refusal(ip: IPAddress, policy: FetchPolicy) -> str | None:
                 return reason
     if ip in METADATA_ADDRESSES and not policy.allow_metadata:
         return "a cloud metadata address"
-    if policy.allow_private:
+    if policy.allow_private or any(
+        ip in ipaddress.ip_network(net, strict=False) for net in policy.allowed_networks
+    ):
         return None
     for attr, what in (
         ("is_loopback", "a loopback address"),

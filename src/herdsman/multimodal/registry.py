@@ -24,9 +24,17 @@ def _ensure_loaded() -> None:
     if _BY_PROCESSOR_TYPE:
         return
     # Imported lazily so importing the registry does not import every family.
-    from . import llava, qwen2_vl
+    from . import gemma3, llama4, llava, llava_next, mllama, pixtral, qwen2_vl
 
-    for cls in (qwen2_vl.Qwen2VLProcessor, llava.ClipProcessor):
+    for cls in (
+        qwen2_vl.Qwen2VLProcessor,
+        llava.ClipProcessor,
+        llava_next.LlavaNextProcessor,
+        pixtral.PixtralProcessor,
+        gemma3.Gemma3Processor,
+        mllama.MllamaProcessor,
+        llama4.Llama4Processor,
+    ):
         register(cls)
 
 

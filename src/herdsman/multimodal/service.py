@@ -11,25 +11,9 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from .base import ImageProcessor, ProcessedImages
 from .cache import ProcessedImageCache, content_key
 from .decode import DEFAULT_MAX_PIXELS, decode_image
-
-
-def merge(results: Sequence[ProcessedImages]) -> ProcessedImages:
-    """Per-image results into one request's batch (transformers concatenates along axis 0)."""
-    if len(results) == 1:
-        return results[0]
-    pixel_values = np.concatenate([r.pixel_values for r in results], axis=0)
-    keys = results[0].model_specific.keys()
-    specific = {k: np.concatenate([r.model_specific[k] for r in results], axis=0) for k in keys}
-    counts = [c for r in results for c in r.num_placeholders]
-    tokens = None
-    if all(r.placeholder_tokens is not None for r in results):
-        tokens = [t for r in results for t in (r.placeholder_tokens or [])]
-    return ProcessedImages(pixel_values, specific, counts, tokens)
 
 
 class ImagePreprocessor:
@@ -41,6 +25,7 @@ class ImagePreprocessor:
         cache: ProcessedImageCache | None = None,
         executor: ThreadPoolExecutor | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        alpha_background: tuple[int, int, int] | None = None,
     ) -> None:
         self.processor = processor
         self.processor_id = processor_id or type(processor).__name__
@@ -49,13 +34,18 @@ class ImagePreprocessor:
             max_workers=2, thread_name_prefix="herdsman-image"
         )
         self.max_pixels = max_pixels
+        self.alpha_background = alpha_background
+        # Same image in concurrent requests: the later ones wait for the first one's work.
+        self._inflight: dict[str, asyncio.Future[ProcessedImages]] = {}
 
     def process_one_sync(self, data: bytes, param: str | None = None) -> ProcessedImages:
         key = content_key(data, self.processor_id)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        img = decode_image(data, max_pixels=self.max_pixels, param=param)
+        img = decode_image(
+            data, max_pixels=self.max_pixels, param=param, alpha_background=self.alpha_background
+        )
         result = self.processor.preprocess([img])
         self.cache.put(key, result)
         return result
@@ -67,9 +57,19 @@ class ImagePreprocessor:
         params = params or [None] * len(images)
         results = []
         for data, param in zip(images, params, strict=True):
+            key = content_key(data, self.processor_id)
             # A hit is answered on the loop: no thread hop for a repeated image.
-            hit = self.cache.get(content_key(data, self.processor_id))
+            hit = self.cache.get(key)
             if hit is None:
-                hit = await loop.run_in_executor(self.executor, self.process_one_sync, data, param)
+                pending = self._inflight.get(key)
+                if pending is not None:
+                    hit = await asyncio.shield(pending)
+                else:
+                    fut = loop.run_in_executor(self.executor, self.process_one_sync, data, param)
+                    self._inflight[key] = fut
+                    try:
+                        hit = await fut
+                    finally:
+                        del self._inflight[key]
             results.append(hit)
-        return merge(results)
+        return self.processor.combine(results)
