@@ -63,6 +63,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
+        "--no-warm-spare",
+        action="store_true",
+        help="do not keep a loaded spare process to take over from one that dies",
+    )
+    p.add_argument(
         "--engine-sim",
         action="store_true",
         help="start a simulated engine on --model-path and serve in front of it",
@@ -95,6 +100,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         health_check_timeout=args.health_check_timeout,
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
+        warm_spare=not args.no_warm_spare,
         log_level=args.log_level,
     )
 

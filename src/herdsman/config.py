@@ -23,6 +23,7 @@ class GatewayConfig:
     health_check_timeout: float = 2.0
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 30.0
+    warm_spare: bool = True
     log_level: str = "info"
     # Where the gateway processes leave their metric snapshots (made by the supervisor).
     metrics_dir: str | None = None

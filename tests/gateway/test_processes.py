@@ -23,6 +23,14 @@ def _pids(base_url: str, attempts: int = 60) -> set[int]:
     return pids
 
 
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(p) for p in f.read().split())
+    return found
+
+
 def _wait(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,9 +71,13 @@ def test_processes_share_the_port_and_restart() -> None:
         thread.start()
         time.sleep(0.3)
         victim = pids.pop()
+        before_kill = _children(gateway.process.pid)
         os.kill(victim, signal.SIGKILL)
         # Liveness only: how fast a replacement serves is measured by bench/, not asserted here.
         assert _wait(lambda: len(_pids(base, 10) - {victim}) == 2, timeout=60)
+        # The slot went to the warm spare, a process that was already running before the kill.
+        replacement = _pids(base, 30) - pids - {victim}
+        assert replacement and replacement <= before_kill
         thread.join(30)
         events = results.get("events")
         # Either the stream ran on the survivor and finished, or it ran on the victim and was cut;

@@ -18,9 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Ready(msgspec.Struct, tag=True):
+    """Process -> supervisor: loaded (a warm spare, not listening yet) or serving its slot."""
+
     index: int
     pid: int
     model: str
+    listening: bool = True
+
+
+class Activate(msgspec.Struct, tag=True):
+    """Supervisor -> warm spare: take over slot ``index`` and start listening."""
+
+    index: int
 
 
 class WorkerHealth(msgspec.Struct, tag=True):
@@ -42,7 +51,7 @@ class Shutdown(msgspec.Struct, tag=True):
     drain_timeout: float
 
 
-Message = Ready | WorkerHealth | WorkerFailed | Shutdown
+Message = Ready | Activate | WorkerHealth | WorkerFailed | Shutdown
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

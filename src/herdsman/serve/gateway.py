@@ -22,6 +22,7 @@ from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
 from herdsman.serve.context import build_context
 from herdsman.serve.control import (
+    Activate,
     ControlChannel,
     Message,
     Ready,
@@ -34,10 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class GatewayProcess:
-    def __init__(self, config: GatewayConfig, conn: Connection, index: int) -> None:
+    def __init__(self, config: GatewayConfig, conn: Connection, index: int | None) -> None:
         self._config = config
-        self._index = index
+        self._index = index  # None: a warm spare, waiting to be given a slot
         self._stop = asyncio.Event()
+        self._activated = asyncio.Event()
         self._drain_timeout = config.drain_timeout
         self._ctx: ServingContext | None = None
         self._control = ControlChannel(conn, self._on_message, self._on_supervisor_gone)
@@ -48,13 +50,17 @@ class GatewayProcess:
         for worker in ctx.registry:
             worker.on_change = self._report
         self._control.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        if self._index is None and not await self._wait_for_slot(ctx.model.name):
+            await self._close(ctx)
+            return
         if config.metrics_dir:
             METRICS.registry.share_through(config.metrics_dir)
             snapshots = asyncio.create_task(METRICS.registry.run_snapshots(), name="metrics")
         server = HttpServer(GatewayApp(ctx), ServerLimits(max_body_bytes=config.max_body_bytes))
         await server.start(bind_socket(config.host, config.port, reuse_port=True))
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        assert self._index is not None
         self._control.send(Ready(index=self._index, pid=os.getpid(), model=ctx.model.name))
         await self._stop.wait()
         log.info("process %d draining: %d responses in flight", self._index, server.in_flight)
@@ -62,6 +68,19 @@ class GatewayProcess:
         if config.metrics_dir:
             snapshots.cancel()
             METRICS.registry.write_snapshot()
+        await self._close(ctx)
+
+    async def _wait_for_slot(self, model: str) -> bool:
+        """As a warm spare: loaded and idle until the supervisor hands over a dead slot."""
+        self._control.send(Ready(index=-1, pid=os.getpid(), model=model, listening=False))
+        stop = asyncio.ensure_future(self._stop.wait())
+        activated = asyncio.ensure_future(self._activated.wait())
+        await asyncio.wait({stop, activated}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        activated.cancel()
+        return self._activated.is_set() and not self._stop.is_set()
+
+    async def _close(self, ctx: ServingContext) -> None:
         self._control.stop()
         await ctx.registry.close()
 
@@ -74,22 +93,26 @@ class GatewayProcess:
             worker = self._ctx.registry.get(message.url)
             if worker is not None:
                 worker.set_health(message.healthy, message.reason)
+        elif isinstance(message, Activate):
+            self._index = message.index
+            self._activated.set()
         elif isinstance(message, Shutdown):
             self._drain_timeout = message.drain_timeout
             self._stop.set()
 
     def _on_supervisor_gone(self) -> None:
-        log.warning("process %d lost its supervisor; draining", self._index)
+        log.warning("process %s lost its supervisor; draining", self._index)
         self._stop.set()
 
 
-def gateway_process_main(config: GatewayConfig, conn: Connection, index: int) -> None:
+def gateway_process_main(config: GatewayConfig, conn: Connection, index: int | None) -> None:
     """Entry point of a spawned gateway process."""
     import uvloop
 
     logging.basicConfig(
         level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{index}] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s [{'spare' if index is None else index}] "
+        "%(name)s: %(message)s",
     )
     # Ctrl-C reaches the whole process group; the supervisor decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -22,6 +22,7 @@ from herdsman.engines import connect_engine
 from herdsman.http.server import bind_socket
 from herdsman.routing import HealthChecker, Worker, WorkerRegistry
 from herdsman.serve.control import (
+    Activate,
     ControlChannel,
     Message,
     Ready,
@@ -39,10 +40,12 @@ _spawn = multiprocessing.get_context("spawn")
 
 @dataclasses.dataclass(eq=False)
 class _Child:
-    index: int
+    index: int | None  # None: the warm spare
     process: BaseProcess
     channel: ControlChannel
-    ready: asyncio.Future[Ready]
+    ready: asyncio.Future[Ready]  # resolved once the process listens
+    # Resolved when a spare has loaded everything and waits for a slot.
+    warm: asyncio.Future[Ready]
     stopping: bool = False
 
 
@@ -51,6 +54,9 @@ class Supervisor:
         self._config = config
         self._count = processes
         self._children: dict[int, _Child] = {}
+        # A loaded process kept aside: a dead slot is handed to it at once instead of waiting
+        # for a fresh process to import and load its tokenizer (seconds on a busy machine).
+        self._spare: _Child | None = None
         self._registry = WorkerRegistry()
         self._stopping = False
         self._stop = asyncio.Event()
@@ -67,9 +73,12 @@ class Supervisor:
         reservation = self._reserve_port()
         try:
             children = [self._start_child(i) for i in range(self._count)]
-            ready = await asyncio.wait_for(
-                asyncio.gather(*(c.ready for c in children)), timeout=120
-            )
+            waits = [c.ready for c in children]
+            if config.warm_spare:
+                # Ready means ready to replace a process too: the spare loads alongside.
+                self._spare = self._start_child(None)
+                waits.append(self._spare.warm)
+            ready = await asyncio.wait_for(asyncio.gather(*waits), timeout=120)
         finally:
             reservation.close()
         print(
@@ -103,18 +112,18 @@ class Supervisor:
         self._config.port = sock.getsockname()[1]
         return sock
 
-    def _start_child(self, index: int) -> _Child:
+    def _start_child(self, index: int | None) -> _Child:
         parent_conn, child_conn = _spawn.Pipe(duplex=True)
         process = _spawn.Process(
             target=gateway_process_main,
             args=(self._config, child_conn, index),
-            name=f"herdsman-gateway-{index}",
+            name=f"herdsman-gateway-{'spare' if index is None else index}",
             daemon=False,
         )
         process.start()
         child_conn.close()
         loop = asyncio.get_running_loop()
-        child = _Child(index, process, None, loop.create_future())  # type: ignore[arg-type]
+        child = _Child(index, process, None, loop.create_future(), loop.create_future())  # type: ignore[arg-type]
         child.channel = ControlChannel(
             parent_conn,
             lambda message: self._on_message(child, message),
@@ -122,12 +131,16 @@ class Supervisor:
         )
         child.channel.start()
         loop.add_reader(process.sentinel, self._on_exit, child)
-        self._children[index] = child
+        if index is not None:
+            self._children[index] = child
         return child
 
     def _on_message(self, child: _Child, message: Message) -> None:
         if isinstance(message, Ready):
-            if not child.ready.done():
+            if not message.listening:
+                if not child.warm.done():
+                    child.warm.set_result(message)
+            elif not child.ready.done():
                 child.ready.set_result(message)
             # A (re)started process learns the current health of every engine worker.
             for worker in self._registry:
@@ -142,6 +155,8 @@ class Supervisor:
         update = WorkerHealth(url=worker.url, healthy=worker.healthy, reason=reason)
         for child in self._children.values():
             child.channel.send(update)
+        if self._spare is not None:
+            self._spare.channel.send(update)
 
     def _on_exit(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()
@@ -149,6 +164,13 @@ class Supervisor:
         child.process.join(0)
         child.channel.stop()
         if self._stopping or child.stopping:
+            return
+        if child.index is None:
+            if not child.warm.done():
+                child.warm.set_exception(RuntimeError("the warm spare exited during start-up"))
+                return
+            log.warning("the warm spare (pid %s) exited; starting another", child.process.pid)
+            self._spare = self._start_child(None)
             return
         if not child.ready.done():
             # A process that cannot start would fail the same way again: give up loudly.
@@ -164,7 +186,15 @@ class Supervisor:
         )
         self.restarts += 1
         started = time.monotonic()
-        replacement = self._start_child(child.index)
+        spare = self._spare
+        if spare is not None and spare.warm.done():
+            replacement = spare
+            replacement.index = child.index
+            self._children[child.index] = replacement
+            replacement.channel.send(Activate(index=child.index))
+            self._spare = self._start_child(None)
+        else:
+            replacement = self._start_child(child.index)
         replacement.ready.add_done_callback(
             lambda _: log.info(
                 "gateway process %d back in %.2f s", child.index, time.monotonic() - started
@@ -174,10 +204,13 @@ class Supervisor:
     async def _shutdown(self) -> None:
         self._stopping = True
         timeout = self._config.drain_timeout
-        for child in self._children.values():
+        children = list(self._children.values())
+        if self._spare is not None:
+            children.append(self._spare)
+        for child in children:
             child.channel.send(Shutdown(drain_timeout=timeout))
         deadline = time.monotonic() + timeout + 5
-        for child in self._children.values():
+        for child in children:
             while child.process.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if child.process.is_alive():
