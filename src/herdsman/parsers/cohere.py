@@ -30,7 +30,7 @@ class CohereToolCallParser(BlockToolCallParser):
     needs_special_tokens = True
     start_markers = ("<|START_ACTION|>",)
     end_marker = "<|END_ACTION|>"
-    section_markers = _RESPONSE_MARKERS
+    drop_markers = _RESPONSE_MARKERS
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         value = json.loads(block)

@@ -43,7 +43,8 @@ class DeepSeekV3ToolCallParser(BlockToolCallParser):
     aliases = ("deepseek",)
     start_markers = (_CALL_BEGIN,)
     end_marker = _CALL_END
-    section_markers = (_CALLS_BEGIN, _CALLS_END)
+    section_open = (_CALLS_BEGIN,)
+    section_close = (_CALLS_END,)
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         match = _V3_CALL.fullmatch(block)
@@ -56,13 +57,15 @@ class DeepSeekV3ToolCallParser(BlockToolCallParser):
 
 
 class DeepSeekV31ToolCallParser(BlockToolCallParser):
-    """``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`` (V3.1, and V3.2's chat format)."""
+    """``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`` (V3.1; V3.2's chat
+    format)."""
 
     name = "deepseek_v31"
     aliases = ("deepseek31",)
     start_markers = (_CALL_BEGIN,)
     end_marker = _CALL_END
-    section_markers = (_CALLS_BEGIN, _CALLS_END)
+    section_open = (_CALLS_BEGIN,)
+    section_close = (_CALLS_END,)
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         name, sep, raw = block.partition(_SEP)
@@ -92,7 +95,8 @@ class DeepSeekV32ToolCallParser(BlockToolCallParser):
     aliases = ("deepseek32", "deepseek_dsml")
     start_markers = (f"<{_DSML}invoke",)
     end_marker = f"</{_DSML}invoke>"
-    section_markers = (f"<{_DSML}function_calls>", f"</{_DSML}function_calls>")
+    section_open = (f"<{_DSML}function_calls>",)
+    section_close = (f"</{_DSML}function_calls>",)
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         head = _INVOKE_HEAD.fullmatch(block)
@@ -101,7 +105,11 @@ class DeepSeekV32ToolCallParser(BlockToolCallParser):
         name, body = head.group(1), head.group(2)
         if body.strip().startswith("{"):
             arguments = json.loads(body)
-            return [FoundCall(name, dump_arguments(arguments))] if isinstance(arguments, dict) else None
+            return (
+                [FoundCall(name, dump_arguments(arguments))]
+                if isinstance(arguments, dict)
+                else None
+            )
         values: dict[str, object] = {}
         last = 0
         for match in _DSML_PARAM.finditer(body):

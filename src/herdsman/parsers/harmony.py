@@ -118,6 +118,10 @@ class HarmonySplitter:
                 self._state = _BOUNDARY
         return out
 
+    def plain_body(self, text: str) -> bool:
+        """Whether ``text`` is just more of the current message body (the common case)."""
+        return self._state == _BODY and not self._held and "<|" not in text and text[-1:] != "<"
+
     def finish(self) -> list[Event]:
         events = self.feed("", final=True) if self._held else []
         if self._state == _BODY:
@@ -149,6 +153,8 @@ class GptOssReasoningParser(ReasoningParser):
         return channel == "analysis" and recipient is None
 
     def feed(self, text: str) -> tuple[str, str]:
+        if self._split.plain_body(text):
+            return (text, "") if self._mode == "reasoning" else ("", text)
         return self._route(self._split.feed(text))
 
     def finish(self) -> tuple[str, str]:
@@ -198,6 +204,11 @@ class OpenAIToolCallParser(ToolCallParser):
         self._body: list[str] = []
 
     def feed(self, text: str) -> list[ToolEvent]:
+        if self._split.plain_body(text):
+            if self._call is not None:
+                self._body.append(text)
+                return []
+            return [ContentDelta(text)]
         return self._route(self._split.feed(text))
 
     def finish(self) -> list[ToolEvent]:

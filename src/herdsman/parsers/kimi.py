@@ -22,6 +22,7 @@ class KimiK2ReasoningParser(ThinkTagReasoningParser):
     aliases = ("kimi_thinking", "kimi_k25")
     needs_special_tokens = True
     starts_in_reasoning = True
+    implicit_ends = ("<|tool_calls_section_begin|>",)
 
 
 _CALL_ID = re.compile(r"\s*((?:functions\.)?([^\s:<>]+)(?::\d+)?)\s*")
@@ -36,12 +37,8 @@ class KimiK2ToolCallParser(BlockToolCallParser):
     needs_special_tokens = True
     start_markers = ("<|tool_call_begin|>",)
     end_marker = "<|tool_call_end|>"
-    section_markers = (
-        "<|tool_calls_section_begin|>",
-        "<|tool_calls_section_end|>",
-        "<|tool_call_section_begin|>",
-        "<|tool_call_section_end|>",
-    )
+    section_open = ("<|tool_calls_section_begin|>", "<|tool_call_section_begin|>")
+    section_close = ("<|tool_calls_section_end|>", "<|tool_call_section_end|>")
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         head, sep, raw = block.partition("<|tool_call_argument_begin|>")

@@ -34,7 +34,7 @@ class Qwen3ThinkingReasoningParser(ThinkTagReasoningParser):
 
 
 class HermesToolCallParser(BlockToolCallParser):
-    """``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` (Hermes, Qwen2.5, Qwen3)."""
+    """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Hermes, Qwen2.5, Qwen3)."""
 
     name = "hermes"
     aliases = ("qwen", "qwen25", "qwen3")

@@ -9,7 +9,8 @@ themselves and whitespace right beside them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from herdsman.parsers._text import find_first, partial_marker_len, rstrip_len
 
@@ -64,6 +65,9 @@ class ThinkTagReasoningParser(ReasoningParser):
     thinking_off_is_content: ClassVar[bool] = True
     # Response framing markers removed from content (Cohere's <|START_RESPONSE|>).
     content_markers: ClassVar[tuple[str, ...]] = ()
+    # Markers that end reasoning without the end marker and stay in the content (Kimi-K2 may
+    # open its tool-call section straight from reasoning).
+    implicit_ends: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, thinking: bool | None = None, prompt_in_reasoning: bool = False) -> None:
         super().__init__(thinking=thinking, prompt_in_reasoning=prompt_in_reasoning)
@@ -76,7 +80,11 @@ class ThinkTagReasoningParser(ReasoningParser):
         else:
             self._state = _PRE
         self._held = ""
+        self._spoke = False  # content other than whitespace was emitted
         self._pre_markers = (self.start, *self.content_markers)
+        self._pre_firsts = "".join({m[0] for m in self._pre_markers})
+        self._end_markers = (self.end, *self.implicit_ends)
+        self._end_firsts = "".join({m[0] for m in self._end_markers})
 
     @classmethod
     def prompt_in_reasoning(cls, prompt_text: str) -> bool:
@@ -87,8 +95,25 @@ class ThinkTagReasoningParser(ReasoningParser):
         return not tail[at + len(cls.start) :].strip()
 
     def feed(self, text: str) -> tuple[str, str]:
-        if self._state == _CONTENT and not self.content_markers and not self._held:
-            return "", text
+        if not self._held:
+            # Deltas that cannot touch a marker skip the state machine.
+            state = self._state
+            if state == _CONTENT:
+                if not self.content_markers:
+                    return "", text
+            elif state == _REASON:
+                for first in self._end_firsts:
+                    if first in text:
+                        break
+                else:
+                    if not text[-1:].isspace():
+                        return text, ""
+            elif state == _PRE and self._spoke:
+                for first in self._pre_firsts:
+                    if first in text:
+                        break
+                else:
+                    return "", text
         return self._run(self._held + text, final=False)
 
     def finish(self) -> tuple[str, str]:
@@ -107,10 +132,17 @@ class ThinkTagReasoningParser(ReasoningParser):
                 at, marker = find_first(buf, self._pre_markers)
                 if at < 0:
                     keep = 0 if final else partial_marker_len(buf, self._pre_markers)
-                    content.append(buf[: len(buf) - keep])
-                    self._held = buf[len(buf) - keep :]
+                    cut = len(buf) - keep
+                    if not final and not self._spoke and not buf[:cut].strip():
+                        # Whitespace before a leading <think> is framing: hold it until we know.
+                        cut = 0
+                    self._spoke = self._spoke or bool(buf[:cut].strip())
+                    content.append(buf[:cut])
+                    self._held = buf[cut:]
                     return "".join(reasoning), "".join(content)
-                content.append(buf[:at])
+                if self._spoke or buf[:at].strip():
+                    content.append(buf[:at])
+                    self._spoke = True
                 buf = buf[at + len(marker) :]
                 if marker == self.start:
                     self._state = _LEAD
@@ -127,20 +159,24 @@ class ThinkTagReasoningParser(ReasoningParser):
                 self._state = _REASON
                 buf = stripped
             elif state == _REASON:
-                at = buf.find(self.end)
+                at, marker = find_first(buf, self._end_markers)
                 if at < 0:
                     if final:
                         reasoning.append(buf)
                         return "".join(reasoning), "".join(content)
-                    cut = len(buf) - partial_marker_len(buf, (self.end,))
+                    cut = len(buf) - partial_marker_len(buf, self._end_markers)
                     # Whitespace just before the end marker belongs to neither part.
                     cut = rstrip_len(buf[:cut])
                     reasoning.append(buf[:cut])
                     self._held = buf[cut:]
                     return "".join(reasoning), "".join(content)
                 reasoning.append(buf[: rstrip_len(buf[:at])])
-                buf = buf[at + len(self.end) :]
-                self._state = _AFTER
+                if marker == self.end:
+                    buf = buf[at + len(marker) :]
+                    self._state = _AFTER
+                else:
+                    buf = buf[at:]  # an implicit end belongs to the content
+                    self._state = _CONTENT
             elif state == _AFTER:
                 buf = buf.lstrip()
                 if buf:
@@ -158,3 +194,14 @@ class ThinkTagReasoningParser(ReasoningParser):
                 content.append(buf[:at])
                 buf = buf[at + len(marker) :]
         return "".join(reasoning), "".join(content)
+
+
+def thinking_flag(chat_template_kwargs: Mapping[str, Any] | None) -> bool | None:
+    """The request's thinking toggle: ``enable_thinking`` (Qwen3, GLM), ``thinking`` (DeepSeek)."""
+    if not chat_template_kwargs:
+        return None
+    for key in ("enable_thinking", "thinking"):
+        value = chat_template_kwargs.get(key)
+        if isinstance(value, bool):
+            return value
+    return None

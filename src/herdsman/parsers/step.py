@@ -25,7 +25,8 @@ class Step3ToolCallParser(BlockToolCallParser):
     needs_special_tokens = True
     start_markers = ("<｜tool_call_begin｜>",)
     end_marker = "<｜tool_call_end｜>"
-    section_markers = ("<｜tool_calls_begin｜>", "<｜tool_calls_end｜>")
+    section_open = ("<｜tool_calls_begin｜>",)
+    section_close = ("<｜tool_calls_end｜>",)
 
     def parse_block(self, block: str) -> list[FoundCall] | None:
         kind, sep, body = block.partition(_SEP)

@@ -14,26 +14,24 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import msgspec
 
 from herdsman.parsers._text import find_first, partial_marker_len, rstrip_len
 
 
-@dataclass(slots=True, frozen=True)
-class ContentDelta:
+class ContentDelta(msgspec.Struct, frozen=True, gc=False):
     text: str
 
 
-@dataclass(slots=True, frozen=True)
-class ToolCallStart:
+class ToolCallStart(msgspec.Struct, frozen=True, gc=False):
     index: int
     id: str
     name: str
 
 
-@dataclass(slots=True, frozen=True)
-class ToolCallArguments:
+class ToolCallArguments(msgspec.Struct, frozen=True, gc=False):
     index: int
     fragment: str
 
@@ -41,21 +39,18 @@ class ToolCallArguments:
 ToolEvent = ContentDelta | ToolCallStart | ToolCallArguments
 
 
-@dataclass(slots=True)
-class ToolCall:
+class ToolCall(msgspec.Struct):
     id: str
     name: str
     arguments: str  # JSON text
 
 
-@dataclass(slots=True)
-class ParsedToolCalls:
+class ParsedToolCalls(msgspec.Struct):
     content: str | None
     calls: list[ToolCall]
 
 
-@dataclass(slots=True)
-class FoundCall:
+class FoundCall(msgspec.Struct):
     """One call as a block parser recognised it."""
 
     name: str
@@ -138,15 +133,20 @@ class BlockToolCallParser(ToolCallParser):
     """Calls framed by markers: content outside, a block of one or more calls inside.
 
     Subclasses set the markers and ``parse_block``, which turns the text between them into calls
-    or returns None when it does not parse (the block then comes out as content). Whitespace right
-    beside a call block is framing and is dropped; all other content is kept byte for byte.
+    or returns None when it does not parse. Whitespace right beside a call block is framing and
+    is dropped; a block that does not parse comes out as content exactly as written, with the
+    whitespace and section markers around it.
     """
 
     start_markers: ClassVar[tuple[str, ...]] = ()
     # None: the block runs to the end of the output (formats that stop at EOS).
     end_marker: ClassVar[str | None] = None
-    # Section markers around the calls, removed from content.
-    section_markers: ClassVar[tuple[str, ...]] = ()
+    # Markers around a group of calls (DeepSeek's <｜tool▁calls▁begin｜>): removed when the
+    # group held calls, kept as content when it did not.
+    section_open: ClassVar[tuple[str, ...]] = ()
+    section_close: ClassVar[tuple[str, ...]] = ()
+    # Response framing removed from content wherever it appears (Cohere's <|START_RESPONSE|>).
+    drop_markers: ClassVar[tuple[str, ...]] = ()
     # Block openers recognised only at the very start of the output (after whitespace), which
     # belong to the block themselves: the ``{`` of bare JSON calls, the ``[`` of pythonic ones.
     leading_starts: ClassVar[tuple[str, ...]] = ()
@@ -157,7 +157,12 @@ class BlockToolCallParser(ToolCallParser):
         id_factory: Callable[[int], str] | None = None,
     ) -> None:
         super().__init__(tools, id_factory)
-        self._markers = (*self.start_markers, *self.section_markers)
+        self._markers = (
+            *self.start_markers,
+            *self.section_open,
+            *self.section_close,
+            *self.drop_markers,
+        )
         self._held = ""
         self._inside = False
         self._opener = ""
@@ -167,12 +172,32 @@ class BlockToolCallParser(ToolCallParser):
         self._at_start = bool(self.leading_starts)
         self._after_block = False
         self._gap = ""  # whitespace dropped before the open block, restored if it is malformed
+        self._in_section = False
+        self._section_calls = False  # the open section (or the last one) held calls
+        self._section_pending = ""  # the section opener, not emitted unless the section fails
+        self._firsts = "".join(sorted({m[0] for m in self._markers}))
 
     @abstractmethod
     def parse_block(self, block: str) -> list[FoundCall] | None:
         """The calls in a block, or None if it is malformed."""
 
     def feed(self, text: str) -> list[ToolEvent]:
+        if not (
+            self._inside
+            or self._held
+            or self._at_start
+            or self._after_block
+            or self._section_pending
+        ):
+            # Plain content with nothing pending: most deltas end here.
+            if not text:
+                return []
+            for first in self._firsts:
+                if first in text:
+                    break
+            else:
+                if not text[-1].isspace():
+                    return [ContentDelta(text)]
         events: list[ToolEvent] = []
         if self._inside:
             text = self._feed_inside(text, events)
@@ -183,20 +208,23 @@ class BlockToolCallParser(ToolCallParser):
 
     def finish(self) -> list[ToolEvent]:
         events: list[ToolEvent] = []
+        self._close_open_block(events)
+        held, self._held = self._held, ""
+        if held:
+            self._outside(held, events, final=True)
+            self._close_open_block(events)
+        if self._in_section and self._section_pending:
+            events.append(ContentDelta(self._section_pending))
+        self._in_section = False
+        self._section_pending = ""
+        return events
+
+    def _close_open_block(self, events: list[ToolEvent]) -> None:
         if self._inside:
             self._inside = False
             block = "".join(self._parts)
             self._parts = []
             self._close_block(block, "", events)
-        held, self._held = self._held, ""
-        if held:
-            self._outside(held, events, final=True)
-            if self._inside:
-                self._inside = False
-                block = "".join(self._parts)
-                self._parts = []
-                self._close_block(block, "", events)
-        return events
 
     def _outside(self, buf: str, events: list[ToolEvent], *, final: bool) -> None:
         self._held = ""
@@ -231,22 +259,42 @@ class BlockToolCallParser(ToolCallParser):
                     # Whitespace before a call block is framing: hold it until we know.
                     cut = rstrip_len(buf[:cut])
                 if cut:
-                    events.append(ContentDelta(buf[:cut]))
+                    self._content(buf[:cut], events)
                 self._held = buf[cut:]
                 return
             cut = rstrip_len(buf[:at])
             if cut:
-                events.append(ContentDelta(buf[:cut]))
+                self._content(buf[:cut], events)
             gap = buf[cut:at]
             buf = buf[at + len(marker) :]
-            if marker in self.section_markers:
+            if marker in self.start_markers:
+                self._open_block(marker)
+                self._gap = gap
+                buf = self._feed_inside(buf, events)
+            elif marker in self.section_open:
+                self._in_section = True
+                self._section_calls = False
+                self._section_pending = gap + marker
+            elif marker in self.section_close:
+                # A close after calls (even a stray one, as DeepSeek-V3's template writes after
+                # each later call) is framing.
+                if self._section_calls or (not self._in_section and self._index > 0):
+                    self._after_block = True
+                else:
+                    events.append(ContentDelta(self._section_pending + gap + marker))
+                self._in_section = False
+                self._section_pending = ""
+            else:
                 self._after_block = True
-                continue
-            self._open_block(marker)
-            self._gap = gap
-            buf = self._feed_inside(buf, events)
         if buf:
-            events.append(ContentDelta(buf))
+            self._content(buf, events)
+
+    def _content(self, text: str, events: list[ToolEvent]) -> None:
+        if self._section_pending:
+            # Text inside a section: the section is not a call group after all.
+            text = self._section_pending + text
+            self._section_pending = ""
+        events.append(ContentDelta(text))
 
     def _open_block(self, opener: str) -> None:
         self._inside = True
@@ -285,8 +333,11 @@ class BlockToolCallParser(ToolCallParser):
             calls = None
         if calls:
             self._emit_calls(calls, events)
+            self._section_pending = ""
+            self._section_calls = True
             return True
-        events.append(ContentDelta(self._gap + self._opener + block + end))
+        events.append(ContentDelta(self._section_pending + self._gap + self._opener + block + end))
+        self._section_pending = ""
         return False
 
 

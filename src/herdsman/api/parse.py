@@ -1,0 +1,91 @@
+"""POST /parse/reasoning and POST /parse/function_call: the parsers on their own, for text a
+client already has. Request and response shapes are SGLang's (which SMG follows), with the
+OpenAI ``tool_calls`` form added beside SGLang's ``calls``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from herdsman.api.errors import bad_request
+from herdsman.api.responses import decode_body, json_response
+from herdsman.http import Request, Response
+from herdsman.parsers import registry
+from herdsman.parsers.reasoning import ReasoningParser, thinking_flag
+from herdsman.parsers.tool_calls import ToolCallParser
+from herdsman.pipeline.context import ServingContext
+
+
+class ParseReasoningRequest(msgspec.Struct, kw_only=True):
+    text: str
+    # Defaults to the parser the server runs with, when it has one.
+    reasoning_parser: str | None = None
+    # enable_thinking / thinking, as in a chat request.
+    chat_template_kwargs: dict[str, Any] | None = None
+    # The prompt already opened the reasoning block (its template ended with <think>).
+    prompt_in_reasoning: bool = False
+
+
+class ParseFunctionCallRequest(msgspec.Struct, kw_only=True):
+    text: str
+    tool_call_parser: str | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+def _reasoning_class(ctx: ServingContext, name: str | None) -> type[ReasoningParser]:
+    name = name or getattr(ctx.model, "reasoning_parser", None)
+    if not name:
+        choices = ", ".join(registry.reasoning_parser_names())
+        raise bad_request(f"'reasoning_parser' is required; one of: {choices}", "reasoning_parser")
+    try:
+        return registry.get_reasoning_parser(name)
+    except registry.UnknownParserError as exc:
+        raise bad_request(str(exc), "reasoning_parser") from exc
+
+
+def _tool_class(ctx: ServingContext, name: str | None) -> type[ToolCallParser]:
+    name = name or getattr(ctx.model, "tool_call_parser", None)
+    if not name:
+        choices = ", ".join(registry.tool_call_parser_names())
+        raise bad_request(f"'tool_call_parser' is required; one of: {choices}", "tool_call_parser")
+    try:
+        return registry.get_tool_call_parser(name)
+    except registry.UnknownParserError as exc:
+        raise bad_request(str(exc), "tool_call_parser") from exc
+
+
+async def parse_reasoning(ctx: ServingContext, request: Request) -> Response:
+    body = decode_body(request.body, ParseReasoningRequest)
+    parser_class = _reasoning_class(ctx, body.reasoning_parser)
+    parser = parser_class(
+        thinking=thinking_flag(body.chat_template_kwargs),
+        prompt_in_reasoning=body.prompt_in_reasoning,
+    )
+    reasoning, content = parser.parse(body.text)
+    return json_response({"text": content or "", "reasoning_text": reasoning or ""})
+
+
+async def parse_function_call(ctx: ServingContext, request: Request) -> Response:
+    body = decode_body(request.body, ParseFunctionCallRequest)
+    parser_class = _tool_class(ctx, body.tool_call_parser)
+    if body.tools is not None and not all(isinstance(t, dict) for t in body.tools):
+        raise bad_request("'tools' must be a list of tool objects", "tools")
+    result = parser_class(body.tools).parse(body.text)
+    return json_response(
+        {
+            "normal_text": result.content or "",
+            "calls": [
+                {"tool_index": i, "name": call.name, "parameters": call.arguments}
+                for i, call in enumerate(result.calls)
+            ],
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in result.calls
+            ],
+        }
+    )
