@@ -58,6 +58,16 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="segment tokenization cache budget per process (0 disables)",
     )
     p.add_argument("--policy", default="round_robin", help="routing policy")
+    p.add_argument(
+        "--reasoning-parser",
+        default="auto",
+        help="reasoning parser name (vLLM's or SMG's), 'auto' from the model, or 'none'",
+    )
+    p.add_argument(
+        "--tool-call-parser",
+        default="auto",
+        help="tool-call parser name (vLLM's or SMG's), 'auto' from the model, or 'none'",
+    )
     p.add_argument("--health-check-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--health-check-timeout", type=float, default=2.0, metavar="SECONDS")
     p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
@@ -96,6 +106,8 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l0_bytes=args.tokenizer_cache_l0_bytes,
         tokenizer_cache_l1_bytes=args.tokenizer_cache_l1_bytes,
         policy=args.policy,
+        reasoning_parser=args.reasoning_parser,
+        tool_call_parser=args.tool_call_parser,
         health_check_interval=args.health_check_interval,
         health_check_timeout=args.health_check_timeout,
         max_body_bytes=args.max_body_bytes,

@@ -19,6 +19,8 @@ class GatewayConfig:
     tokenizer_cache_l0_bytes: int = 64 * 1024 * 1024
     tokenizer_cache_l1_bytes: int = 128 * 1024 * 1024
     policy: str = "round_robin"
+    reasoning_parser: str = "auto"  # a registry name, "auto" (from the model), or "none"
+    tool_call_parser: str = "auto"
     health_check_interval: float = 5.0
     health_check_timeout: float = 2.0
     max_body_bytes: int = 32 * 1024 * 1024

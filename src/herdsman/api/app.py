@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from herdsman.api.chat import chat_completions
 from herdsman.api.completions import completions
 from herdsman.api.errors import APIError
+from herdsman.api.parse import parse_function_call, parse_reasoning
 from herdsman.api.responses import json_response
 from herdsman.api.tokenize import detokenize, tokenize
 from herdsman.http import Request, Response, StreamingResponse
@@ -58,6 +59,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/models": {"GET": list_models},
     "/v1/tokenize": {"POST": tokenize},
     "/v1/detokenize": {"POST": detokenize},
+    "/parse/reasoning": {"POST": parse_reasoning},
+    "/parse/function_call": {"POST": parse_function_call},
     "/health": {"GET": health},
     "/metrics": {"GET": metrics},
 }

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
+from herdsman.api.errors import APIError
 from herdsman.api.logprobs import chat_logprobs
 from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import (
+    LogprobsFormat,
     decode_body,
     json_response,
     run_to_end,
     stream_events,
     usage_of,
 )
-from herdsman.api.sse import ChunkFrames
+from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
+from herdsman.pipeline.parsing import ChoiceParser, ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_chat
 
@@ -37,11 +41,42 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
             if top_n is None
             else lambda _choice, run: {"content": chat_logprobs(tokenizer, [run], top_n)}
         )
-        events = stream_events(
-            frames, generation, include_usage=include_usage, announce_role=True, logprobs=logprobs
-        )
+        if plan.parsers is not None:
+            events = _stream_parsed(frames, generation, plan.parsers, include_usage, logprobs)
+        else:
+            events = stream_events(
+                frames,
+                generation,
+                include_usage=include_usage,
+                announce_role=True,
+                logprobs=logprobs,
+            )
         return StreamingResponse(events)
     return await _complete(ctx, plan, generation, created)
+
+
+def _parsed(plan: GenerationPlan, choice: ChoiceOutput) -> ChoiceParser | None:
+    if plan.parsers is None:
+        return None
+    parser = plan.parsers.for_choice()
+    parser.feed("".join(choice.text or ()))
+    parser.finish()
+    return parser
+
+
+def _message(plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
+    parser = _parsed(plan, choice)
+    if parser is None:
+        return {"role": "assistant", "content": "".join(choice.text or ())}
+    choice.parsed = parser
+    return parser.message()
+
+
+def _finish_reason(plan: GenerationPlan, choice: ChoiceOutput) -> str | None:
+    parser = choice.parsed
+    if parser is not None and parser.calls and choice.finish_reason == "stop":
+        return "tool_calls"
+    return choice.finish_reason
 
 
 def _choice_logprobs(
@@ -53,6 +88,54 @@ def _choice_logprobs(
     return {"content": chat_logprobs(ctx.model.tokenizer, choice.logprobs or (), top_n)}
 
 
+async def _stream_parsed(
+    frames: ChunkFrames,
+    generation: Generation,
+    setup: ParserSetup,
+    include_usage: bool,
+    logprobs: LogprobsFormat | None,
+) -> AsyncIterator[bytes]:
+    """Like ``stream_events``, with each choice's text split into reasoning, content and calls."""
+    parsers = {c.index: setup.for_choice() for c in generation.choices}
+    for choice in generation.choices:
+        yield frames.role(choice.index)
+    try:
+        async for choice, text, token_logprobs, finish_reason in generation.run():
+            parser = parsers[choice.index]
+            delta = parser.feed(text)
+            if finish_reason is not None:
+                tail = parser.finish()
+                delta.reasoning += tail.reasoning
+                delta.content += tail.content
+                delta.tool_calls += tail.tool_calls
+                if parser.calls and finish_reason == "stop":
+                    finish_reason = "tool_calls"
+            lp = b"null"
+            if logprobs is not None and token_logprobs is not None:
+                lp = encode_json(logprobs(choice, token_logprobs))
+            if not (delta or finish_reason or token_logprobs):
+                continue
+            if not delta.reasoning and not delta.tool_calls and finish_reason is None:
+                yield frames.text(choice.index, delta.content, lp)
+                continue
+            body: dict[str, object] = {}
+            if delta.reasoning:
+                body["reasoning_content"] = delta.reasoning
+            if delta.content:
+                body["content"] = delta.content
+            if delta.tool_calls:
+                body["tool_calls"] = delta.tool_calls
+            finish = (finish_reason, choice.matched_stop) if finish_reason else None
+            yield frames.delta(choice.index, body, lp, finish)
+    except APIError as exc:
+        yield exc.sse_event()
+        yield DONE
+        return
+    if include_usage:
+        yield frames.usage(usage_of(generation))
+    yield DONE
+
+
 async def _complete(
     ctx: ServingContext, plan: GenerationPlan, generation: Generation, created: int
 ) -> Response:
@@ -60,9 +143,9 @@ async def _complete(
     choices = [
         {
             "index": c.index,
-            "message": {"role": "assistant", "content": "".join(c.text or ())},
+            "message": _message(plan, c),
             "logprobs": _choice_logprobs(ctx, plan, c),
-            "finish_reason": c.finish_reason,
+            "finish_reason": _finish_reason(plan, c),
             "stop_reason": c.matched_stop,
         }
         for c in generation.choices

@@ -61,6 +61,8 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # False: the reasoning stays in `content` (SGLang's and SMG's request option).
+    separate_reasoning: bool = True
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

@@ -72,6 +72,23 @@ class ChunkFrames:
             % (logprobs, _encode(reason), _encode(stop_reason))
         )
 
+    def delta(
+        self,
+        index: int,
+        delta: dict[str, object],
+        logprobs: bytes = b"null",
+        finish: tuple[str, str | int | None] | None = None,
+    ) -> bytes:
+        """A chat frame with any delta (reasoning_content, tool_calls); built per call."""
+        reason, stop_reason = finish if finish is not None else (None, None)
+        return self._open + b'%d,"delta":%b,"logprobs":%b,"finish_reason":%b%b}]}\n\n' % (
+            index,
+            _encode(delta),
+            logprobs,
+            _encode(reason),
+            b',"stop_reason":' + _encode(stop_reason) if finish is not None else b"",
+        )
+
     def role(self, index: int) -> bytes:
         return self._open + (
             b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'

@@ -21,6 +21,9 @@ class ServedModel:
     max_context_length: int
     eos_token_ids: tuple[int, ...]
     created: int
+    # Registry names; None when the model's output is not parsed that way.
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from herdsman.engines import (
 from herdsman.engines import SamplingParams as EngineSampling
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.routing import Worker
 
@@ -44,6 +45,11 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     first_index: int = 0
     # Completions with echo: the prompt text, shown before the generated text.
     echo: str = ""
+    # Chat: the rendered prompt, and how the output is parsed (reasoning, tool calls).
+    prompt_text: str = ""
+    parsers: ParserSetup | None = None
+    # Ids never shown as text even when special tokens are kept (EOS, stop ids).
+    hidden_ids: frozenset[int] = frozenset()
 
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
@@ -63,6 +69,7 @@ class Generation:
                 skip_special_tokens=plan.skip_special_tokens,
                 keep_text=not plan.stream,
                 keep_stop=plan.include_stop_str_in_output,
+                hidden_ids=plan.hidden_ids,
             )
             for i in range(plan.sampling.n)
         ]

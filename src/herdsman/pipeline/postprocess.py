@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from herdsman.engines import TokenLogprobs
 from herdsman.tokenizer import ModelTokenizer, StopChecker
@@ -13,11 +14,13 @@ class ChoiceOutput:
 
     __slots__ = (
         "_detok",
+        "_hidden",
         "_stop",
         "finish_reason",
         "index",
         "logprobs",
         "matched_stop",
+        "parsed",
         "text",
         "token_count",
     )
@@ -31,7 +34,9 @@ class ChoiceOutput:
         skip_special_tokens: bool,
         keep_text: bool,
         keep_stop: bool = False,
+        hidden_ids: frozenset[int] = frozenset(),
     ) -> None:
+        self._hidden = hidden_ids
         self.index = index
         self._detok = tokenizer.detokenizer(skip_special_tokens=skip_special_tokens)
         self._stop = StopChecker(stops, keep_stop=keep_stop) if stops else None
@@ -41,6 +46,7 @@ class ChoiceOutput:
         # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
         self.text: list[str] | None = [] if keep_text else None
         self.logprobs: list[TokenLogprobs] | None = [] if keep_text else None
+        self.parsed: Any = None  # the chat layer's parse of the finished text, if any
 
     @property
     def done(self) -> bool:
@@ -49,6 +55,8 @@ class ChoiceOutput:
     def push(self, token_ids: Sequence[int]) -> str:
         """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string."""
         self.token_count += len(token_ids)
+        if self._hidden:
+            token_ids = [t for t in token_ids if t not in self._hidden]
         text = self._detok.push(token_ids)
         if self._stop is not None and text:
             text = self._stop.feed(text)

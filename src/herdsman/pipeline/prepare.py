@@ -10,8 +10,11 @@ from herdsman.api.errors import APIError, bad_request
 from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
 from herdsman.observability import METRICS
+from herdsman.parsers import registry
+from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.generate import GenerationPlan
+from herdsman.pipeline.parsing import ParserSetup
 from herdsman.tokenizer import ChatTemplateError
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -171,20 +174,49 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
     METRICS.stage.observe(rendered - started, ("template",))
     METRICS.stage.observe(time.perf_counter() - rendered, ("tokenize",))
     max_tokens = req.max_completion_tokens or req.max_tokens
+    sampling = _sampling(
+        model, req, len(input_ids), max_tokens, (req.top_logprobs or 0) if req.logprobs else None
+    )
+    parsers = _parser_setup(model, req, prompt)
+    keep_special = parsers is not None and any(
+        cls is not None and cls.needs_special_tokens for cls in (parsers.reasoning, parsers.tools)
+    )
     return GenerationPlan(
         request_id=new_request_id("chatcmpl"),
         input_ids=input_ids,
-        sampling=_sampling(
-            model,
-            req,
-            len(input_ids),
-            max_tokens,
-            (req.top_logprobs or 0) if req.logprobs else None,
-        ),
+        sampling=sampling,
         stops=_stops(req),
         include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
-        skip_special_tokens=req.skip_special_tokens,
+        # Parsers that read special-token markers see them; EOS and stop ids still stay hidden.
+        skip_special_tokens=req.skip_special_tokens and not keep_special,
+        hidden_ids=frozenset(sampling.stop_token_ids) if keep_special else frozenset(),
         stream=req.stream,
+        prompt_text=prompt,
+        parsers=parsers,
+    )
+
+
+def _parser_setup(
+    model: ServedModel, req: ChatCompletionRequest, prompt: str
+) -> ParserSetup | None:
+    reasoning = (
+        registry.get_reasoning_parser(model.reasoning_parser)
+        if model.reasoning_parser and req.separate_reasoning
+        else None
+    )
+    tools = (
+        registry.get_tool_call_parser(model.tool_call_parser)
+        if model.tool_call_parser and req.tools and req.tool_choice != "none"
+        else None
+    )
+    if reasoning is None and tools is None:
+        return None
+    return ParserSetup(
+        reasoning=reasoning,
+        tools=tools,
+        tool_specs=req.tools,
+        thinking=thinking_flag(req.chat_template_kwargs),
+        prompt_in_reasoning=reasoning.prompt_in_reasoning(prompt) if reasoning else False,
     )
 
 

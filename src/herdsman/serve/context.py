@@ -10,10 +10,11 @@ from pathlib import Path
 from herdsman.config import GatewayConfig
 from herdsman.engines import ModelInfo, connect_engine
 from herdsman.observability import METRICS
+from herdsman.parsers import registry
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.routing import POLICIES, Worker, WorkerRegistry
 from herdsman.serve.tokenizer_source import fetch_from_worker
-from herdsman.tokenizer import load_model_tokenizer
+from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,28 @@ def _served_name(config: GatewayConfig, info: ModelInfo, tokenizer_dir: Path) ->
         or Path(info.model_path).name
         or tokenizer_dir.name
     )
+
+
+def _parsers(
+    config: GatewayConfig, info: ModelInfo, name: str, tokenizer: ModelTokenizer
+) -> tuple[str | None, str | None]:
+    template = tokenizer.chat_template.source if tokenizer.chat_template else None
+    auto_reasoning, auto_tools = registry.auto_select(
+        info.model_type, list(info.architectures), name, template
+    )
+    chosen = []
+    for flag, auto, lookup in (
+        (config.reasoning_parser, auto_reasoning, registry.get_reasoning_parser),
+        (config.tool_call_parser, auto_tools, registry.get_tool_call_parser),
+    ):
+        if flag == "none":
+            chosen.append(None)
+        elif flag == "auto":
+            chosen.append(auto)
+        else:
+            chosen.append(lookup(flag).name)  # raises, listing the names, when unknown
+    log.info("parsers: reasoning %s, tool calls %s", chosen[0], chosen[1])
+    return chosen[0], chosen[1]
 
 
 async def build_context(config: GatewayConfig) -> ServingContext:
@@ -71,6 +94,7 @@ async def build_context(config: GatewayConfig) -> ServingContext:
         eos_token_ids=eos,
         created=int(time.time()),
     )
+    model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
     if config.policy not in POLICIES:
         raise ValueError(f"unknown policy {config.policy!r}; choose from {sorted(POLICIES)}")
     log.info(

@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     faults = parser.add_argument_group("behaviour and fault injection")
     faults.add_argument(
+        "--response-text",
+        default=None,
+        metavar="TEXT",
+        help="answer every request with exactly this text, then EOS (for parser tests)",
+    )
+    parser.add_argument(
         "--eos-after",
         type=_non_negative_int,
         default=None,

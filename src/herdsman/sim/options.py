@@ -30,6 +30,8 @@ class SimOptions:
     cache_blocks: int = 65536
     # Behaviour and fault injection.
     eos_after: int | None = None
+    # Every request answers exactly this text, then EOS: for testing output parsers end to end.
+    response_text: str | None = None
     fail_after_tokens: int | None = None
     exit_after_tokens: int | None = None
     hang: bool = False
@@ -55,6 +57,7 @@ class SimOptions:
             tokens_per_message=args.tokens_per_message,
             cache_blocks=args.cache_blocks,
             eos_after=args.eos_after,
+            response_text=args.response_text,
             fail_after_tokens=args.fail_after_tokens,
             exit_after_tokens=args.exit_after_tokens,
             hang=args.hang,

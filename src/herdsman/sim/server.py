@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -55,7 +56,14 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         max_model_len=options.max_model_len,
     )
     abort_log = AbortLog(options.abort_log)
-    engine = SimEngine(options, card, TextSource(tokenizer), abort_log)
+    if options.response_text is not None:
+        source = TextSource(tokenizer, options.response_text)
+        source.sentence_starts = [0]
+        if options.eos_after is None:
+            options = dataclasses.replace(options, eos_after=len(source.ids))
+    else:
+        source = TextSource(tokenizer)
+    engine = SimEngine(options, card, source, abort_log)
     bundle = LazyTokenizerBundle(model_dir)
 
     server = grpc.aio.server(options=_SERVER_OPTIONS)
