@@ -63,6 +63,22 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     # False: the reasoning stays in `content` (SGLang's and SMG's request option).
     separate_reasoning: bool = True
+    # Structured-output extensions of vLLM and SGLang.
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {
+            "guided_json": self.guided_json,
+            "guided_regex": self.guided_regex,
+            "guided_grammar": self.guided_grammar,
+            "regex": self.regex,
+            "ebnf": self.ebnf,
+        }
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

@@ -29,6 +29,8 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     # Top alternatives per generated token; None: no logprobs at all, 0: the sampled token's only.
     logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    # Structured output: (json_schema | json_object | regex | grammar | structural_tag, value).
+    constraint: tuple[str, str] | None = None
 
 
 class EngineRequest(msgspec.Struct, kw_only=True):

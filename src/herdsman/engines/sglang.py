@@ -36,6 +36,12 @@ class SglangScheduler(GrpcEngine):
         )
         if s.max_tokens is not None:
             params.max_new_tokens = s.max_tokens
+        if s.constraint is not None:
+            kind, value = s.constraint
+            if kind == "json_object":  # SGLang has no flag for it; any JSON object is a schema
+                params.json_schema = '{"type": "object"}'
+            else:
+                setattr(params, "ebnf_grammar" if kind == "grammar" else kind, value)
         if s.logit_bias:
             params.logit_bias.update({str(k): v for k, v in s.logit_bias.items()})
         if s.seed is not None:

@@ -41,6 +41,12 @@ class VllmEngine(GrpcEngine):
             params.logprobs = s.logprobs
         if s.logit_bias:
             params.logit_bias.update(s.logit_bias)
+        if s.constraint is not None:
+            kind, value = s.constraint
+            if kind == "json_object":
+                params.json_object = True
+            else:
+                setattr(params, kind, value)  # json_schema, regex, grammar, structural_tag
         return vllm_engine_pb2.GenerateRequest(
             request_id=request.request_id,
             tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),

@@ -17,6 +17,7 @@ from herdsman.parsers.tool_calls import (
     ToolCallStart,
     ToolEvent,
 )
+from herdsman.pipeline.constraints import ConstrainedCallsParser
 
 
 @dataclass(slots=True)
@@ -38,6 +39,9 @@ class ParserSetup:
     tool_specs: list[dict[str, Any]] | None
     thinking: bool | None
     prompt_in_reasoning: bool
+    # tool_choice required (None name) or named: the output is read as constrained JSON.
+    constrained: bool = False
+    function: str | None = None
 
     def for_choice(self) -> ChoiceParser:
         reasoning = (
@@ -45,7 +49,11 @@ class ParserSetup:
             if self.reasoning is not None
             else None
         )
-        tools = self.tools(self.tool_specs) if self.tools is not None else None
+        tools: ToolCallParser | None
+        if self.constrained:
+            tools = ConstrainedCallsParser(self.tool_specs, self.function)
+        else:
+            tools = self.tools(self.tool_specs) if self.tools is not None else None
         return ChoiceParser(reasoning, tools)
 
 

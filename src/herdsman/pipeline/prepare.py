@@ -12,6 +12,7 @@ from herdsman.engines import SamplingParams
 from herdsman.observability import METRICS
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
+from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.pipeline.parsing import ParserSetup
@@ -161,12 +162,10 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
     check_model(model, req.model)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
-    if req.tools and req.tool_choice not in (None, "none", "auto"):
-        raise bad_request(
-            "tool_choice other than 'none' or 'auto' is not supported yet", "tool_choice"
-        )
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise bad_request("response_format is not supported yet", "response_format")
+    tool_constraint, named = tool_choice_constraint(req.tools, req.tool_choice)
+    format_constraint = response_format_constraint(req.response_format, req.extensions)
+    if tool_constraint and format_constraint:
+        raise bad_request("tool_choice and response_format cannot both constrain the output")
     started = time.perf_counter()
     prompt = render_chat_prompt(model, req)
     rendered = time.perf_counter()
@@ -177,7 +176,10 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
     sampling = _sampling(
         model, req, len(input_ids), max_tokens, (req.top_logprobs or 0) if req.logprobs else None
     )
-    parsers = _parser_setup(model, req, prompt)
+    sampling.constraint = tool_constraint or format_constraint
+    parsers = _parser_setup(
+        model, req, prompt, constrained=tool_constraint is not None, named=named
+    )
     keep_special = parsers is not None and any(
         cls is not None and cls.needs_special_tokens for cls in (parsers.reasoning, parsers.tools)
     )
@@ -197,7 +199,12 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
 
 
 def _parser_setup(
-    model: ServedModel, req: ChatCompletionRequest, prompt: str
+    model: ServedModel,
+    req: ChatCompletionRequest,
+    prompt: str,
+    *,
+    constrained: bool = False,
+    named: str | None = None,
 ) -> ParserSetup | None:
     reasoning = (
         registry.get_reasoning_parser(model.reasoning_parser)
@@ -209,7 +216,7 @@ def _parser_setup(
         if model.tool_call_parser and req.tools and req.tool_choice != "none"
         else None
     )
-    if reasoning is None and tools is None:
+    if reasoning is None and tools is None and not constrained:
         return None
     return ParserSetup(
         reasoning=reasoning,
@@ -217,6 +224,8 @@ def _parser_setup(
         tool_specs=req.tools,
         thinking=thinking_flag(req.chat_template_kwargs),
         prompt_in_reasoning=reasoning.prompt_in_reasoning(prompt) if reasoning else False,
+        constrained=constrained,
+        function=named,
     )
 
 
