@@ -57,6 +57,20 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=128 * 1024 * 1024,
         help="segment tokenization cache budget per process (0 disables)",
     )
+    p.add_argument(
+        "--allow-private-image-urls",
+        action="store_true",
+        help="let image URLs reach private, loopback and link-local addresses (never metadata)",
+    )
+    p.add_argument(
+        "--image-url-domain",
+        dest="image_url_domains",
+        action="append",
+        default=None,
+        metavar="DOMAIN",
+        help="only fetch images from these hosts (repeatable; '.example.com' for subdomains)",
+    )
+    p.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024)
     p.add_argument("--policy", default="round_robin", help="routing policy")
     p.add_argument(
         "--reasoning-parser",
@@ -106,6 +120,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l0_bytes=args.tokenizer_cache_l0_bytes,
         tokenizer_cache_l1_bytes=args.tokenizer_cache_l1_bytes,
         policy=args.policy,
+        allow_private_image_urls=args.allow_private_image_urls,
+        image_url_domains=args.image_url_domains,
+        max_image_bytes=args.max_image_bytes,
         reasoning_parser=args.reasoning_parser,
         tool_call_parser=args.tool_call_parser,
         health_check_interval=args.health_check_interval,

@@ -18,6 +18,10 @@ class GatewayConfig:
     chat_template: str | None = None
     tokenizer_cache_l0_bytes: int = 64 * 1024 * 1024
     tokenizer_cache_l1_bytes: int = 128 * 1024 * 1024
+    # Image inputs: fetching is refused for private/loopback/metadata addresses unless allowed.
+    allow_private_image_urls: bool = False
+    image_url_domains: list[str] | None = None
+    max_image_bytes: int = 20 * 1024 * 1024
     policy: str = "round_robin"
     reasoning_parser: str = "auto"  # a registry name, "auto" (from the model), or "none"
     tool_call_parser: str = "auto"

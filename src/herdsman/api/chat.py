@@ -20,6 +20,7 @@ from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
+from herdsman.pipeline.images import load_images
 from herdsman.pipeline.parsing import ChoiceParser, ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_chat
@@ -27,7 +28,8 @@ from herdsman.pipeline.prepare import prepare_chat
 
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
-    plan = prepare_chat(ctx.model, body)
+    images = await load_images(ctx.model.images, body.messages)
+    plan = prepare_chat(ctx.model, body, images)
     generation = Generation(ctx, plan, request.received_at)
     await generation.start()
     created = int(time.time())

@@ -7,7 +7,7 @@ Adapters translate these structs to and from one proto each. They are msgspec st
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -38,6 +38,9 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     input_ids: list[int]
     sampling: SamplingParams
     stream: bool = True
+    # Processed images (herdsman.pipeline.images.ImageInputs); typed loosely to keep this
+    # module free of numpy.
+    images: Any = None
 
 
 class TokenLogprobs(msgspec.Struct, gc=False):

@@ -10,6 +10,28 @@ from herdsman.engines.base import EngineRequest
 from herdsman.engines.grpc_engine import GrpcEngine
 
 
+def _tensor(array: Any) -> sglang_scheduler_pb2.TensorData:
+    little = array.astype(array.dtype.newbyteorder("<"))
+    return sglang_scheduler_pb2.TensorData(
+        data=little.tobytes(), shape=list(array.shape), dtype=str(array.dtype)
+    )
+
+
+def _mm_inputs(images: Any) -> sglang_scheduler_pb2.MultimodalInputs:
+    inputs = sglang_scheduler_pb2.MultimodalInputs(
+        pixel_values=_tensor(images.pixel_values),
+        im_token_id=images.image_token_id,
+        mm_placeholders=[
+            sglang_scheduler_pb2.PlaceholderRange(offset=o, length=n)
+            for o, n in images.placeholders
+        ],
+        modalities=["image"],
+    )
+    for name, array in images.model_specific.items():
+        inputs.model_specific_tensors[name].CopyFrom(_tensor(array))
+    return inputs
+
+
 class SglangScheduler(GrpcEngine):
     backend = "sglang"
     service = "sglang.grpc.scheduler.SglangScheduler"
@@ -53,6 +75,8 @@ class SglangScheduler(GrpcEngine):
             sampling_params=params,
             stream=request.stream,
         )
+        if request.images is not None:
+            message.mm_inputs.CopyFrom(_mm_inputs(request.images))
         if s.logprobs is not None:
             message.return_logprob = True
             message.top_logprobs_num = s.logprobs

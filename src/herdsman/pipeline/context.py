@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from herdsman.pipeline.images import ImageSupport
 from herdsman.routing import RoutingPolicy, WorkerRegistry
 from herdsman.tokenizer import ModelTokenizer
 
@@ -24,6 +25,8 @@ class ServedModel:
     # Registry names; None when the model's output is not parsed that way.
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
+    # Vision models: fetching and preprocessing image inputs; None for text-only models.
+    images: ImageSupport | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from herdsman.engines import (
 from herdsman.engines import SamplingParams as EngineSampling
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.routing import Worker
@@ -50,6 +51,7 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     parsers: ParserSetup | None = None
     # Ids never shown as text even when special tokens are kept (EOS, stop ids).
     hidden_ids: frozenset[int] = frozenset()
+    images: ImageInputs | None = None
 
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
@@ -98,6 +100,7 @@ class Generation:
             input_ids=plan.input_ids,
             sampling=plan.sampling,
             stream=plan.stream,
+            images=plan.images,
         )
         self._started = await self._open(request)
 

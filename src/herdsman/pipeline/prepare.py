@@ -9,12 +9,14 @@ from typing import Any
 from herdsman.api.errors import APIError, bad_request
 from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
+from herdsman.multimodal.base import expand_placeholders
 from herdsman.observability import METRICS
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.generate import GenerationPlan
+from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.tokenizer import ChatTemplateError
 
@@ -25,9 +27,18 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _text_of(content: Any, index: int) -> str | None:
-    """Message content as the template sees it: a string (text parts joined by newlines)."""
+def _content_of(content: Any, index: int) -> str | list[dict[str, Any]] | None:
+    """Message content as the template sees it.
+
+    Text-only content becomes one string (text parts joined by newlines), which is what
+    text-model templates expect; content with images stays a list of parts for the vision
+    template to place its image tokens (the image stage has already checked the model takes them).
+    """
     if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content
+    ):
         return content
     if not isinstance(content, list):
         raise bad_request(
@@ -59,7 +70,7 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "content" not in message and not message.get("tool_calls"):
             raise bad_request("a message needs 'content'", f"messages[{i}].content")
         normalised = dict(message)
-        normalised["content"] = _text_of(message.get("content"), i)
+        normalised["content"] = _content_of(message.get("content"), i)
         out.append(normalised)
     return out
 
@@ -158,7 +169,9 @@ def check_model(model: ServedModel, name: str) -> None:
         )
 
 
-def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPlan:
+def prepare_chat(
+    model: ServedModel, req: ChatCompletionRequest, images: ImageInputs | None = None
+) -> GenerationPlan:
     check_model(model, req.model)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
@@ -172,6 +185,8 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
     input_ids = model.tokenizer.encode(prompt, add_special_tokens=False)
     METRICS.stage.observe(rendered - started, ("template",))
     METRICS.stage.observe(time.perf_counter() - rendered, ("tokenize",))
+    if images is not None:
+        input_ids = _expand_images(input_ids, images)
     max_tokens = req.max_completion_tokens or req.max_tokens
     sampling = _sampling(
         model, req, len(input_ids), max_tokens, (req.top_logprobs or 0) if req.logprobs else None
@@ -195,7 +210,21 @@ def prepare_chat(model: ServedModel, req: ChatCompletionRequest) -> GenerationPl
         stream=req.stream,
         prompt_text=prompt,
         parsers=parsers,
+        images=images,
     )
+
+
+def _expand_images(input_ids: list[int], images: ImageInputs) -> list[int]:
+    """Each image's one template token becomes as many as its processed size needs."""
+    if input_ids.count(images.image_token_id) != len(images.counts):
+        raise bad_request(
+            "the chat template placed a different number of image tokens than there are images",
+            "messages",
+        )
+    expanded, images.placeholders = expand_placeholders(
+        input_ids, images.image_token_id, images.counts
+    )
+    return expanded
 
 
 def _parser_setup(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
 
 from herdsman.config import GatewayConfig
 from herdsman.engines import ModelInfo, connect_engine
+from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
+from herdsman.multimodal.registry import load_processor
+from herdsman.multimodal.service import ImagePreprocessor
 from herdsman.observability import METRICS
 from herdsman.parsers import registry
 from herdsman.pipeline.context import ServedModel, ServingContext
+from herdsman.pipeline.images import ImageSupport
 from herdsman.routing import POLICIES, Worker, WorkerRegistry
 from herdsman.serve.tokenizer_source import fetch_from_worker
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
@@ -64,6 +69,30 @@ def _parsers(
     return chosen[0], chosen[1]
 
 
+def _image_support(
+    config: GatewayConfig, model_dir: Path, tokenizer: ModelTokenizer
+) -> ImageSupport | None:
+    if not (model_dir / "preprocessor_config.json").is_file():
+        return None
+    processor = load_processor(model_dir)
+    model_config = (
+        json.loads((model_dir / "config.json").read_text())
+        if (model_dir / "config.json").is_file()
+        else {}
+    )
+    token_id = model_config.get("image_token_id") or tokenizer.token_id("<|image_pad|>")
+    if not isinstance(token_id, int):
+        log.warning("%s has an image processor but no image token id; images off", model_dir)
+        return None
+    policy = FetchPolicy(
+        max_bytes=config.max_image_bytes,
+        allow_private=config.allow_private_image_urls,
+        allowed_domains=tuple(config.image_url_domains) if config.image_url_domains else None,
+    )
+    log.info("image inputs on: %s, image token %d", type(processor).__name__, token_id)
+    return ImageSupport(ImageFetcher(policy), ImagePreprocessor(processor), token_id)
+
+
 async def build_context(config: GatewayConfig) -> ServingContext:
     if not config.workers:
         raise ValueError("at least one --worker grpc://HOST:PORT is needed")
@@ -95,6 +124,7 @@ async def build_context(config: GatewayConfig) -> ServingContext:
         created=int(time.time()),
     )
     model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
+    model.images = _image_support(config, tokenizer_dir, tokenizer)
     if config.policy not in POLICIES:
         raise ValueError(f"unknown policy {config.policy!r}; choose from {sorted(POLICIES)}")
     log.info(

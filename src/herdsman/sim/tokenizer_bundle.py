@@ -12,16 +12,22 @@ from pathlib import Path
 import grpc
 from smg_grpc_proto.generated import common_pb2
 
+# The files smg-grpc-servicer's GetTokenizer bundles for vLLM (its tokenizer_bundle.py).
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
     "config.json",
     "special_tokens_map.json",
     "tokenizer.model",
+    "tiktoken.model",
     "vocab.json",
     "merges.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
 )
 CHUNK_BYTES = 512 * 1024
 # A fixed timestamp keeps the zip, and so its sha256, identical across restarts.

@@ -1,0 +1,83 @@
+"""The image stage of preparation: fetch, decode and preprocess a chat request's images.
+
+Runs before the template: the processed sizes decide how many placeholder tokens each image's
+single template token expands to once the prompt is tokenized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from herdsman.api.errors import bad_request
+from herdsman.multimodal.errors import MediaError
+from herdsman.multimodal.fetch import ImageFetcher
+from herdsman.multimodal.service import ImagePreprocessor
+
+
+@dataclass(slots=True)
+class ImageSupport:
+    """What a vision model's gateway needs: how to get images and what they become."""
+
+    fetcher: ImageFetcher
+    preprocessor: ImagePreprocessor
+    image_token_id: int
+
+
+class ImageInputs(msgspec.Struct, kw_only=True):
+    """Processed images of one request, and where they sit in its token ids."""
+
+    pixel_values: Any  # np.ndarray, float32
+    model_specific: dict[str, Any]  # name -> np.ndarray
+    image_token_id: int
+    placeholders: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    hashes: list[str] = msgspec.field(default_factory=list)
+    counts: list[Any] = msgspec.field(default_factory=list)
+
+
+def image_urls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(url, param) of every image_url part, in prompt order."""
+    found: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                param = f"messages[{i}].content[{j}].image_url"
+                spec = part.get("image_url")
+                url = spec.get("url") if isinstance(spec, dict) else spec
+                if not isinstance(url, str) or not url:
+                    raise bad_request("an image_url part needs a url", param)
+                found.append((url, param))
+    return found
+
+
+async def load_images(
+    support: ImageSupport | None, messages: list[dict[str, Any]]
+) -> ImageInputs | None:
+    urls = image_urls(messages)
+    if not urls:
+        return None
+    if support is None:
+        raise bad_request("this model does not take image inputs", urls[0][1])
+    try:
+        data = [await support.fetcher.fetch(url, param=param) for url, param in urls]
+        processed = await support.preprocessor.process(data, [p for _, p in urls])
+    except MediaError as exc:
+        raise bad_request(str(exc), exc.param) from exc
+    counts: list[Any] = (
+        list(processed.placeholder_tokens)
+        if processed.placeholder_tokens is not None
+        else list(processed.num_placeholders)
+    )
+    return ImageInputs(
+        pixel_values=processed.pixel_values,
+        model_specific=dict(processed.model_specific),
+        image_token_id=support.image_token_id,
+        hashes=[hashlib.blake2b(d, digest_size=16).hexdigest() for d in data],
+        counts=counts,
+    )

@@ -1,0 +1,176 @@
+"""Image inputs through the gateway: fetched safely, preprocessed, expanded, sent to the engine."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from tests.conftest import MODELS, start_gateway, start_sim
+
+from herdsman.engines import EngineRequest, SamplingParams
+from herdsman.engines.sglang import SglangScheduler
+from herdsman.engines.transport import GrpcioTransport
+from herdsman.engines.vllm import VllmEngine
+from herdsman.multimodal.registry import load_processor
+from herdsman.pipeline.images import ImageInputs
+from herdsman.tokenizer import load_model_tokenizer
+
+VL = MODELS / "qwen2_5_vl"
+IMAGES = Path(__file__).resolve().parent.parent / "multimodal" / "images"
+IMAGE = sorted(IMAGES.glob("*.png"))[0]
+DATA_URL = "data:image/png;base64," + base64.b64encode(IMAGE.read_bytes()).decode()
+MODEL = "qwen2_5_vl"
+
+
+def _messages(url: str) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is in this picture?"},
+            ],
+        }
+    ]
+
+
+def _expected_prompt_tokens(images: int) -> int:
+    """Text tokens of the rendered prompt, plus each image's expansion, computed independently."""
+    from PIL import Image
+
+    tokenizer = load_model_tokenizer(VL)
+    assert tokenizer.chat_template is not None
+    text = tokenizer.chat_template.render(
+        _messages("x") if images else [{"role": "user", "content": "What is in this picture?"}]
+    )
+    base = len(tokenizer.encode(text, add_special_tokens=False))
+    with Image.open(IMAGE) as img:
+        count = load_processor(VL).num_placeholders_for(img.height, img.width)
+    return base + images * (count - 1)
+
+
+@pytest.fixture(scope="module")
+def vl_gateway(backend: str) -> Iterator[str]:
+    sim = start_sim(VL, backend, "--itl-base-ms", "0")
+    gateway = start_gateway(sim.address)  # tokenizer and processor config via GetTokenizer
+    try:
+        yield f"http://{gateway.address}"
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_image_expands_to_its_placeholder_count(vl_gateway: str) -> None:
+    data = httpx.post(
+        f"{vl_gateway}/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": _messages(DATA_URL), "max_tokens": 3},
+    ).json()
+    assert data["usage"]["prompt_tokens"] == _expected_prompt_tokens(1)
+    # The same image again comes from the processed-image cache, with the same result.
+    again = httpx.post(
+        f"{vl_gateway}/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": _messages(DATA_URL), "max_tokens": 3},
+    ).json()
+    assert again["usage"]["prompt_tokens"] == data["usage"]["prompt_tokens"]
+
+
+@pytest.fixture
+def local_image_server() -> Iterator[str]:
+    body = IMAGE.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "image/png")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/cat.png"
+    server.shutdown()
+
+
+def test_private_addresses_refused_by_default(vl_gateway: str, local_image_server: str) -> None:
+    for url in (
+        local_image_server,
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x.png",
+        "data:image/png;base64,!!!notbase64",
+    ):
+        response = httpx.post(
+            f"{vl_gateway}/v1/chat/completions",
+            timeout=30,
+            json={"model": MODEL, "messages": _messages(url), "max_tokens": 3},
+        )
+        assert response.status_code == 400, url
+        assert response.json()["error"]["param"].startswith("messages[0].content[0]")
+
+
+def test_loopback_allowed_by_flag(backend: str, local_image_server: str) -> None:
+    sim = start_sim(VL, backend, "--itl-base-ms", "0")
+    gateway = start_gateway(sim.address, extra=("--allow-private-image-urls",))
+    try:
+        data = httpx.post(
+            f"http://{gateway.address}/v1/chat/completions",
+            timeout=60,
+            json={"model": MODEL, "messages": _messages(local_image_server), "max_tokens": 2},
+        ).json()
+        assert data["usage"]["prompt_tokens"] == _expected_prompt_tokens(1)
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_text_model_rejects_images(base_url: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": "qwen3", "messages": _messages(DATA_URL), "max_tokens": 2},
+    )
+    assert response.status_code == 400
+
+
+def test_tensors_reach_both_protos() -> None:
+    pixels = np.arange(2 * 1176, dtype=np.float32).reshape(2, 1176)
+    grid = np.array([[1, 1, 2]], dtype=np.int64)
+    images = ImageInputs(
+        pixel_values=pixels,
+        model_specific={"image_grid_thw": grid},
+        image_token_id=151655,
+        placeholders=[(5, 1)],
+        hashes=["h"],
+        counts=[1],
+    )
+    request = EngineRequest(
+        request_id="r", input_ids=[1] * 8, sampling=SamplingParams(), images=images
+    )
+    transport = GrpcioTransport("127.0.0.1:1")
+    vllm = VllmEngine("x", transport)._generate_request(request).mm_inputs
+    assert list(vllm.pixel_values.shape) == [2, 1176] and vllm.pixel_values.dtype == "float32"
+    assert np.frombuffer(vllm.pixel_values.inline, "<f4").tolist() == pixels.ravel().tolist()
+    assert np.frombuffer(vllm.model_specific_tensors["image_grid_thw"].inline, "<i8").tolist() == [
+        1,
+        1,
+        2,
+    ]
+    assert np.frombuffer(
+        vllm.model_specific_tensors["patches_per_image"].inline, "<i8"
+    ).tolist() == [2]
+    assert [(p.offset, p.length) for p in vllm.mm_placeholders] == [(5, 1)]
+    assert vllm.im_token_id == 151655 and list(vllm.mm_hashes) == ["h"]
+    sglang = SglangScheduler("x", transport)._generate_request(request).mm_inputs
+    assert np.frombuffer(sglang.pixel_values.data, "<f4").tolist() == pixels.ravel().tolist()
+    assert list(sglang.model_specific_tensors["image_grid_thw"].shape) == [1, 3]
