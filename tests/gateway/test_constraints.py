@@ -12,7 +12,7 @@ from tests.gateway.test_chat import MODEL, sse_events
 
 from herdsman.engines import EngineRequest, SamplingParams
 from herdsman.engines.sglang import SglangScheduler
-from herdsman.engines.transport import GrpcioTransport
+from herdsman.engines.transport import NativeTransport
 from herdsman.engines.vllm import VllmEngine
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 
@@ -78,7 +78,7 @@ def test_constraints_reach_each_proto(kind: str, value: str) -> None:
     request = EngineRequest(
         request_id="r", input_ids=[1, 2], sampling=SamplingParams(constraint=(kind, value))
     )
-    transport = GrpcioTransport("127.0.0.1:1")
+    transport = NativeTransport("127.0.0.1:1")  # connects lazily: never, here
     vllm = VllmEngine("x", transport)._generate_request(request).sampling_params
     sglang = SglangScheduler("x", transport)._generate_request(request).sampling_params
     if kind == "json_object":

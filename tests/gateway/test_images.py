@@ -15,7 +15,7 @@ from tests.conftest import MODELS, start_gateway, start_sim
 
 from herdsman.engines import EngineRequest, SamplingParams
 from herdsman.engines.sglang import SglangScheduler
-from herdsman.engines.transport import GrpcioTransport
+from herdsman.engines.transport import NativeTransport
 from herdsman.engines.vllm import VllmEngine
 from herdsman.multimodal.registry import load_processor
 from herdsman.pipeline.images import ImageInputs
@@ -157,7 +157,7 @@ def test_tensors_reach_both_protos() -> None:
     request = EngineRequest(
         request_id="r", input_ids=[1] * 8, sampling=SamplingParams(), images=images
     )
-    transport = GrpcioTransport("127.0.0.1:1")
+    transport = NativeTransport("127.0.0.1:1")  # connects lazily: never, here
     vllm = VllmEngine("x", transport)._generate_request(request).mm_inputs
     assert list(vllm.pixel_values.shape) == [2, 1176] and vllm.pixel_values.dtype == "float32"
     assert np.frombuffer(vllm.pixel_values.inline, "<f4").tolist() == pixels.ravel().tolist()
