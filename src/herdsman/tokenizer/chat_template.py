@@ -55,7 +55,7 @@ def _make_environment() -> ImmutableSandboxedEnvironment:
 class ChatTemplate:
     """A chat template compiled once and rendered per request."""
 
-    def __init__(self, source: str, special_tokens: Mapping[str, str | None]) -> None:
+    def __init__(self, source: str, special_tokens: Mapping[str, Any]) -> None:
         self.source = source
         self._special_tokens = dict(special_tokens)
         try:
@@ -75,8 +75,12 @@ class ChatTemplate:
         variables: dict[str, Any] = dict(self._special_tokens)
         if extra:
             variables.update(extra)
+        final = ""
+        if continue_final_message:
+            messages, final = _tag_final_message(messages)
         variables["messages"] = messages
         variables["tools"] = tools
+        variables["documents"] = None
         variables["add_generation_prompt"] = add_generation_prompt
         try:
             text = self._template.render(variables)
@@ -84,25 +88,50 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
-        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
             raise ChatTemplateError(f"chat template failed on these messages: {exc}") from exc
         if continue_final_message:
-            text = _cut_after_final_message(text, messages)
+            text = _cut_at_tag(text, final)
         return text
 
 
-def _cut_after_final_message(text: str, messages: Sequence[Mapping[str, Any]]) -> str:
-    """Drop what the template appended after the last message, as transformers does."""
+# transformers marks the final message with this tag, renders, and cuts the prompt at the tag,
+# so that whatever the template writes after the last message (end-of-turn tokens) goes away.
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def _tag_final_message(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[list[Mapping[str, Any]], str]:
     if not messages:
-        return text
-    content = messages[-1].get("content")
+        raise ChatTemplateError("continue_final_message needs a final message")
+    final = dict(messages[-1])
+    content = final.get("content")
     if isinstance(content, list):
-        texts = [p.get("text", "") for p in content if isinstance(p, Mapping)]
-        content = texts[-1] if texts else ""
-    if not isinstance(content, str) or not content.strip():
-        return text
-    final = content.strip()
-    at = text.rfind(final)
-    if at < 0:
-        raise ChatTemplateError("continue_final_message: final message not found in the prompt")
-    return text[: at + len(final)]
+        parts = [dict(p) if isinstance(p, Mapping) else p for p in content]
+        for part in reversed(parts):
+            if isinstance(part, dict) and "text" in part:
+                text = part["text"]
+                part["text"] = text + _CONTINUE_TAG
+                break
+        else:
+            raise ChatTemplateError("continue_final_message: the final message has no text")
+        final["content"] = parts
+    elif isinstance(content, str):
+        text = content
+        final["content"] = content + _CONTINUE_TAG
+    else:
+        raise ChatTemplateError("continue_final_message: the final message has no text")
+    return [*messages[:-1], final], text
+
+
+def _cut_at_tag(rendered: str, final: str) -> str:
+    tag = _CONTINUE_TAG.strip()
+    if final.strip() not in rendered or tag not in rendered:
+        raise ChatTemplateError(
+            "continue_final_message: the template does not keep the final message intact"
+        )
+    at = rendered.rindex(tag)
+    if rendered[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
+        return rendered[:at]
+    return rendered[:at].rstrip()  # the template trimmed the tag's trailing space

@@ -12,7 +12,16 @@ from herdsman.tokenizer.chat_template import ChatTemplate
 from herdsman.tokenizer.fast_backend import load_fast_encoder
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
-_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# What transformers hands a template as special_tokens_map.
+_SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 class TokenizerLoadError(RuntimeError):
@@ -67,6 +76,20 @@ def _eos_ids(directory: Path, tokenizer: Tokenizer, eos_token: str | None) -> tu
     return tuple(ids)
 
 
+def special_tokens_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The special tokens a template sees, from tokenizer_config.json, as transformers does."""
+    # Only the tokens that are set: a template must see an unset one as undefined, not None.
+    special: dict[str, Any] = {}
+    for key in _SPECIAL_TOKEN_KEYS:
+        text = _token_text(config.get(key))
+        if text is not None:
+            special[key] = text
+    extra = config.get("additional_special_tokens")
+    if isinstance(extra, list) and extra:
+        special["additional_special_tokens"] = [_token_text(t) for t in extra]
+    return special
+
+
 def load_model_tokenizer(
     directory: str | Path, chat_template: str | None = None, *, fast: bool = True
 ) -> ModelTokenizer:
@@ -80,13 +103,13 @@ def load_model_tokenizer(
     except Exception as exc:  # tokenizers raises plain Exception on malformed files
         raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
     config = _read_json(directory / "tokenizer_config.json")
-    special = {key: _token_text(config.get(key)) for key in _SPECIAL_TOKEN_KEYS}
+    special = special_tokens_from_config(config)
     source = _template_source(directory, config, chat_template)
     max_length = config.get("model_max_length")
     return ModelTokenizer(
         tokenizer=tokenizer,
         chat_template=ChatTemplate(source, special) if source else None,
-        eos_token_ids=_eos_ids(directory, tokenizer, special["eos_token"]),
+        eos_token_ids=_eos_ids(directory, tokenizer, special.get("eos_token")),
         special_tokens=special,
         model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
         source=str(directory),

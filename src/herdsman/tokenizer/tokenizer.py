@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -18,7 +19,7 @@ class ModelTokenizer:
     tokenizer: Tokenizer
     chat_template: ChatTemplate | None
     eos_token_ids: tuple[int, ...]
-    special_tokens: dict[str, str | None] = field(default_factory=dict)
+    special_tokens: dict[str, Any] = field(default_factory=dict)
     model_max_length: int | None = None
     source: str = ""
     # A faster encoder proven to give the same ids (see fast_backend); None: use ``tokenizer``.
