@@ -66,11 +66,19 @@ class ChoiceOutput:
         return self._keep(text)
 
     def finish(self, reason: str, matched_token_id: int | None = None) -> str:
-        """The engine ended this choice; release anything held back for a possible stop."""
+        """The engine ended this choice: release what the detokenizer and the stop check held."""
+        text = self._detok.flush()
+        stop = self._stop
+        if stop is not None:
+            text = stop.feed(text) if text else ""
+            if stop.matched is not None:  # the very last characters completed a stop string
+                self.finish_reason, self.matched_stop = "stop", stop.matched
+                return self._keep(text)
+            text += stop.flush()
         self.finish_reason = reason
         if matched_token_id is not None:
             self.matched_stop = matched_token_id
-        return self._keep(self._stop.flush() if self._stop is not None else "")
+        return self._keep(text)
 
     def keep_logprobs(self, logprobs: TokenLogprobs) -> None:
         if self.logprobs is not None:
