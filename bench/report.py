@@ -422,12 +422,16 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], out_dir: Path) -
         f"`--tokenizer-cache-enable-l0` default {smg.get('tokenizer-cache-enable-l0')}, L1 "
         f"`--tokenizer-cache-enable-l1` default {smg.get('tokenizer-cache-enable-l1')}; "
         f"`--reasoning-parser` default {smg.get('reasoning-parser')}, which picks the Qwen3 "
-        "parser from the model name). To make SMG do the same work as herdsman (plain "
+        "parser from the model name). To make both gateways do the same work (plain "
         "`content`, no reasoning parsing), every request carries `separate_reasoning: false`, "
-        "which SMG honours and herdsman ignores; `--reasoning-parser passthrough` did not "
-        "change SMG 1.13.0's output for this model.",
+        "which both honour; `--reasoning-parser passthrough` did not change SMG 1.13.0's "
+        "output for this model. herdsman runs with its defaults too: its tokenization cache "
+        "(L0 and L1) is on by default.",
         "",
     ]
+    analysis = Path(__file__).with_name("ANALYSIS.md")
+    if analysis.is_file():
+        lines += [analysis.read_text(encoding="utf-8").rstrip(), ""]
     notes = observations(meta, results)
     if notes:
         lines += ["## Observations from this run", ""]

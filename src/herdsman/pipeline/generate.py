@@ -184,7 +184,7 @@ class Generation:
                 worker.mark_failed(str(exc))
                 continue
             except EngineError as exc:
-                raise APIError(502, f"engine failed: {exc}", code="engine_error") from exc
+                raise _rejected(exc) from exc
             except asyncio.CancelledError:
                 await outputs.aclose()
                 self._abort(worker)
@@ -202,6 +202,14 @@ class Generation:
     def _abort(self, worker: Worker) -> None:
         rid = self._plan.request_id
         self._ctx.spawn(worker.engine.abort([rid]), name=f"abort {rid}")
+
+
+def _rejected(exc: EngineError) -> APIError:
+    """An engine that refuses a request's parameters (INVALID_ARGUMENT) before producing
+    anything is the client's error (400, as the engine's own HTTP server says); the rest is ours."""
+    if exc.code == "invalid_argument":
+        return APIError(400, f"the engine rejected the request: {exc}", code="invalid_request")
+    return APIError(502, f"engine failed: {exc}", code="engine_error")
 
 
 def _finish_reason(out: EngineOutput) -> str:
