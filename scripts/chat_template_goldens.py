@@ -44,6 +44,10 @@ TEMPLATES = {
         ROOT / "models/llama3/tokenizer_config.json",
         ROOT / "models/llama3/tokenizer_config.json",
     ),
+    "qwen2_5_vl": (
+        ROOT / "models/qwen2_5_vl/chat_template.json",
+        ROOT / "models/qwen2_5_vl/tokenizer_config.json",
+    ),
 }
 SPECIAL_KEYS = (
     "bos_token",

@@ -27,6 +27,10 @@ TEMPLATES = {
         "../../../models/llama3/tokenizer_config.json",
         "../../../models/llama3/tokenizer_config.json",
     ),
+    "qwen2_5_vl": (
+        "../../../models/qwen2_5_vl/chat_template.json",
+        "../../../models/qwen2_5_vl/tokenizer_config.json",
+    ),
 }
 
 
