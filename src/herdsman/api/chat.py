@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from herdsman.api.errors import APIError
 from herdsman.api.logprobs import chat_logprobs
 from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import (
@@ -13,15 +12,16 @@ from herdsman.api.responses import (
     decode_body,
     json_response,
     run_to_end,
+    sse_body,
     stream_events,
     usage_of,
 )
-from herdsman.api.sse import DONE, ChunkFrames, encode_json
+from herdsman.api.sse import ChunkFrames, encode_json
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
 from herdsman.pipeline.images import load_images
-from herdsman.pipeline.parsing import ChoiceParser, ParserSetup
+from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_chat
 
@@ -57,28 +57,26 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
     return await _complete(ctx, plan, generation, created)
 
 
-def _parsed(plan: GenerationPlan, choice: ChoiceOutput) -> ChoiceParser | None:
+def _choice(ctx: ServingContext, plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
+    """One choice of a non-streamed response, its text parsed when the request asks for it."""
+    text = "".join(choice.text or ())
+    finish_reason = choice.finish_reason
     if plan.parsers is None:
-        return None
-    parser = plan.parsers.for_choice()
-    parser.feed("".join(choice.text or ()))
-    parser.finish()
-    return parser
-
-
-def _message(plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
-    parser = _parsed(plan, choice)
-    if parser is None:
-        return {"role": "assistant", "content": "".join(choice.text or ())}
-    choice.parsed = parser
-    return parser.message()
-
-
-def _finish_reason(plan: GenerationPlan, choice: ChoiceOutput) -> str | None:
-    parser = choice.parsed
-    if parser is not None and parser.calls and choice.finish_reason == "stop":
-        return "tool_calls"
-    return choice.finish_reason
+        message: dict[str, object] = {"role": "assistant", "content": text}
+    else:
+        parser = plan.parsers.for_choice()
+        parser.feed(text)
+        parser.finish()
+        message = parser.message()
+        if parser.calls and finish_reason == "stop":
+            finish_reason = "tool_calls"
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": _choice_logprobs(ctx, plan, choice),
+        "finish_reason": finish_reason,
+        "stop_reason": choice.matched_stop,
+    }
 
 
 def _choice_logprobs(
@@ -90,68 +88,61 @@ def _choice_logprobs(
     return {"content": chat_logprobs(ctx.model.tokenizer, choice.logprobs or (), top_n)}
 
 
-async def _stream_parsed(
+def _stream_parsed(
     frames: ChunkFrames,
     generation: Generation,
     setup: ParserSetup,
     include_usage: bool,
     logprobs: LogprobsFormat | None,
 ) -> AsyncIterator[bytes]:
-    """Like ``stream_events``, with each choice's text split into reasoning, content and calls."""
+    events = _parsed_frames(frames, generation, setup, logprobs)
+    return sse_body(frames, generation, events, include_usage=include_usage)
+
+
+async def _parsed_frames(
+    frames: ChunkFrames,
+    generation: Generation,
+    setup: ParserSetup,
+    logprobs: LogprobsFormat | None,
+) -> AsyncIterator[bytes]:
+    """Each choice's text split into reasoning, content and tool calls as it streams."""
     parsers = {c.index: setup.for_choice() for c in generation.choices}
     for choice in generation.choices:
         yield frames.role(choice.index)
-    try:
-        async for choice, text, token_logprobs, finish_reason in generation.run():
-            parser = parsers[choice.index]
-            delta = parser.feed(text)
-            if finish_reason is not None:
-                tail = parser.finish()
-                delta.reasoning += tail.reasoning
-                delta.content += tail.content
-                delta.tool_calls += tail.tool_calls
-                if parser.calls and finish_reason == "stop":
-                    finish_reason = "tool_calls"
-            lp = b"null"
-            if logprobs is not None and token_logprobs is not None:
-                lp = encode_json(logprobs(choice, token_logprobs))
-            if not (delta or finish_reason or token_logprobs):
-                continue
-            if not delta.reasoning and not delta.tool_calls and finish_reason is None:
-                yield frames.text(choice.index, delta.content, lp)
-                continue
-            body: dict[str, object] = {}
-            if delta.reasoning:
-                body["reasoning_content"] = delta.reasoning
-            if delta.content:
-                body["content"] = delta.content
-            if delta.tool_calls:
-                body["tool_calls"] = delta.tool_calls
-            finish = (finish_reason, choice.matched_stop) if finish_reason else None
-            yield frames.delta(choice.index, body, lp, finish)
-    except APIError as exc:
-        yield exc.sse_event()
-        yield DONE
-        return
-    if include_usage:
-        yield frames.usage(usage_of(generation))
-    yield DONE
+    async for choice, text, token_logprobs, finish_reason in generation.run():
+        parser = parsers[choice.index]
+        delta = parser.feed(text)
+        if finish_reason is not None:
+            tail = parser.finish()
+            delta.reasoning += tail.reasoning
+            delta.content += tail.content
+            delta.tool_calls += tail.tool_calls
+            if parser.calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
+        lp = b"null"
+        if logprobs is not None and token_logprobs is not None:
+            lp = encode_json(logprobs(choice, token_logprobs))
+        if not (delta or finish_reason or token_logprobs):
+            continue
+        if not delta.reasoning and not delta.tool_calls and finish_reason is None:
+            yield frames.text(choice.index, delta.content, lp)
+            continue
+        body: dict[str, object] = {}
+        if delta.reasoning:
+            body["reasoning_content"] = delta.reasoning
+        if delta.content:
+            body["content"] = delta.content
+        if delta.tool_calls:
+            body["tool_calls"] = delta.tool_calls
+        finish = (finish_reason, choice.matched_stop) if finish_reason else None
+        yield frames.delta(choice.index, body, lp, finish)
 
 
 async def _complete(
     ctx: ServingContext, plan: GenerationPlan, generation: Generation, created: int
 ) -> Response:
     await run_to_end(generation)
-    choices = [
-        {
-            "index": c.index,
-            "message": _message(plan, c),
-            "logprobs": _choice_logprobs(ctx, plan, c),
-            "finish_reason": _finish_reason(plan, c),
-            "stop_reason": c.matched_stop,
-        }
-        for c in generation.choices
-    ]
+    choices = [_choice(ctx, plan, c) for c in generation.choices]
     return json_response(
         {
             "id": plan.request_id,

@@ -55,30 +55,17 @@ def usage_of(generation: Generation | GenerationGroup) -> dict[str, object]:
 LogprobsFormat = Callable[[ChoiceOutput, TokenLogprobs], object]
 
 
-async def stream_events(
+async def sse_body(
     frames: ChunkFrames,
     generation: Generation | GenerationGroup,
+    events: AsyncIterator[bytes],
     *,
     include_usage: bool,
-    announce_role: bool,
-    logprobs: LogprobsFormat | None = None,
-    echo: dict[int, str] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed chat or completion; an engine failure becomes an error event."""
-    for choice in generation.choices:
-        if announce_role:
-            yield frames.role(choice.index)
-        if echo and echo.get(choice.index):
-            yield frames.text(choice.index, echo[choice.index])
+    """Wrap a stream's frames: an engine failure becomes an error event, then usage and [DONE]."""
     try:
-        async for choice, text, token_logprobs, finish_reason in generation.run():
-            lp = b"null"
-            if logprobs is not None and token_logprobs is not None:
-                lp = encode_json(logprobs(choice, token_logprobs))
-            if finish_reason is None:
-                yield frames.text(choice.index, text, lp)
-            else:
-                yield frames.finish(choice.index, text, finish_reason, choice.matched_stop, lp)
+        async for frame in events:
+            yield frame
     except APIError as exc:
         METRICS.stream_errors.inc(labels=(frames.endpoint,))
         yield exc.sse_event()
@@ -87,6 +74,42 @@ async def stream_events(
     if include_usage:
         yield frames.usage(usage_of(generation))
     yield DONE
+
+
+def stream_events(
+    frames: ChunkFrames,
+    generation: Generation | GenerationGroup,
+    *,
+    include_usage: bool,
+    announce_role: bool,
+    logprobs: LogprobsFormat | None = None,
+    echo: dict[int, str] | None = None,
+) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed chat or completion whose text is sent as it comes."""
+    events = _text_frames(frames, generation, announce_role, logprobs, echo)
+    return sse_body(frames, generation, events, include_usage=include_usage)
+
+
+async def _text_frames(
+    frames: ChunkFrames,
+    generation: Generation | GenerationGroup,
+    announce_role: bool,
+    logprobs: LogprobsFormat | None,
+    echo: dict[int, str] | None,
+) -> AsyncIterator[bytes]:
+    for choice in generation.choices:
+        if announce_role:
+            yield frames.role(choice.index)
+        if echo and echo.get(choice.index):
+            yield frames.text(choice.index, echo[choice.index])
+    async for choice, text, token_logprobs, finish_reason in generation.run():
+        lp = b"null"
+        if logprobs is not None and token_logprobs is not None:
+            lp = encode_json(logprobs(choice, token_logprobs))
+        if finish_reason is None:
+            yield frames.text(choice.index, text, lp)
+        else:
+            yield frames.finish(choice.index, text, finish_reason, choice.matched_stop, lp)
 
 
 async def run_to_end(generation: Generation | GenerationGroup) -> None:

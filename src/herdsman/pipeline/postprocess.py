@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from herdsman.engines import TokenLogprobs
 from herdsman.tokenizer import ModelTokenizer, StopChecker
@@ -20,7 +19,6 @@ class ChoiceOutput:
         "index",
         "logprobs",
         "matched_stop",
-        "parsed",
         "text",
         "token_count",
     )
@@ -46,7 +44,6 @@ class ChoiceOutput:
         # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
         self.text: list[str] | None = [] if keep_text else None
         self.logprobs: list[TokenLogprobs] | None = [] if keep_text else None
-        self.parsed: Any = None  # the chat layer's parse of the finished text, if any
 
     @property
     def done(self) -> bool:
