@@ -15,8 +15,13 @@ from herdsman.api.parse import parse_function_call, parse_reasoning
 from herdsman.http import Request
 
 
+def _model(**fields: Any) -> SimpleNamespace:
+    """A served model as the handlers read it: no parsers unless the test sets one."""
+    return SimpleNamespace(**{"reasoning_parser": None, "tool_call_parser": None, **fields})
+
+
 def _call(handler: Any, payload: object, **model: Any) -> dict[str, Any]:
-    ctx: Any = SimpleNamespace(model=SimpleNamespace(**model))
+    ctx: Any = SimpleNamespace(model=_model(**model))
     request = Request("POST", "/parse", "", {}, json.dumps(payload).encode())
     response = asyncio.run(handler(ctx, request))
     assert response.status == 200
@@ -74,7 +79,7 @@ def test_parse_function_call() -> None:
     ],
 )
 def test_bad_requests(handler: Any, payload: object, param: str | None) -> None:
-    ctx: Any = SimpleNamespace(model=SimpleNamespace())
+    ctx: Any = SimpleNamespace(model=_model())
     request = Request("POST", "/parse", "", {}, json.dumps(payload).encode())
     with pytest.raises(APIError) as info:
         asyncio.run(handler(ctx, request))

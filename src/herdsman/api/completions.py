@@ -25,11 +25,10 @@ from herdsman.pipeline.prepare import prepare_completion
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
-    plans = prepare_completion(ctx.model, body)
+    request_id, plans = prepare_completion(ctx.model, body)
     group = GenerationGroup([Generation(ctx, plan, request.received_at) for plan in plans])
     await group.start()
     created = int(time.time())
-    request_id = plans[0].request_id.rsplit("-", 1)[0] if len(plans) > 1 else plans[0].request_id
     top_n = plans[0].sampling.logprobs
     formatters = {
         c.index: CompletionLogprobs(ctx.model.tokenizer, top_n)

@@ -33,26 +33,37 @@ class ParseFunctionCallRequest(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
 
 
-def _reasoning_class(ctx: ServingContext, name: str | None) -> type[ReasoningParser]:
-    name = name or getattr(ctx.model, "reasoning_parser", None)
+def _parser_class(
+    param: str, name: str | None, default: str | None, lookup: Any, names: list[str]
+) -> Any:
+    """The parser class a request names, else the server's; a clear 400 otherwise."""
+    name = name or default
     if not name:
-        choices = ", ".join(registry.reasoning_parser_names())
-        raise bad_request(f"'reasoning_parser' is required; one of: {choices}", "reasoning_parser")
+        raise bad_request(f"'{param}' is required; one of: {', '.join(names)}", param)
     try:
-        return registry.get_reasoning_parser(name)
+        return lookup(name)
     except registry.UnknownParserError as exc:
-        raise bad_request(str(exc), "reasoning_parser") from exc
+        raise bad_request(str(exc), param) from exc
+
+
+def _reasoning_class(ctx: ServingContext, name: str | None) -> type[ReasoningParser]:
+    return _parser_class(
+        "reasoning_parser",
+        name,
+        ctx.model.reasoning_parser,
+        registry.get_reasoning_parser,
+        registry.reasoning_parser_names(),
+    )
 
 
 def _tool_class(ctx: ServingContext, name: str | None) -> type[ToolCallParser]:
-    name = name or getattr(ctx.model, "tool_call_parser", None)
-    if not name:
-        choices = ", ".join(registry.tool_call_parser_names())
-        raise bad_request(f"'tool_call_parser' is required; one of: {choices}", "tool_call_parser")
-    try:
-        return registry.get_tool_call_parser(name)
-    except registry.UnknownParserError as exc:
-        raise bad_request(str(exc), "tool_call_parser") from exc
+    return _parser_class(
+        "tool_call_parser",
+        name,
+        ctx.model.tool_call_parser,
+        registry.get_tool_call_parser,
+        registry.tool_call_parser_names(),
+    )
 
 
 async def parse_reasoning(ctx: ServingContext, request: Request) -> Response:

@@ -46,8 +46,7 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     first_index: int = 0
     # Completions with echo: the prompt text, shown before the generated text.
     echo: str = ""
-    # Chat: the rendered prompt, and how the output is parsed (reasoning, tool calls).
-    prompt_text: str = ""
+    # Chat: how the output is parsed (reasoning, tool calls).
     parsers: ParserSetup | None = None
     # Ids never shown as text even when special tokens are kept (EOS, stop ids).
     hidden_ids: frozenset[int] = frozenset()

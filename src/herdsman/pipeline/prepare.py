@@ -208,7 +208,6 @@ def prepare_chat(
         skip_special_tokens=req.skip_special_tokens and not keep_special,
         hidden_ids=frozenset(sampling.stop_token_ids) if keep_special else frozenset(),
         stream=req.stream,
-        prompt_text=prompt,
         parsers=parsers,
         images=images,
     )
@@ -258,8 +257,10 @@ def _parser_setup(
     )
 
 
-def prepare_completion(model: ServedModel, req: CompletionRequest) -> list[GenerationPlan]:
-    """One plan per prompt of the (possibly batched) request, sharing sampling settings."""
+def prepare_completion(
+    model: ServedModel, req: CompletionRequest
+) -> tuple[str, list[GenerationPlan]]:
+    """The response id, and one plan per prompt of the (possibly batched) request."""
     check_model(model, req.model)
     if req.suffix:
         raise bad_request("suffix is not supported", "suffix")
@@ -271,7 +272,7 @@ def prepare_completion(model: ServedModel, req: CompletionRequest) -> list[Gener
     prompts = [_completion_ids(model, p) for p in _split_prompts(req.prompt)]
     METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
     request_id = new_request_id("cmpl")
-    return [
+    return request_id, [
         GenerationPlan(
             request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
             input_ids=input_ids,
