@@ -33,6 +33,13 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return events
 
 
+def stream_sse(url: str, body: dict, timeout: float = 30) -> list[dict]:
+    """POST a streamed request and return its SSE events (checked to end with [DONE])."""
+    with httpx.stream("POST", url, json=body, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        return sse_events(response)
+
+
 def chat(base_url: str, **body) -> httpx.Response:
     body.setdefault("model", MODEL)
     body.setdefault("messages", [{"role": "user", "content": "Tell me about gateways."}])
@@ -99,18 +106,16 @@ def test_chat_streaming_equals_token_decode(base_url: str, tokenizer: Tokenizer)
 def test_streamed_text_equals_non_streamed(base_url: str) -> None:
     body = {"max_tokens": 30, "seed": 7, "temperature": 0}
     full = chat(base_url, **body).json()["choices"][0]["message"]["content"]
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/chat/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "messages": [{"role": "user", "content": "Tell me about gateways."}],
             "stream": True,
             **body,
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert streamed == full
 
@@ -127,19 +132,17 @@ def test_stop_string_trims_and_reports(base_url: str) -> None:
     assert choice["message"]["content"] == expected
     assert choice["finish_reason"] == "stop"
     assert choice["stop_reason"] == stop
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/chat/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "messages": [{"role": "user", "content": "Tell me about gateways."}],
             "stream": True,
             "stop": stop,
             **body,
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert streamed == expected
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
@@ -188,19 +191,17 @@ def test_completions(base_url: str) -> None:
 
 def test_completions_streaming_token_ids_prompt(base_url: str, tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode("Once upon a time", add_special_tokens=False).ids
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "prompt": ids,
             "max_tokens": 16,
             "stream": True,
             "stream_options": {"include_usage": True},
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     assert all(e["object"] == "text_completion" for e in events)
     assert "".join(e["choices"][0]["text"] for e in events if e["choices"])
     assert events[-1]["usage"]["prompt_tokens"] == len(ids)

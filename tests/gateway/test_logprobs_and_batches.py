@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import httpx
-from tests.gateway.test_chat import MODEL, chat, sse_events
+from tests.gateway.test_chat import MODEL, chat, stream_sse
 
 
 def test_chat_logprobs_non_streaming(base_url: str) -> None:
@@ -25,18 +25,16 @@ def test_chat_logprobs_non_streaming(base_url: str) -> None:
 def test_chat_logprobs_streaming_match_non_streaming(base_url: str) -> None:
     body = {"max_tokens": 8, "logprobs": True, "top_logprobs": 2, "seed": 5, "temperature": 0}
     expected = chat(base_url, **body).json()["choices"][0]["logprobs"]["content"]
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/chat/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "messages": [{"role": "user", "content": "Tell me about gateways."}],
             "stream": True,
             **body,
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     streamed = [
         e
         for ev in events
@@ -94,11 +92,9 @@ def test_echo(base_url: str) -> None:
         },
     ).json()["choices"][0]["text"]
     assert echoed == prompt + plain
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "prompt": prompt,
             "max_tokens": 4,
@@ -107,8 +103,8 @@ def test_echo(base_url: str) -> None:
             "echo": True,
             "stream": True,
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     assert "".join(e["choices"][0]["text"] for e in events) == prompt + plain
 
 
@@ -126,19 +122,17 @@ def test_batched_prompts(base_url: str) -> None:
     ).json()
     assert sorted(c["index"] for c in data["choices"]) == list(range(6))
     assert data["usage"]["completion_tokens"] == 18
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{base_url}/v1/completions",
-        timeout=30,
-        json={
+        {
             "model": MODEL,
             "prompt": [[1, 2, 3], [4, 5, 6, 7]],
             "max_tokens": 3,
             "stream": True,
             "stream_options": {"include_usage": True},
         },
-    ) as response:
-        events = sse_events(response)
+        timeout=30,
+    )
     finished = sorted(
         e["choices"][0]["index"]
         for e in events

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 from tests.conftest import QWEN3, start_gateway, start_sim
-from tests.gateway.test_chat import MODEL, sse_events
+from tests.gateway.test_chat import MODEL, stream_sse
 
 ANSWER = (
     "<think>\nThe user wants the weather in two cities.\n</think>\n\n"
@@ -70,13 +70,11 @@ def test_reasoning_and_tool_calls_non_streaming(scripted: str) -> None:
 
 
 def test_reasoning_and_tool_calls_streaming_equal_non_streaming(scripted: str) -> None:
-    with httpx.stream(
-        "POST",
+    events = stream_sse(
         f"{scripted}/v1/chat/completions",
+        {"model": MODEL, "messages": MESSAGES, "tools": TOOLS, "stream": True},
         timeout=30,
-        json={"model": MODEL, "messages": MESSAGES, "tools": TOOLS, "stream": True},
-    ) as response:
-        events = sse_events(response)
+    )
     reasoning = "".join(
         e["choices"][0]["delta"].get("reasoning_content") or "" for e in events if e["choices"]
     )
