@@ -6,6 +6,8 @@
 #   ./bench/run.sh --soak     long run at c=64 recording memory; BENCH_SOAK_SECONDS per gateway
 #                             (default 1200)
 #   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg)
+#   BENCH_HERDSMAN_ARGS='--tokenizer-cache on'     extra flags for the herdsman targets
+#   BENCH_DOCS=/tmp/report.md                      write the report elsewhere
 #
 # Everything runs inside a private network namespace with only loopback: the script first
 # prepares what needs the network (the project venv, SMG in a cache venv), then re-executes
@@ -21,7 +23,7 @@ for arg in "$@"; do
         --soak) MODE=soak ;;
         --default) MODE=default ;;
         -h | --help)
-            sed -n '2,12p' "$SELF"
+            sed -n '2,14p' "$SELF"
             exit 0
             ;;
         *)

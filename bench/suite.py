@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -257,6 +258,7 @@ def start_gateway(target: Target, engine_port: int, smg: str, log: Path) -> tupl
         argv += ["127.0.0.1", "--port", "0", "--log-level", "warning"]
         if target.workers is not None:
             argv += ["--workers", str(target.workers)]
+        argv += shlex.split(os.environ.get("BENCH_HERDSMAN_ARGS", ""))
         server = Server(target.name, argv, log)
         match = server.wait_for_line(re.compile(r"herdsman listening on (http://[\d.]+:\d+)"))
         base = match.group(1)
@@ -409,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("quick", "default", "soak"), default="default")
     parser.add_argument("--smg", required=True, help="path of the smg executable")
     parser.add_argument("--out-dir", default=None, help="default: bench/results/<timestamp>")
-    parser.add_argument("--docs", default=str(ROOT / "docs/benchmarks.md"))
+    parser.add_argument(
+        "--docs", default=os.environ.get("BENCH_DOCS", str(ROOT / "docs/benchmarks.md"))
+    )
     parser.add_argument(
         "--targets", default=os.environ.get("BENCH_TARGETS", ""), help="comma list to run only"
     )

@@ -11,14 +11,23 @@ turns are spread over N gateway processes, each with its own cache.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing
 import random
 import statistics
+import string
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.workload import make_text
 from herdsman.tokenizer import load_model_tokenizer
-from herdsman.tokenizer.cache import split_segments
+from herdsman.tokenizer.cache import TokenizationCache, split_segments
+from herdsman.tokenizer.shared_store import (
+    SharedSegmentStore,
+    make_store_directory,
+    remove_store_directory,
+)
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "qwen3"
@@ -52,32 +61,117 @@ def per_turn_ms(
     return [statistics.median(s) for s in samples]
 
 
-def hit_rates(tokenizer: ModelTokenizer, processes: int, sticky: bool, chats: int = 40) -> float:
-    """Fraction of a prompt's tokens that came from L1 (not encoded), averaged over turns > 1."""
-    caches = []
-    for _ in range(processes):
-        copy = load_model_tokenizer(MODEL)
-        copy.enable_cache(0, BUDGET)  # L1 only: L0 never hits on a growing chat anyway
-        caches.append(copy)
-    rng = random.Random(7)
-    all_prompts = [conversation(tokenizer, 1000 + c, turns=8) for c in range(chats)]
-    reused = total = 0
-    for turn in range(8):
-        for c, prompts in enumerate(all_prompts):
-            target = caches[c % processes] if sticky else rng.choice(caches)
-            cache = target.cache
-            assert cache is not None and cache.l1 is not None and cache._splitting is not None
-            held = cache.l1._items
-            hit = sum(
-                len(held[piece][0])
-                for piece in split_segments(cache._splitting, prompts[turn])
-                if piece in held
-            )
-            ids = target.encode(prompts[turn], add_special_tokens=False)
-            if turn > 0:
-                reused += hit
-                total += len(ids)
-    return reused / total
+def varied_text(rng: random.Random, words: int) -> str:
+    """Words no word-level cache has seen: letters, CJK, emoji (fastokens' worst case)."""
+    pool = [*string.ascii_letters, "_", "日本語", "🙂", "é"]
+    return " ".join("".join(rng.choices(pool, k=rng.randint(1, 9))) for _ in range(words))
+
+
+class _CountingEncoder:
+    """The backend's encoder, counting the tokens it had to produce (what no cache saved)."""
+
+    def __init__(self, tokenizer: ModelTokenizer) -> None:
+        self._encode = tokenizer._raw_encode
+        self.tokens = 0
+
+    def __call__(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids = self._encode(text, add_special_tokens)
+        self.tokens += len(ids)
+        return ids
+
+
+def _gateway_process(fast: bool, store_dir: str | None, l1: int, conn: Connection) -> None:
+    """One stand-in gateway process: a tokenizer with L1 (and the shared store when given)."""
+    tokenizer = load_model_tokenizer(MODEL, fast=fast)
+    tokenizer.enable_cache(0, BUDGET)  # L1 only: L0 never hits on a growing chat anyway
+    assert tokenizer.cache is not None
+    splitting = tokenizer.cache._splitting
+    assert splitting is not None
+    shared = SharedSegmentStore(store_dir, BUDGET) if store_dir else None
+    encoder = _CountingEncoder(tokenizer)
+    cache = TokenizationCache(encoder, splitting, 0, l1, shared)
+    while (prompt := conn.recv()) is not None:
+        encoder.tokens = 0
+        start = time.process_time()
+        ids = cache.encode(prompt, add_special_tokens=False)
+        cpu = time.process_time() - start
+        special = sum(
+            1 for piece in split_segments(splitting, prompt) if piece in splitting.token_ids
+        )
+        conn.send((len(ids) - special, encoder.tokens, cpu))
+
+
+def hit_rates(
+    processes: int, placement: str, fast: bool = True, chats: int = 40
+) -> tuple[float, float]:
+    """Share of later turns' text tokens that no process had to encode, and CPU ms per later turn.
+
+    `placement`: "random" (each turn to a random process, as SO_REUSEPORT spreads connections),
+    "shared" (random, plus the store the processes share), "sticky" (a chat stays on one), or
+    "off" (random, no cache at all).
+    """
+    spawn = multiprocessing.get_context("spawn")
+    store_dir = make_store_directory() if placement == "shared" else None
+    pipes, children = [], []
+    try:
+        for _ in range(processes):
+            parent, child = spawn.Pipe()
+            l1 = 0 if placement == "off" else BUDGET
+            proc = spawn.Process(target=_gateway_process, args=(fast, store_dir, l1, child))
+            proc.start()
+            pipes.append(parent)
+            children.append(proc)
+        reference = load_model_tokenizer(MODEL)
+        all_prompts = [conversation(reference, 1000 + c, turns=8) for c in range(chats)]
+        rng = random.Random(7)
+        text_tokens = encoded = 0
+        cpu: list[float] = []
+        for turn in range(8):
+            for c, prompts in enumerate(all_prompts):
+                pipe = pipes[c % processes] if placement == "sticky" else rng.choice(pipes)
+                pipe.send(prompts[turn])
+                plain, fresh, seconds = pipe.recv()
+                if turn > 0:
+                    text_tokens += plain
+                    encoded += fresh
+                    cpu.append(seconds * 1000)
+        for pipe in pipes:
+            pipe.send(None)
+        for proc in children:
+            proc.join(30)
+    finally:
+        if store_dir:
+            remove_store_directory(store_dir)
+    return 1 - encoded / text_tokens, statistics.mean(cpu)
+
+
+def loop_stall_ms(tokenizer: ModelTokenizer, text: str, use_async: bool) -> float:
+    """The longest time the event loop could not run while `text` was encoded."""
+
+    async def measure() -> float:
+        worst = 0.0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                worst = max(worst, now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        if use_async:
+            await tokenizer.encode_async(text, add_special_tokens=False)
+        else:
+            tokenizer.encode(text, add_special_tokens=False)
+        done = True
+        await task
+        return worst * 1000
+
+    return asyncio.run(measure())
 
 
 def main() -> None:
@@ -127,15 +221,51 @@ def main() -> None:
         )
     lines += [
         "",
-        "L1 share of prompt tokens not encoded again (turns 2–8 of 40 chats):",
+        "L1 across gateway processes: 40 chats of 8 turns (to ~6k tokens), each turn sent to a "
+        "real process as the placement says (random: as SO_REUSEPORT spreads connections; "
+        "sticky: a chat stays on one). Reuse is the share of turns 2–8's text tokens no "
+        "process had to encode again; CPU is ms per turn 2–8 in the process, encoding included.",
         "",
-        "| processes | turns spread at random | turns sticky to one process |",
+        "tokenizers backend (where the cache is on by default):",
+        "",
+        "| processes | random: reuse | random: CPU | random + shared store: reuse | "
+        "random + shared store: CPU | sticky: reuse |",
+        "|---|---|---|---|---|---|",
+    ]
+    fast_rows = []
+    for n in (1, 2, 4, 8):
+        rand, rand_cpu = hit_rates(n, "random", fast=False)
+        shared, shared_cpu = hit_rates(n, "shared", fast=False)
+        sticky, _ = hit_rates(n, "sticky", fast=False)
+        row = f"| {n} | {rand:.0%} | {rand_cpu:.2f} | {shared:.0%} | {shared_cpu:.2f} |"
+        lines.append(f"{row} {sticky:.0%} |")
+        _, off_cpu = hit_rates(n, "off")
+        _, fast_rand_cpu = hit_rates(n, "random")
+        _, fast_shared_cpu = hit_rates(n, "shared")
+        fast_rows.append(f"| {n} | {off_cpu:.2f} | {fast_rand_cpu:.2f} | {fast_shared_cpu:.2f} |")
+    lines += [
+        "",
+        "fastokens backend, CPU ms per turn 2–8, turns at random:",
+        "",
+        "| processes | no cache | L1 | L1 + shared store |",
+        "|---|---|---|---|",
+        *fast_rows,
+    ]
+    long_text = varied_text(random.Random(5), 30_000)
+    lines += [
+        "",
+        f"Longest event-loop stall while one prompt of {len(long_text) // 1000}k characters of "
+        f"varied text ({len(backends['tokenizers'].encode(long_text, add_special_tokens=False))} "
+        "tokens, not cached) is encoded, median of 3, ms:",
+        "",
+        "| backend | encode on the loop | encode_async |",
         "|---|---|---|",
     ]
-    for n in (1, 2, 4, 8):
-        random_rate = hit_rates(backends["fastokens"], n, sticky=False)
-        sticky_rate = hit_rates(backends["fastokens"], n, sticky=True)
-        lines.append(f"| {n} | {random_rate:.0%} | {sticky_rate:.0%} |")
+    for name, tok in backends.items():
+        tok.enable_cache(0, 0)
+        on_loop = statistics.median(loop_stall_ms(tok, long_text, False) for _ in range(3))
+        off_loop = statistics.median(loop_stall_ms(tok, long_text, True) for _ in range(3))
+        lines.append(f"| {name} | {on_loop:.1f} | {off_loop:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

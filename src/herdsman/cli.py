@@ -46,6 +46,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", help="model name clients use (default: the engine's)")
     p.add_argument("--chat-template", help="a Jinja chat template, or a file holding one")
     p.add_argument(
+        "--tokenizer-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the L0/L1 tokenization cache; auto: on unless the fastokens backend encodes "
+        "(it outruns the cache: see docs/benchmarks-tokenizer.md)",
+    )
+    p.add_argument(
         "--tokenizer-cache-l0-bytes",
         type=int,
         default=64 * 1024 * 1024,
@@ -56,6 +63,12 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=128 * 1024 * 1024,
         help="segment tokenization cache budget per process (0 disables)",
+    )
+    p.add_argument(
+        "--tokenizer-cache-shared-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="segment cache all gateway processes share, in /dev/shm (0 disables)",
     )
     p.add_argument(
         "--allow-private-image-urls",
@@ -117,8 +130,10 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_path=args.tokenizer_path,
         served_model_name=args.served_model_name,
         chat_template=args.chat_template,
+        tokenizer_cache=args.tokenizer_cache,
         tokenizer_cache_l0_bytes=args.tokenizer_cache_l0_bytes,
         tokenizer_cache_l1_bytes=args.tokenizer_cache_l1_bytes,
+        tokenizer_cache_shared_bytes=args.tokenizer_cache_shared_bytes,
         policy=args.policy,
         allow_private_image_urls=args.allow_private_image_urls,
         image_url_domains=args.image_url_domains,

@@ -16,8 +16,10 @@ class GatewayConfig:
     tokenizer_path: str | None = None
     served_model_name: str | None = None
     chat_template: str | None = None
+    tokenizer_cache: str = "auto"  # auto | on | off
     tokenizer_cache_l0_bytes: int = 64 * 1024 * 1024
     tokenizer_cache_l1_bytes: int = 128 * 1024 * 1024
+    tokenizer_cache_shared_bytes: int = 256 * 1024 * 1024
     # Image inputs: fetching is refused for private/loopback/metadata addresses unless allowed.
     allow_private_image_urls: bool = False
     image_url_domains: list[str] | None = None
@@ -33,3 +35,5 @@ class GatewayConfig:
     log_level: str = "info"
     # Where the gateway processes leave their metric snapshots (made by the supervisor).
     metrics_dir: str | None = None
+    # Where the processes' shared tokenizer segment store lives (made by the supervisor).
+    tokenizer_cache_dir: str | None = None

@@ -123,3 +123,52 @@ def test_sigterm_drains_in_flight_streams() -> None:
     finally:
         gateway.stop()
         sim.stop()
+
+
+def _metric(base_url: str, name: str, labels: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_processes_share_the_tokenizer_segment_store() -> None:
+    """A chat's turns land on either process; the segments encoded by one serve the other."""
+    sim = start_sim(QWEN3, "vllm")
+    # On: with the fastokens backend (qwen3) the cache is off by default, as it outruns it.
+    gateway = start_gateway(
+        sim.address,
+        extra=("--model-path", str(QWEN3), "--workers", "2", "--tokenizer-cache", "on"),
+    )
+    base = f"http://{gateway.address}"
+    store_dirs = {path for path in os.listdir("/dev/shm") if path.startswith("herdsman-tokcache-")}
+    try:
+        assert any(d.startswith(f"herdsman-tokcache-{gateway.process.pid}-") for d in store_dirs)
+        messages = [{"role": "system", "content": "You are a careful assistant. " * 40}]
+        for turn in range(30):
+            messages.append({"role": "user", "content": f"Question {turn}: what next?"})
+            with httpx.Client() as client:  # a new connection: either process may answer
+                reply = client.post(
+                    f"{base}/v1/chat/completions",
+                    json={"model": MODEL, "messages": messages, "max_tokens": 3},
+                    timeout=30,
+                ).json()
+            messages.append(
+                {"role": "assistant", "content": reply["choices"][0]["message"]["content"]}
+            )
+        shared_hits = _metric(base, "herdsman_tokenizer_cache_hits_total", 'level="l1_shared"')
+        local_hits = _metric(base, "herdsman_tokenizer_cache_hits_total", 'level="l1"')
+        assert local_hits > 0
+        # 30 turns over 2 processes: the second process to see the chat finds the segments the
+        # first one stored (chance that one process gets every turn: 2^-29).
+        assert shared_hits > 0
+    finally:
+        gateway.stop()
+        sim.stop()
+    left = {
+        p
+        for p in os.listdir("/dev/shm")
+        if p.startswith(f"herdsman-tokcache-{gateway.process.pid}-")
+    }
+    assert not left  # the supervisor removes the store when it stops

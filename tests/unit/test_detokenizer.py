@@ -1,46 +1,106 @@
+"""Incremental detokenization equals one full decode, for every fixture tokenizer."""
+
 from __future__ import annotations
+
+import functools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import LLAMA3, QWEN3
+from tests.fixture_tokenizers import TOKENIZERS, tokenizer
 
-from herdsman.tokenizer import load_model_tokenizer
-
-TOKENIZERS = {path.name: load_model_tokenizer(path) for path in (QWEN3, LLAMA3)}
+from herdsman.tokenizer import ModelTokenizer
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+@functools.cache
+def id_kinds(name: str) -> tuple[list[int], list[int]]:
+    """Ids that are not a whole character alone (they split a multi-byte one), and added tokens."""
+    tok = tokenizer(name)
+    singles = tok.tokenizer.decode_batch(
+        [[i] for i in range(tok.vocab_size)], skip_special_tokens=False
+    )
+    partial = [i for i, text in enumerate(singles) if "\ufffd" in text]
+    assert len(partial) > 100  # every byte-level BPE here has byte tokens
+    return partial, sorted(tok.tokenizer.get_added_tokens_decoder())
+
+
+def stream(tok: ModelTokenizer, chunks: list[list[int]], skip: bool) -> str:
+    """Stream ``chunks`` through a detokenizer, checking every delta on the way."""
+    ids = [i for chunk in chunks for i in chunk]
+    full = tok.decode(ids, skip_special_tokens=skip)
+    detok = tok.detokenizer(skip_special_tokens=skip)
+    emitted = ""
+    for chunk in chunks:
+        emitted += detok.push(chunk)
+        # Text once emitted is final: never a half character that a later id would complete.
+        assert full.startswith(emitted), (ids, skip, emitted)
+    return emitted + detok.flush()
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_incremental_equals_full_decode(name: str, data: st.DataObject) -> None:
-    tok = TOKENIZERS[name]
-    # Ordinary ids mixed with low ids, which hold the byte tokens that split multi-byte
-    # characters (and special tokens at the top of the vocabulary, skipped or kept).
-    ids = data.draw(st.lists(st.integers(0, tok.vocab_size - 1) | st.integers(0, 400), max_size=40))
+    tok = tokenizer(name)
+    partial, added = id_kinds(name)
+    any_id = st.integers(0, tok.vocab_size - 1)
+    ids = data.draw(
+        st.lists(any_id | st.sampled_from(partial) | st.sampled_from(added), max_size=40)
+    )
     skip = data.draw(st.booleans())
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(ids)), max_size=4)))
+    chunks = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)], strict=True)]
+    assert stream(tok, chunks, skip) == tok.decode(ids, skip_special_tokens=skip)
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60),
+    skip=st.booleans(),
+)
+def test_encoded_text_streams_without_replacement_chars(name: str, text: str, skip: bool) -> None:
+    tok = tokenizer(name)
+    ids = tok.encode(text, add_special_tokens=False)
     detok = tok.detokenizer(skip_special_tokens=skip)
     pieces = [detok.push([i]) for i in ids]
-    # Deltas never end inside a character; at the end, flush releases what never completed.
-    assert all(not p.endswith("\ufffd") or "\ufffd" in tok.decode(ids) for p in pieces)
+    assert all("\ufffd" not in p for p in pieces) or "\ufffd" in text
     assert "".join(pieces) + detok.flush() == tok.decode(ids, skip_special_tokens=skip)
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+@pytest.mark.parametrize("name", TOKENIZERS)
 def test_multibyte_characters_are_never_split(name: str) -> None:
-    tok = TOKENIZERS[name]
+    tok = tokenizer(name)
     text = "naïve café — 日本語のテキスト 🙂🚀 done"
     ids = tok.encode(text, add_special_tokens=False)
     detok = tok.detokenizer()
     pieces = [detok.push([i]) for i in ids]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+    assert detok.flush() == ""
 
 
-def test_special_tokens_skipped_or_kept() -> None:
-    tok = TOKENIZERS["qwen3"]
-    ids = tok.encode("<|im_start|>assistant\nhi<|im_end|>", add_special_tokens=False)
+# A turn of each model's own chat format, and the text left when special tokens are skipped.
+TURNS = {
+    "qwen3": ("<|im_start|>assistant\nhi<|im_end|>", "assistant\nhi"),
+    "llama3": ("<|start_header_id|>assistant<|end_header_id|>\n\nhi<|eot_id|>", "assistant\n\nhi"),
+    "deepseek_v3": ("<｜Assistant｜>hi<｜end▁of▁sentence｜>", "<｜Assistant｜>hi"),
+    # DeepSeek's <｜Assistant｜> (and V4's <think>) are added tokens but not special ones, so
+    # skip_special_tokens keeps them, as transformers does.
+    "deepseek_v4": (
+        "<｜Assistant｜><think>x</think>hi<｜end▁of▁sentence｜>",
+        "<｜Assistant｜><think>x</think>hi",
+    ),
+    "gpt_oss": ("<|start|>assistant<|channel|>final<|message|>hi<|return|>", "assistantfinalhi"),
+}
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_special_tokens_skipped_or_kept(name: str) -> None:
+    tok = tokenizer(name)
+    text, skipped = TURNS[name]
+    ids = tok.encode(text, add_special_tokens=False)
     skip = tok.detokenizer(skip_special_tokens=True)
     keep = tok.detokenizer(skip_special_tokens=False)
-    assert "".join(skip.push([i]) for i in ids) == "assistant\nhi"
-    assert "".join(keep.push([i]) for i in ids) == "<|im_start|>assistant\nhi<|im_end|>"
+    assert "".join(skip.push([i]) for i in ids) + skip.flush() == skipped
+    assert "".join(keep.push([i]) for i in ids) + keep.flush() == text

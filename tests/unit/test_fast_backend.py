@@ -2,67 +2,86 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import LLAMA3, QWEN3
+from tests.fixture_tokenizers import TOKENIZERS, tokenizer
 
-from herdsman.tokenizer import load_model_tokenizer
+# What the load-time probes decide; every fixture tokenizer passes them today.
+FAST = {name: "fastokens" for name in TOKENIZERS}
 
-PAIRS = {
-    path.name: (load_model_tokenizer(path), load_model_tokenizer(path, fast=False))
-    for path in (QWEN3, LLAMA3)
-}
-
-text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=200) | st.lists(
-    st.sampled_from(
-        [
-            "<|im_start|>",
-            "<|im_end|>",
-            "<|eot_id|>",
-            " ",
-            "\n",
-            "hi",
-            "42",
-            "日本",
-            "🙂",
-            "  ",
-            "'s",
-            "x",
-        ]
-    ),
-    max_size=30,
-).map("".join)
+COMMON = [" ", "\n", "hi", "42", "日本", "🙂", "  ", "'s", "x", "\t", "\r\n", "1234", "É", "’re"]
 
 
-@pytest.mark.parametrize("name", sorted(PAIRS))
+@functools.cache
+def markers(name: str) -> list[str]:
+    added = tokenizer(name).tokenizer.get_added_tokens_decoder()
+    own = [
+        t.content for _, t in sorted(added.items()) if not re.search(r"reserved|holder", t.content)
+    ]
+    return [*own[:30], "<|im_start|>", "<|im_end|>", "<|eot_id|>"]
+
+
+def texts(name: str) -> st.SearchStrategy[str]:
+    return st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=200) | (
+        st.lists(st.sampled_from([*markers(name), *COMMON]), max_size=30).map("".join)
+    )
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
 def test_fast_backend_selected(name: str) -> None:
-    fast, reference = PAIRS[name]
-    assert fast.backend == "fastokens"
-    assert reference.backend == "tokenizers"
+    assert tokenizer(name).backend == FAST[name]
+    assert tokenizer(name, fast=False).backend == "tokenizers"
 
 
-@pytest.mark.parametrize("name", sorted(PAIRS))
+@pytest.mark.parametrize("name", TOKENIZERS)
 @settings(max_examples=300, deadline=None)
-@given(sample=text, special=st.booleans())
-def test_fast_equals_reference(name: str, sample: str, special: bool) -> None:
-    fast, reference = PAIRS[name]
+@given(data=st.data(), special=st.booleans())
+def test_fast_equals_reference(name: str, data: st.DataObject, special: bool) -> None:
+    fast, reference = tokenizer(name), tokenizer(name, fast=False)
+    sample = data.draw(texts(name))
     assert fast.encode(sample, add_special_tokens=special) == reference.encode(
         sample, add_special_tokens=special
     )
 
 
-@pytest.mark.parametrize("name", sorted(PAIRS))
+@pytest.mark.parametrize("name", TOKENIZERS)
 def test_fast_equals_reference_on_rendered_chat(name: str) -> None:
-    fast, reference = PAIRS[name]
-    assert fast.chat_template is not None
+    fast, reference = tokenizer(name), tokenizer(name, fast=False)
     messages = [
         {"role": "system", "content": "You are terse. " * 50},
         {"role": "user", "content": "Grüße 🙂\n\n  code:\n\tx = 1"},
         {"role": "assistant", "content": "Sure."},
         {"role": "user", "content": "again " * 300},
     ]
-    prompt = fast.chat_template.render(messages)
-    assert fast.encode(prompt, add_special_tokens=False) == reference.encode(
-        prompt, add_special_tokens=False
+    if fast.chat_template is not None:
+        prompt = fast.chat_template.render(messages)
+    else:  # deepseek_v4 ships no template
+        prompt = "".join(f"<｜{m['role'].title()}｜>{m['content']}" for m in messages)
+    for special in (False, True):
+        assert fast.encode(prompt, add_special_tokens=special) == reference.encode(
+            prompt, add_special_tokens=special
+        )
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_llama_class_config_adds_bos_as_transformers_does(fast: bool) -> None:
+    """DeepSeek-V3: tokenizer.json adds nothing, but LlamaTokenizerFast with add_bos_token
+    rebuilds the post-processor in transformers, so a plain encode starts with BOS."""
+    from tests.fixture_tokenizers import model_dir
+
+    from herdsman.tokenizer import load_model_tokenizer
+
+    tok = load_model_tokenizer(model_dir("deepseek_v3"), fast=fast)
+    assert tok.backend == ("fastokens" if fast else "tokenizers")
+    bos = tok.token_id("<｜begin▁of▁sentence｜>")
+    plain = tok.encode("Hello world", add_special_tokens=False)
+    assert tok.encode("Hello world", add_special_tokens=True) == [bos, *plain]
+    # Models whose config does not ask for it are left as their tokenizer.json says.
+    gpt = tokenizer("gpt_oss")
+    assert gpt.encode("Hello", add_special_tokens=True) == gpt.encode(
+        "Hello", add_special_tokens=False
     )

@@ -83,6 +83,14 @@ class GatewayMetrics:
                 evictions.values[labels] = float(lru.evictions)
                 size.values[labels] = float(lru.size)
                 entries.values[labels] = float(len(lru))
+            shared = cache.shared
+            if shared is not None:
+                # Counters add up over processes; the store's size is one number for all of them,
+                # so it is not reported per process (it would be summed N times).
+                labels = ("l1_shared",)
+                hits.values[labels] = float(shared.hits)
+                misses.values[labels] = float(shared.misses)
+                evictions.values[labels] = float(shared.rotations)
 
         r.collectors.append(collect)
 

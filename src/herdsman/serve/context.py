@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from herdsman.pipeline.images import ImageSupport
 from herdsman.routing import POLICIES, Worker, WorkerRegistry
 from herdsman.serve.tokenizer_source import fetch_from_worker
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
+from herdsman.tokenizer.shared_store import SharedSegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,33 @@ def _image_support(
     return ImageSupport(ImageFetcher(policy), ImagePreprocessor(processor), token_id)
 
 
+def _cache_wanted(mode: str, tokenizer: ModelTokenizer) -> bool:
+    """auto: the cache pays for the tokenizers backend (17x on growing chats) but costs fastokens
+    2-3x its own encode time, in one process or spread over many (docs/benchmarks-tokenizer.md)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"--tokenizer-cache must be auto, on or off, not {mode!r}")
+    if mode == "auto":
+        return tokenizer.backend != "fastokens"
+    return mode == "on"
+
+
+def _shared_store(config: GatewayConfig, tokenizer: ModelTokenizer) -> SharedSegmentStore | None:
+    """The segment store every gateway process maps, in the supervisor's directory (if any).
+
+    One store per tokenizer file: segment ids are only valid for the tokenizer that made them.
+    """
+    if not config.tokenizer_cache_dir or config.tokenizer_cache_shared_bytes <= 0:
+        return None
+    if tokenizer.tokenizer_file is None:
+        return None
+    source = tokenizer.tokenizer_file.resolve()
+    stat = source.stat()
+    identity = f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    directory = Path(config.tokenizer_cache_dir) / hashlib.sha256(identity).hexdigest()[:16]
+    directory.mkdir(exist_ok=True)
+    return SharedSegmentStore(directory, config.tokenizer_cache_shared_bytes)
+
+
 async def build_context(config: GatewayConfig) -> ServingContext:
     if not config.workers:
         raise ValueError("at least one --worker grpc://HOST:PORT is needed")
@@ -101,15 +130,22 @@ async def build_context(config: GatewayConfig) -> ServingContext:
     local = config.tokenizer_path or config.model_path
     tokenizer_dir = Path(local) if local else await fetch_from_worker(first.engine)
     tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
-    cache = tokenizer.enable_cache(config.tokenizer_cache_l0_bytes, config.tokenizer_cache_l1_bytes)
+    cache = None
+    if _cache_wanted(config.tokenizer_cache, tokenizer):
+        cache = tokenizer.enable_cache(
+            config.tokenizer_cache_l0_bytes,
+            config.tokenizer_cache_l1_bytes,
+            _shared_store(config, tokenizer),
+        )
     if cache is not None:
         METRICS.watch_tokenizer_cache(cache)
     log.info(
-        "tokenizer %s: encoding with %s; cache L0 %s, L1 %s",
+        "tokenizer %s: encoding with %s; cache L0 %s, L1 %s%s",
         tokenizer_dir,
         tokenizer.backend,
         "on" if cache is not None and cache.l0 is not None else "off",
         "on" if cache is not None and cache.l1_enabled else "off",
+        " (shared by the gateway's processes)" if cache is not None and cache.shared else "",
     )
     info = first.model
     # The engine's own EOS list wins; the tokenizer's fills in when the engine does not say.

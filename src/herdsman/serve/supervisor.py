@@ -32,6 +32,7 @@ from herdsman.serve.control import (
 )
 from herdsman.serve.gateway import gateway_process_main
 from herdsman.serve.tokenizer_source import fetch_from_worker
+from herdsman.tokenizer.shared_store import make_store_directory, remove_store_directory
 
 log = logging.getLogger(__name__)
 
@@ -70,34 +71,40 @@ class Supervisor:
             config.tokenizer_path = str(await fetch_from_worker(next(iter(self._registry)).engine))
         metrics_dir = tempfile.TemporaryDirectory(prefix="herdsman-metrics-")
         config.metrics_dir = metrics_dir.name
-        reservation = self._reserve_port()
+        if config.tokenizer_cache_shared_bytes > 0 and config.tokenizer_cache_l1_bytes > 0:
+            config.tokenizer_cache_dir = make_store_directory()
         try:
-            children = [self._start_child(i) for i in range(self._count)]
-            waits = [c.ready for c in children]
-            if config.warm_spare:
-                # Ready means ready to replace a process too: the spare loads alongside.
-                self._spare = self._start_child(None)
-                waits.append(self._spare.warm)
-            ready = await asyncio.wait_for(asyncio.gather(*waits), timeout=120)
+            reservation = self._reserve_port()
+            try:
+                children = [self._start_child(i) for i in range(self._count)]
+                waits = [c.ready for c in children]
+                if config.warm_spare:
+                    # Ready means ready to replace a process too: the spare loads alongside.
+                    self._spare = self._start_child(None)
+                    waits.append(self._spare.warm)
+                ready = await asyncio.wait_for(asyncio.gather(*waits), timeout=120)
+            finally:
+                reservation.close()
+            print(
+                f"herdsman listening on http://{config.host}:{config.port} "
+                f"model={ready[0].model} processes={self._count}",
+                flush=True,
+            )
+            checker = HealthChecker(
+                self._registry, config.health_check_interval, config.health_check_timeout
+            )
+            checker.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+            await self._stop.wait()
+            await checker.stop()
+            await self._shutdown()
+            await self._registry.close()
         finally:
-            reservation.close()
-        print(
-            f"herdsman listening on http://{config.host}:{config.port} "
-            f"model={ready[0].model} processes={self._count}",
-            flush=True,
-        )
-        checker = HealthChecker(
-            self._registry, config.health_check_interval, config.health_check_timeout
-        )
-        checker.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
-        await self._stop.wait()
-        await checker.stop()
-        await self._shutdown()
-        await self._registry.close()
-        metrics_dir.cleanup()
+            metrics_dir.cleanup()
+            if config.tokenizer_cache_dir:
+                remove_store_directory(config.tokenizer_cache_dir)
 
     async def _connect_engines(self) -> None:
         for url in self._config.workers:

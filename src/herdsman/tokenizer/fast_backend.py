@@ -37,14 +37,22 @@ def _probe_texts(tokenizer: Tokenizer) -> list[str]:
     return [*PROBES, glued, f"{glued}{PROBES[3]}{glued}"]
 
 
-def load_fast_encoder(path: Path, reference: Tokenizer) -> Encoder | None:
-    """A fastokens encoder for ``path`` when it agrees with ``reference`` on every probe."""
+def load_fast_encoder(
+    path: Path, reference: Tokenizer, json_text: str | None = None
+) -> Encoder | None:
+    """A fastokens encoder for ``path`` when it agrees with ``reference`` on every probe.
+
+    `json_text`, when given, is the tokenizer as loaded (changed after reading ``path``).
+    """
     try:
         import fastokens
     except ImportError:
         return None
     try:
-        fast = fastokens.Tokenizer.from_file(str(path))
+        if json_text is not None:
+            fast = fastokens.Tokenizer.from_json_str(json_text)
+        else:
+            fast = fastokens.Tokenizer.from_file(str(path))
     except Exception as exc:  # an unsupported model type or option: keep the reference
         log.info("fastokens cannot load %s (%s); using tokenizers", path, exc)
         return None

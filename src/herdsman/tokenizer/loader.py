@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 from herdsman.tokenizer.chat_template import ChatTemplate
 from herdsman.tokenizer.fast_backend import load_fast_encoder
@@ -90,6 +90,44 @@ def special_tokens_from_config(config: dict[str, Any]) -> dict[str, Any]:
     return special
 
 
+# transformers classes that rebuild the post-processor from add_bos_token/add_eos_token when
+# loaded (`update_post_processor`), whatever tokenizer.json says; with their defaults.
+_REBUILDS_POST_PROCESSOR = {
+    "LlamaTokenizer": (True, False),
+    "LlamaTokenizerFast": (True, False),
+    "CodeLlamaTokenizer": (True, False),
+    "CodeLlamaTokenizerFast": (True, False),
+    "GemmaTokenizer": (True, False),
+    "GemmaTokenizerFast": (True, False),
+}
+
+
+def _apply_bos_eos_config(tokenizer: Tokenizer, config: dict[str, Any]) -> bool:
+    """Do what transformers does for these classes: BOS/EOS as tokenizer_config.json says.
+
+    DeepSeek-V3's tokenizer.json adds no BOS, but its config (LlamaTokenizerFast,
+    add_bos_token: true) makes transformers add one. Returns whether the tokenizer changed.
+    """
+    defaults = _REBUILDS_POST_PROCESSOR.get(str(config.get("tokenizer_class")))
+    if defaults is None:
+        return False
+    add_bos = bool(config.get("add_bos_token", defaults[0]))
+    add_eos = bool(config.get("add_eos_token", defaults[1]))
+    bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
+    bos_id = tokenizer.token_to_id(bos) if bos is not None else None
+    eos_id = tokenizer.token_to_id(eos) if eos is not None else None
+    if (add_bos and bos_id is None) or (add_eos and eos_id is None):
+        return False  # transformers raises here; keep the file's own behaviour
+    single = f"{bos}:0 " if add_bos else ""
+    single += "$A:0" + (f" {eos}:0" if add_eos else "")
+    pair = single + (f" {bos}:1" if add_bos else "") + " $B:1" + (f" {eos}:1" if add_eos else "")
+    special = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos else [])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=special
+    )
+    return True
+
+
 def load_model_tokenizer(
     directory: str | Path, chat_template: str | None = None, *, fast: bool = True
 ) -> ModelTokenizer:
@@ -103,6 +141,7 @@ def load_model_tokenizer(
     except Exception as exc:  # tokenizers raises plain Exception on malformed files
         raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
     config = _read_json(directory / "tokenizer_config.json")
+    rebuilt = _apply_bos_eos_config(tokenizer, config)
     special = special_tokens_from_config(config)
     source = _template_source(directory, config, chat_template)
     max_length = config.get("model_max_length")
@@ -113,6 +152,10 @@ def load_model_tokenizer(
         special_tokens=special,
         model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
         source=str(directory),
-        fast_encode=load_fast_encoder(tokenizer_file, tokenizer) if fast else None,
+        fast_encode=(
+            load_fast_encoder(tokenizer_file, tokenizer, tokenizer.to_str() if rebuilt else None)
+            if fast
+            else None
+        ),
         tokenizer_file=tokenizer_file,
     )

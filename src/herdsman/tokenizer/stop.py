@@ -30,11 +30,14 @@ class StopChecker:
         buffer = self._held + text
         # Only the window that could contain a new match needs scanning.
         window_start = max(0, len(self._held) - self._max_len + 1)
-        first_at = -1
+        # The stop that is complete first wins (on a tie, the one that starts first), as if the
+        # text came one character at a time: the result must not depend on how it is chunked.
+        first_at = first_end = -1
         for stop in self._stops:
             at = buffer.find(stop, window_start)
-            if at >= 0 and (first_at < 0 or at < first_at):
-                first_at, self.matched = at, stop
+            end = at + len(stop)
+            if at >= 0 and (first_at < 0 or (end, at) < (first_end, first_at)):
+                first_at, first_end, self.matched = at, end, stop
         if first_at >= 0:
             self._held = ""
             assert self.matched is not None
