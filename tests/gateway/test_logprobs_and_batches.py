@@ -108,6 +108,71 @@ def test_echo(base_url: str) -> None:
     assert "".join(e["choices"][0]["text"] for e in events) == prompt + plain
 
 
+def test_echo_with_logprobs_covers_the_prompt(base_url: str) -> None:
+    prompt = "Once upon a time"
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "seed": 3, "temperature": 0}
+    prompt_ids = httpx.post(f"{base_url}/tokenize", json={"model": MODEL, "prompt": prompt})
+    prompt_ids = prompt_ids.json()["tokens"]
+    data = httpx.post(
+        f"{base_url}/v1/completions", timeout=30, json={**body, "echo": True, "logprobs": 2}
+    ).json()
+    [choice] = data["choices"]
+    lp = choice["logprobs"]
+    n = len(prompt_ids) + 4
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert choice["text"].startswith(prompt)
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(n)]
+    # Nothing precedes the first prompt token: no logprob, no alternatives.
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v is not None and v <= 0 for v in lp["token_logprobs"][1:])
+    assert all(top is not None and 0 < len(top) <= 2 for top in lp["top_logprobs"][1:])
+    # The output's part is what the same request without echo returns.
+    plain = httpx.post(f"{base_url}/v1/completions", timeout=30, json={**body, "logprobs": 2})
+    plain_lp = plain.json()["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][len(prompt_ids) :] == plain_lp["token_logprobs"]
+    assert lp["tokens"][len(prompt_ids) :] == plain_lp["tokens"]
+
+    events = stream_sse(
+        f"{base_url}/v1/completions",
+        {**body, "echo": True, "logprobs": 2, "stream": True},
+        timeout=30,
+    )
+    parts = [e["choices"][0] for e in events if e["choices"]]
+    assert parts[0]["text"] == prompt  # the echo, with the prompt's logprobs
+    assert parts[0]["logprobs"]["tokens"] == lp["tokens"][: len(prompt_ids)]
+    streamed = {
+        key: [v for p in parts if p["logprobs"] for v in p["logprobs"][key]]
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    }
+    assert streamed == lp
+
+
+def test_echo_with_logprobs_for_token_id_prompts_and_n(base_url: str) -> None:
+    events = stream_sse(
+        f"{base_url}/v1/completions",
+        {
+            "model": MODEL,
+            "prompt": [[791, 1879, 374], [9906, 1917]],
+            "max_tokens": 2,
+            "n": 2,
+            "echo": True,
+            "logprobs": 0,
+            "stream": True,
+        },
+        timeout=30,
+    )
+    first: dict[int, dict] = {}
+    for event in events:
+        for part in event["choices"]:
+            first.setdefault(part["index"], part)
+    assert sorted(first) == [0, 1, 2, 3]
+    for index, part in first.items():
+        size = 3 if index < 2 else 2
+        assert len(part["logprobs"]["tokens"]) == size
+        assert part["logprobs"]["token_logprobs"][0] is None
+
+
 def test_batched_prompts(base_url: str) -> None:
     prompts = ["First prompt", "Second one", "Third"]
     data = httpx.post(

@@ -56,3 +56,11 @@ def test_tokenize_errors(base_url: str) -> None:
     )
     assert httpx.post(f"{base_url}/v1/detokenize", json={"tokens": [-1]}).status_code == 400
     assert httpx.post(f"{base_url}/v1/detokenize", json={"tokens": "abc"}).status_code == 400
+
+
+def test_vllm_paths_without_v1(base_url: str) -> None:
+    for path in ("/tokenize", "/v1/tokenize"):
+        data = httpx.post(f"{base_url}{path}", json={"model": MODEL, "prompt": "hi there"}).json()
+        assert data["count"] == len(data["tokens"]) > 0
+    back = httpx.post(f"{base_url}/detokenize", json={"model": MODEL, "tokens": data["tokens"]})
+    assert back.json()["prompt"] == "hi there"

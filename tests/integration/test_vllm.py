@@ -423,3 +423,29 @@ def test_completion_logprobs_are_the_engines(
     ]
     assert _flat(got) == pytest.approx(_flat(expected), abs=1e-4)
     assert "".join(logprobs["tokens"]) == body["choices"][0]["text"]
+
+
+def test_echo_logprobs_are_the_engines_prompt_logprobs(
+    vllm_gateway: Gateway, engine_client: EngineClient, reference: dict
+) -> None:
+    prompt_ids = reference["texts"][0]
+    [ref] = engine_client.generate(
+        prompt_ids, temperature=0.0, max_tokens=3, logprobs=1, prompt_logprobs=1
+    )
+    engine_prompt = ref.input_logprobs
+    assert list(engine_prompt.token_ids) == prompt_ids
+    expected = [v.value if v.HasField("value") else None for v in engine_prompt.token_logprobs]
+    assert expected[0] is None and all(v is not None for v in expected[1:])
+
+    body = complete(vllm_gateway, prompt=TEXT, max_tokens=3, temperature=0, logprobs=1, echo=True)
+    [choice] = body["choices"]
+    logprobs = choice["logprobs"]
+    n = len(prompt_ids)
+    assert choice["text"].startswith(TEXT)
+    assert len(logprobs["tokens"]) == n + 3
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert logprobs["token_logprobs"][1:n] == pytest.approx(expected[1:], abs=1e-4)
+    output = _engine_logprobs(ref, 1)
+    assert logprobs["token_logprobs"][n:] == pytest.approx([lp for lp, _ in output], abs=1e-4)
+    # As vLLM echoes: the prompt as sent (no BOS text), while the tokens include BOS.
+    assert "".join(logprobs["tokens"]).endswith(choice["text"][len(TEXT) :])

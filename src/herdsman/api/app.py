@@ -59,6 +59,9 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/models": {"GET": list_models},
     "/v1/tokenize": {"POST": tokenize},
     "/v1/detokenize": {"POST": detokenize},
+    # vLLM's server has them without the /v1 prefix; clients written for it call these.
+    "/tokenize": {"POST": tokenize},
+    "/detokenize": {"POST": detokenize},
     "/parse/reasoning": {"POST": parse_reasoning},
     "/parse/function_call": {"POST": parse_function_call},
     "/health": {"GET": health},

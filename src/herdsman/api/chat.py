@@ -29,7 +29,7 @@ from herdsman.pipeline.prepare import prepare_chat
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
     images = await load_images(ctx.model.images, body.messages)
-    plan = prepare_chat(ctx.model, body, images)
+    plan = await prepare_chat(ctx.model, body, images)
     generation = Generation(ctx, plan, request.received_at)
     await generation.start()
     created = int(time.time())

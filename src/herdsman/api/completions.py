@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from herdsman.api.logprobs import CompletionLogprobs
+from herdsman.api.logprobs import CompletionLogprobs, concat_logprobs
 from herdsman.api.protocol import CompletionRequest
 from herdsman.api.responses import (
     decode_body,
@@ -25,7 +25,7 @@ from herdsman.pipeline.prepare import prepare_completion
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
-    request_id, plans = prepare_completion(ctx.model, body)
+    request_id, plans = await prepare_completion(ctx.model, body)
     group = GenerationGroup([Generation(ctx, plan, request.received_at) for plan in plans])
     await group.start()
     created = int(time.time())
@@ -43,6 +43,11 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
         def logprobs(choice: ChoiceOutput, run: TokenLogprobs) -> object:
             return formatters[choice.index].format([run])
 
+        def echo_logprobs(choice: ChoiceOutput) -> object:
+            if choice.prompt_logprobs is None:
+                return None
+            return formatters[choice.index].format_prompt(choice.prompt_logprobs)
+
         events = stream_events(
             frames,
             group,
@@ -50,6 +55,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             announce_role=False,
             logprobs=logprobs if formatters else None,
             echo=echoes if body.echo else None,
+            echo_logprobs=echo_logprobs if body.echo and formatters else None,
         )
         return StreamingResponse(events)
     await run_to_end(group)
@@ -57,7 +63,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
         {
             "index": c.index,
             "text": echoes[c.index] + "".join(c.text or ()),
-            "logprobs": formatters[c.index].format(c.logprobs or ()) if formatters else None,
+            "logprobs": _choice_logprobs(formatters[c.index], c) if formatters else None,
             "finish_reason": c.finish_reason,
             "stop_reason": c.matched_stop,
         }
@@ -73,3 +79,10 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             "usage": usage_of(group),
         }
     )
+
+
+def _choice_logprobs(formatter: CompletionLogprobs, choice: ChoiceOutput) -> dict[str, object]:
+    if choice.prompt_logprobs is None:
+        return formatter.format(choice.logprobs or ())
+    prompt = formatter.format_prompt(choice.prompt_logprobs)  # first: it moves the text offset
+    return concat_logprobs(prompt, formatter.format(choice.logprobs or ()))

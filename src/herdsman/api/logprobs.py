@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from herdsman.engines import TokenLogprobs
+from herdsman.engines import PromptLogprobs, TokenLogprobs
 from herdsman.tokenizer import ModelTokenizer
 
 
@@ -58,3 +58,35 @@ class CompletionLogprobs:
             "top_logprobs": top,
             "text_offset": offsets,
         }
+
+    def format_prompt(self, prompt: PromptLogprobs) -> dict[str, Any]:
+        """The echoed prompt's part: its first token has no logprob, so null in both lists."""
+        tokens: list[str] = []
+        token_logprobs: list[float | None] = []
+        top: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        text_of = self._tokenizer.token_text
+        for i, (token_id, logprob) in enumerate(
+            zip(prompt.token_ids, prompt.logprobs, strict=False)
+        ):
+            text = text_of(token_id)
+            tokens.append(text)
+            token_logprobs.append(logprob)
+            offsets.append(self._offset)
+            self._offset += len(text)
+            if logprob is None:
+                top.append(None)
+                continue
+            alternatives = prompt.top[i][: self._top_n] if i < len(prompt.top) else []
+            top.append({text_of(t): lp for t, lp in alternatives})
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+
+def concat_logprobs(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Completions logprobs of consecutive runs (echoed prompt, then output) as one."""
+    return {key: [v for part in parts for v in part[key]] for key in parts[0]}

@@ -84,9 +84,14 @@ def stream_events(
     announce_role: bool,
     logprobs: LogprobsFormat | None = None,
     echo: dict[int, str] | None = None,
+    echo_logprobs: Callable[[ChoiceOutput], object] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed chat or completion whose text is sent as it comes."""
-    events = _text_frames(frames, generation, announce_role, logprobs, echo)
+    """The SSE body of a streamed chat or completion whose text is sent as it comes.
+
+    With `echo_logprobs`, a choice's echoed prompt waits for its first step: the prompt's
+    logprobs arrive with the engine's first output.
+    """
+    events = _text_frames(frames, generation, announce_role, logprobs, echo, echo_logprobs)
     return sse_body(frames, generation, events, include_usage=include_usage)
 
 
@@ -96,13 +101,23 @@ async def _text_frames(
     announce_role: bool,
     logprobs: LogprobsFormat | None,
     echo: dict[int, str] | None,
+    echo_logprobs: Callable[[ChoiceOutput], object] | None,
 ) -> AsyncIterator[bytes]:
+    pending_echo: set[int] = set()
     for choice in generation.choices:
         if announce_role:
             yield frames.role(choice.index)
         if echo and echo.get(choice.index):
-            yield frames.text(choice.index, echo[choice.index])
+            if echo_logprobs is not None:
+                pending_echo.add(choice.index)
+            else:
+                yield frames.text(choice.index, echo[choice.index])
     async for choice, text, token_logprobs, finish_reason in generation.run():
+        if pending_echo and choice.index in pending_echo:
+            pending_echo.discard(choice.index)
+            assert echo is not None and echo_logprobs is not None
+            echoed = encode_json(echo_logprobs(choice))
+            yield frames.text(choice.index, echo[choice.index], echoed)
         lp = b"null"
         if logprobs is not None and token_logprobs is not None:
             lp = encode_json(logprobs(choice, token_logprobs))

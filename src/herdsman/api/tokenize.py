@@ -54,7 +54,7 @@ async def tokenize(ctx: ServingContext, request: Request) -> Response:
         assert body.prompt is not None
         text = body.prompt
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
-    tokens = model.tokenizer.encode(text, add_special_tokens=add_special)
+    tokens = await model.tokenizer.encode_async(text, add_special_tokens=add_special)
     strs = [model.tokenizer.token_text(t) for t in tokens] if body.return_token_strs else None
     return json_response(
         {

@@ -7,6 +7,7 @@ from herdsman.engines.base import (
     EngineRequest,
     EngineUnavailable,
     ModelInfo,
+    PromptLogprobs,
     SamplingParams,
     TokenLogprobs,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "EngineRequest",
     "EngineUnavailable",
     "ModelInfo",
+    "PromptLogprobs",
     "SamplingParams",
     "TokenLogprobs",
     "connect_engine",

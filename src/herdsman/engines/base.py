@@ -28,6 +28,8 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     n: int = 1
     # Top alternatives per generated token; None: no logprobs at all, 0: the sampled token's only.
     logprobs: int | None = None
+    # Logprobs of the prompt's tokens with this many alternatives; None: not wanted.
+    prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     # Structured output: (json_schema | json_object | regex | grammar | structural_tag, value).
     constraint: tuple[str, str] | None = None
@@ -51,6 +53,14 @@ class TokenLogprobs(msgspec.Struct, gc=False):
     top: list[list[tuple[int, float]]]
 
 
+class PromptLogprobs(msgspec.Struct, gc=False):
+    """Logprobs of the prompt's tokens; the first token has none (nothing precedes it)."""
+
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top: list[list[tuple[int, float]]]
+
+
 class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
     """New tokens for one choice; ``finish_reason`` is set on the last output of that choice."""
 
@@ -63,6 +73,8 @@ class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
     matched_token_id: int | None = None
     matched_stop_str: str | None = None
     logprobs: TokenLogprobs | None = None
+    # Sent once per choice, with its first output, when the request asked for them.
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

@@ -16,6 +16,7 @@ from herdsman.engines.base import (
     EngineRequest,
     EngineUnavailable,
     ModelInfo,
+    PromptLogprobs,
     TokenLogprobs,
 )
 from herdsman.engines.transport import RpcError, Transport
@@ -42,12 +43,27 @@ def _logprobs(message: Any) -> TokenLogprobs | None:
     )
 
 
-def _final_output(done: Any, take_ids: bool) -> EngineOutput:
+def _prompt_logprobs(message: Any) -> PromptLogprobs | None:
+    """The proto's InputLogProbs (same shape in both protos) as a PromptLogprobs."""
+    if not message.HasField("input_logprobs"):
+        return None
+    lp = message.input_logprobs
+    if not lp.token_ids:
+        return None
+    return PromptLogprobs(
+        token_ids=list(lp.token_ids),
+        logprobs=[v.value if v.HasField("value") else None for v in lp.token_logprobs],
+        top=[list(zip(t.token_ids, t.values, strict=False)) for t in lp.top_logprobs],
+    )
+
+
+def _final_output(done: Any, take_ids: bool, want_prompt_logprobs: bool) -> EngineOutput:
     matched = done.WhichOneof("matched_stop")
     return EngineOutput(
         index=done.index,
         token_ids=list(done.output_ids) if take_ids else [],
         logprobs=_logprobs(done) if take_ids else None,
+        prompt_logprobs=_prompt_logprobs(done) if want_prompt_logprobs else None,
         prompt_tokens=done.prompt_tokens,
         completion_tokens=done.completion_tokens,
         cached_tokens=done.cached_tokens,
@@ -100,6 +116,7 @@ class GrpcEngine:
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
         want_logprobs = request.sampling.logprobs is not None
+        want_prompt_logprobs = request.sampling.prompt_logprobs is not None
         try:
             async for response in responses:
                 produced = True
@@ -112,9 +129,10 @@ class GrpcEngine:
                         completion_tokens=chunk.completion_tokens,
                         cached_tokens=chunk.cached_tokens,
                         logprobs=_logprobs(chunk) if want_logprobs else None,
+                        prompt_logprobs=_prompt_logprobs(chunk) if want_prompt_logprobs else None,
                     )
                 elif response.HasField("complete"):
-                    yield _final_output(response.complete, take_final_ids)
+                    yield _final_output(response.complete, take_final_ids, want_prompt_logprobs)
         except RpcError as exc:
             raise engine_error(exc, produced=produced) from exc
         finally:

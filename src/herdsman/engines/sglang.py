@@ -77,10 +77,12 @@ class SglangScheduler(GrpcEngine):
         )
         if request.images is not None:
             message.mm_inputs.CopyFrom(_mm_inputs(request.images))
-        if s.logprobs is not None:
+        if s.logprobs is not None or s.prompt_logprobs is not None:
+            # One top-k setting serves prompt and output logprobs alike in SGLang.
             message.return_logprob = True
-            message.top_logprobs_num = s.logprobs
-            message.logprob_start_len = -1  # generated tokens only, no prompt logprobs
+            message.top_logprobs_num = max(s.logprobs or 0, s.prompt_logprobs or 0)
+            # 0: from the prompt's first token on; -1: generated tokens only.
+            message.logprob_start_len = 0 if s.prompt_logprobs is not None else -1
         return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:

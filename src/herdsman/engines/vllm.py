@@ -71,6 +71,8 @@ class VllmEngine(GrpcEngine):
             params.seed = s.seed
         if s.logprobs is not None:
             params.logprobs = s.logprobs
+        if s.prompt_logprobs is not None:
+            params.prompt_logprobs = s.prompt_logprobs
         if s.logit_bias:
             params.logit_bias.update(s.logit_bias)
         if s.constraint is not None:

@@ -131,6 +131,8 @@ class Generation:
                         metrics.ttft.observe(now - self._received_at)
                     last = now
                 choice = self.choices[out.index]
+                if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
+                    choice.prompt_logprobs = out.prompt_logprobs
                 if not choice.done:
                     text = choice.push(out.token_ids) if out.token_ids else ""
                     logprobs = out.logprobs

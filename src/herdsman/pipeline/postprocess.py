@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from herdsman.engines import TokenLogprobs
+from herdsman.engines import PromptLogprobs, TokenLogprobs
 from herdsman.tokenizer import ModelTokenizer, StopChecker
 
 
@@ -19,6 +19,7 @@ class ChoiceOutput:
         "index",
         "logprobs",
         "matched_stop",
+        "prompt_logprobs",
         "text",
         "token_count",
     )
@@ -36,6 +37,7 @@ class ChoiceOutput:
     ) -> None:
         self._hidden = hidden_ids
         self.index = index
+        self.prompt_logprobs: PromptLogprobs | None = None
         self._detok = tokenizer.detokenizer(skip_special_tokens=skip_special_tokens)
         self._stop = StopChecker(stops, keep_stop=keep_stop) if stops else None
         self.token_count = 0

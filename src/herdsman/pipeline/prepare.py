@@ -169,7 +169,7 @@ def check_model(model: ServedModel, name: str) -> None:
         )
 
 
-def prepare_chat(
+async def prepare_chat(
     model: ServedModel, req: ChatCompletionRequest, images: ImageInputs | None = None
 ) -> GenerationPlan:
     check_model(model, req.model)
@@ -182,7 +182,7 @@ def prepare_chat(
     started = time.perf_counter()
     prompt = render_chat_prompt(model, req)
     rendered = time.perf_counter()
-    input_ids = model.tokenizer.encode(prompt, add_special_tokens=False)
+    input_ids = await model.tokenizer.encode_async(prompt, add_special_tokens=False)
     METRICS.stage.observe(rendered - started, ("template",))
     METRICS.stage.observe(time.perf_counter() - rendered, ("tokenize",))
     if images is not None:
@@ -257,7 +257,7 @@ def _parser_setup(
     )
 
 
-def prepare_completion(
+async def prepare_completion(
     model: ServedModel, req: CompletionRequest
 ) -> tuple[str, list[GenerationPlan]]:
     """The response id, and one plan per prompt of the (possibly batched) request."""
@@ -266,13 +266,12 @@ def prepare_completion(
         raise bad_request("suffix is not supported", "suffix")
     if req.best_of not in (None, 1, req.n):
         raise bad_request("best_of different from n is not supported", "best_of")
-    if req.echo and req.logprobs is not None:
-        raise bad_request("echo together with logprobs is not supported yet", "echo")
     started = time.perf_counter()
-    prompts = [_completion_ids(model, p) for p in _split_prompts(req.prompt)]
+    given = _split_prompts(req.prompt)
+    prompts = [await _completion_ids(model, p) for p in given]
     METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
     request_id = new_request_id("cmpl")
-    return request_id, [
+    plans = [
         GenerationPlan(
             request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
             input_ids=input_ids,
@@ -282,10 +281,22 @@ def prepare_completion(
             skip_special_tokens=req.skip_special_tokens,
             stream=req.stream,
             first_index=i * req.n,
-            echo=model.tokenizer.decode(input_ids, skip_special_tokens=False) if req.echo else "",
+            echo=_echo_text(model, prompt, input_ids) if req.echo else "",
         )
-        for i, input_ids in enumerate(prompts)
+        for i, (prompt, input_ids) in enumerate(zip(given, prompts, strict=True))
     ]
+    if req.echo and req.logprobs is not None:
+        # The echoed prompt comes with its tokens' logprobs, as the engine computes them.
+        for plan in plans:
+            plan.sampling.prompt_logprobs = req.logprobs
+    return request_id, plans
+
+
+def _echo_text(model: ServedModel, prompt: Any, input_ids: list[int]) -> str:
+    """The prompt as the client sent it (as vLLM echoes: no BOS text); ids are decoded."""
+    if isinstance(prompt, str):
+        return prompt
+    return model.tokenizer.decode(input_ids, skip_special_tokens=False)
 
 
 def _split_prompts(prompt: Any) -> list[Any]:
@@ -301,11 +312,11 @@ def _split_prompts(prompt: Any) -> list[Any]:
     raise bad_request("prompt must be a string, a list of token ids, or a list of either", "prompt")
 
 
-def _completion_ids(model: ServedModel, prompt: Any) -> list[int]:
+async def _completion_ids(model: ServedModel, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise bad_request("prompt must not be empty", "prompt")
-        return model.tokenizer.encode(prompt, add_special_tokens=True)
+        return await model.tokenizer.encode_async(prompt, add_special_tokens=True)
     vocab = model.tokenizer.vocab_size
     if (
         not prompt

@@ -24,6 +24,27 @@ def _mix(value: int) -> int:
     return value ^ (value >> 31)
 
 
+def _position(
+    key: int, position: int, token: int, top_n: int, vocab_size: int
+) -> tuple[float, list[tuple[float, int]]]:
+    """The token's logprob at one position, and its top_n alternatives (itself included)."""
+    bits = _mix((key * 1_000_003 + position) & _MASK64)
+    # The sampled token's probability falls between roughly 0.2 and 0.99.
+    chosen_p = 0.2 + 0.79 * ((bits & 0xFFFF) / 0xFFFF)
+    chosen = math.log(chosen_p)
+    if top_n <= 0:
+        return chosen, []
+    rest = 1.0 - chosen_p
+    entries = [(chosen, token)]
+    for rank in range(1, top_n):
+        alt = (token + 1 + ((bits >> (rank * 3)) % 997) * rank) % vocab_size
+        if alt == token:
+            alt = (alt + 1) % vocab_size
+        entries.append((math.log(rest * 0.5**rank), alt))
+    entries.sort(key=lambda e: -e[0])
+    return chosen, entries
+
+
 def fill_output_logprobs(
     message: Any,
     *,
@@ -37,21 +58,32 @@ def fill_output_logprobs(
     top_n = min(top_n, MAX_TOP_LOGPROBS)
     logprobs: list[float] = []
     for offset, token in enumerate(token_ids):
-        bits = _mix((key * 1_000_003 + first_position + offset) & _MASK64)
-        # The sampled token's probability falls between roughly 0.2 and 0.99.
-        chosen_p = 0.2 + 0.79 * ((bits & 0xFFFF) / 0xFFFF)
-        chosen = math.log(chosen_p)
+        chosen, entries = _position(key, first_position + offset, token, top_n, vocab_size)
         logprobs.append(chosen)
-        if top_n <= 0:
-            continue
-        rest = 1.0 - chosen_p
-        entries = [(chosen, token)]
-        for rank in range(1, top_n):
-            alt = (token + 1 + ((bits >> (rank * 3)) % 997) * rank) % vocab_size
-            if alt == token:
-                alt = (alt + 1) % vocab_size
-            entries.append((math.log(rest * 0.5**rank), alt))
-        entries.sort(key=lambda e: -e[0])
-        message.top_logprobs.add(values=[e[0] for e in entries], token_ids=[e[1] for e in entries])
+        if top_n > 0:
+            message.top_logprobs.add(
+                values=[e[0] for e in entries], token_ids=[e[1] for e in entries]
+            )
     message.token_logprobs.extend(logprobs)
     message.token_ids.extend(token_ids)
+
+
+def fill_input_logprobs(
+    message: Any, *, key: int, prompt_ids: Sequence[int], top_n: int, vocab_size: int
+) -> None:
+    """Fill an InputLogProbs message: as vLLM's servicer does, the first token has no value."""
+    top_n = min(top_n, MAX_TOP_LOGPROBS)
+    for position, token in enumerate(prompt_ids):
+        entry = message.token_logprobs.add()
+        if position == 0:
+            if top_n > 0:
+                message.top_logprobs.add()
+            continue
+        # Prompt positions get their own key space, apart from the output's.
+        chosen, entries = _position(~key & _MASK64, position, token, top_n, vocab_size)
+        entry.value = chosen
+        if top_n > 0:
+            message.top_logprobs.add(
+                values=[e[0] for e in entries], token_ids=[e[1] for e in entries]
+            )
+    message.token_ids.extend(prompt_ids)

@@ -38,4 +38,10 @@ class SglangWire(ProtoWire):
             stream=request.stream,
             logprobs=max(request.top_logprobs_num, 0) if request.return_logprob else None,
             seed=seed,
+            # logprob_start_len 0 asks for the whole prompt's logprobs (-1: none).
+            prompt_logprobs=(
+                max(request.top_logprobs_num, 0)
+                if request.return_logprob and request.logprob_start_len == 0
+                else None
+            ),
         )

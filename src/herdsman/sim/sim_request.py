@@ -20,6 +20,8 @@ class GenerationParams:
     # None: not requested. 0: the sampled token's logprob only. k > 0: also k alternatives.
     logprobs: int | None
     seed: int | None
+    # Logprobs of the prompt's tokens with this many alternatives; None: not requested.
+    prompt_logprobs: int | None = None
 
 
 class RequestState(Enum):

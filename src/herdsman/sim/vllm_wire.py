@@ -42,4 +42,9 @@ class VllmWire(ProtoWire):
             stream=request.stream,
             logprobs=logprobs,
             seed=sp.seed if sp.HasField("seed") else None,
+            prompt_logprobs=(
+                (MAX_TOP_LOGPROBS if sp.prompt_logprobs < 0 else sp.prompt_logprobs)
+                if sp.HasField("prompt_logprobs")
+                else None
+            ),
         )

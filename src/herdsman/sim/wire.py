@@ -12,7 +12,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from herdsman.sim.logprobs import fill_output_logprobs
+from herdsman.sim.logprobs import fill_input_logprobs, fill_output_logprobs
 from herdsman.sim.model_card import ModelCard
 from herdsman.sim.sim_request import GenerationParams, SimRequest, SimSequence
 
@@ -55,6 +55,17 @@ class ProtoWire:
             vocab_size=self.card.vocab_size,
         )
 
+    def _fill_prompt_logprobs(self, message: Any, request: SimRequest) -> None:
+        top_n = request.params.prompt_logprobs
+        assert top_n is not None
+        fill_input_logprobs(
+            message,
+            key=request.logprob_key,
+            prompt_ids=request.params.prompt_ids,
+            top_n=top_n,
+            vocab_size=self.card.vocab_size,
+        )
+
     def chunk(self, request: SimRequest, seq: SimSequence, start: int, end: int) -> Any:
         """A stream chunk carrying output[start:end]; completion_tokens is cumulative."""
         chunk = self._chunk(
@@ -66,6 +77,9 @@ class ProtoWire:
         )
         if request.params.logprobs is not None:
             self._fill_logprobs(chunk.output_logprobs, request, seq, start, end)
+        if request.params.prompt_logprobs is not None and start == 0:
+            # Real servicers send the prompt's logprobs with each choice's first chunk only.
+            self._fill_prompt_logprobs(chunk.input_logprobs, request)
         return self._wrap(request, chunk=chunk)
 
     def complete(self, request: SimRequest, seq: SimSequence) -> Any:
@@ -85,4 +99,6 @@ class ProtoWire:
             complete.matched_token_id = seq.matched_token_id
         if request.params.logprobs is not None and output:
             self._fill_logprobs(complete.output_logprobs, request, seq, 0, len(output))
+        if request.params.prompt_logprobs is not None:
+            self._fill_prompt_logprobs(complete.input_logprobs, request)
         return self._wrap(request, complete=complete)
