@@ -3,12 +3,20 @@ exact-as-transformers rescale/normalize, and placeholder expansion in token ids.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+try:  # Pillow-exact resampling and the post-resize steps in C (setup.py builds it).
+    from . import _resample
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    _resample = None
+
+log = logging.getLogger(__name__)
 
 # transformers' PILImageResampling values are Pillow's; configs store the integer.
 RESAMPLE = {
@@ -72,16 +80,79 @@ def apply_lut_chw(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """uint8 HWC -> normalized float32 CHW."""
     h, w, c = img.shape
     out = np.empty((c, h, w), dtype=np.float32)
+    ext = extension()
+    if (
+        ext is not None
+        and img.dtype == np.uint8
+        and img.strides[2] == 1
+        and lut.dtype == np.float32
+        and lut.shape[1:] == (256,)
+        and lut.flags.c_contiguous
+    ):
+        ext.lut_chw(img, lut[:c], out)
+        return out
     for ch in range(c):
         np.take(lut[ch], img[:, :, ch], out=out[ch])
     return out
 
 
+# Filters the extension reproduces; NEAREST (0) stays on Pillow.
+_EXT_FILTERS = frozenset((1, 2, 3, 4, 5))
+_EXT_MODES = {"L": 1, "RGB": 3}
+_warned_slow = False
+
+
+def extension():
+    """The C extension module, or None (then warn once that the Pillow/numpy path is used)."""
+    global _warned_slow
+    if _resample is None and not _warned_slow:
+        _warned_slow = True
+        log.warning(
+            "herdsman.multimodal._resample is not built: image resizing and normalisation "
+            "use the slower Pillow/numpy path (same output)"
+        )
+    return _resample
+
+
+def resize_array(img: Image.Image, height: int, width: int, resample: int) -> np.ndarray:
+    """`np.asarray(resize(img, height, width, resample))`, without a Pillow image for the result.
+
+    L and RGB images with a convolution filter go through the C extension, which reproduces
+    Pillow's fixed-point resampling bit for bit (see _resample.c); anything else through Pillow.
+    """
+    if img.size == (width, height):
+        return np.asarray(img)
+    ext = extension()
+    if ext is not None and resample in _EXT_FILTERS and img.mode in _EXT_MODES:
+        channels = _EXT_MODES[img.mode]
+        out = np.empty((height, width, 3) if channels == 3 else (height, width), dtype=np.uint8)
+        h, w = img.height, img.width
+        # Pillow's pixels are read in place: np.asarray(img) would copy them (tobytes), and
+        # for large images that copy costs about as much as the resize.
+        try:
+            # The Arrow C data interface: a stable ABI, for images in one memory block.
+            _schema, array = img.__arrow_c_array__()
+        except ValueError:  # images over 16 MB span several blocks
+            try:
+                # Pillow's image header behind Image.getim(), checked field by field in C.
+                ext.resample_pillow(img.getim(), h, w, channels, out, resample)
+            except ValueError:
+                ext.resample(np.asarray(img), out, resample)
+        else:
+            ext.resample_arrow(array, h, w, channels, out, resample)
+        return out
+    return np.asarray(img.resize((width, height), resample=RESAMPLE[resample]))
+
+
 def resize(img: Image.Image, height: int, width: int, resample: int) -> Image.Image:
-    """transformers resizes uint8 images through Pillow with no reducing_gap; so do we."""
+    """transformers resizes uint8 images through Pillow with no reducing_gap; so do we (or the
+    C extension, which gives the same pixels)."""
     if img.size == (width, height):
         # Pillow's resize to the same size is an identity copy for every filter.
         return img
+    if _resample is not None and resample in _EXT_FILTERS and img.mode in _EXT_MODES:
+        return Image.fromarray(resize_array(img, height, width, resample))
+    extension()
     return img.resize((width, height), resample=RESAMPLE[resample])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize
+from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize_array
 
 # Gemma3Processor's images_kwargs defaults: what applies when the config leaves them null.
 PAN_AND_SCAN_DEFAULTS = {
@@ -94,7 +94,7 @@ class Gemma3Processor(ImageProcessor):
 
     def _squash(self, img: Image.Image) -> np.ndarray:
         if self.do_resize:
-            img = resize(img, self.size[0], self.size[1], self.resample)
+            return apply_lut_chw(resize_array(img, *self.size, self.resample), self.lut)
         return apply_lut_chw(np.asarray(img), self.lut)
 
     def preprocess(self, images: Sequence[Image.Image]) -> ProcessedImages:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize
+from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize_array
 
 
 def to_bfloat16(x: np.ndarray) -> np.ndarray:
@@ -178,12 +178,12 @@ class Llama4Processor(ImageProcessor):
         (ch, cw), (nh, nw) = self.layout(img.height, img.width)
         t = self.tile
         canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
-        canvas[:nh, :nw] = np.asarray(resize(img, nh, nw, self.resample))
+        canvas[:nh, :nw] = resize_array(img, nh, nw, self.resample)
         rh, rw = ch // t, cw // t
         chw = apply_lut_chw(canvas, self.lut)
         tiles = chw.reshape(3, rh, t, rw, t).transpose(1, 3, 0, 2, 4).reshape(rh * rw, 3, t, t)
         if rh * rw > 1:
-            glob = apply_lut_chw(np.asarray(resize(img, t, t, self.resample)), self.lut)
+            glob = apply_lut_chw(resize_array(img, t, t, self.resample), self.lut)
             tiles = np.concatenate([tiles, glob[None]], axis=0)
         return tiles, (rh, rw)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize
+from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize_array
 
 
 def shortest_edge_size(height: int, width: int, shortest: int) -> tuple[int, int]:
@@ -63,8 +63,9 @@ class ClipProcessor(ImageProcessor):
 
     def to_uint8(self, img: Image.Image) -> np.ndarray:
         if self.do_resize:
-            img = resize(img, *self.resize_target(img.height, img.width), self.resample)
-        arr = np.asarray(img)
+            arr = resize_array(img, *self.resize_target(img.height, img.width), self.resample)
+        else:
+            arr = np.asarray(img)
         if self.do_center_crop:
             arr = center_crop(arr, *self.crop)
         return arr

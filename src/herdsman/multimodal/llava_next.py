@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ProcessedImages, apply_lut_chw, resize
+from .base import ProcessedImages, apply_lut_chw, resize_array
 from .llava import ClipProcessor, center_crop
 
 
@@ -67,7 +67,7 @@ class LlavaNextProcessor(ClipProcessor):
             h, w = arr.shape[:2]
             th, tw = self.resize_target(h, w)
             if (th, tw) != (h, w):
-                arr = np.asarray(resize(Image.fromarray(arr), th, tw, self.resample))
+                arr = resize_array(Image.fromarray(arr), th, tw, self.resample)
         if self.do_center_crop:
             arr = center_crop(arr, *self.crop)
         return apply_lut_chw(arr, self.lut)
@@ -75,13 +75,13 @@ class LlavaNextProcessor(ClipProcessor):
     def _tiles(self, img: Image.Image) -> np.ndarray:
         best = select_best_resolution((img.height, img.width), self.grid_pinpoints)
         nh, nw = patch_output_size(img.height, img.width, best)
-        resized = np.asarray(resize(img, nh, nw, self.resample))
+        resized = resize_array(img, nh, nw, self.resample)
         # Centred on a zero canvas; an odd remainder goes after, as transformers' divmod padding.
         py, px = (best[0] - nh) // 2, (best[1] - nw) // 2
         padded = np.zeros((best[0], best[1], 3), dtype=np.uint8)
         padded[py : py + nh, px : px + nw] = resized
         t = self.tile
-        base = np.asarray(resize(img, self.base_size, self.base_size, self.resample))
+        base = resize_array(img, self.base_size, self.base_size, self.resample)
         tiles = [base] + [
             padded[i : i + t, j : j + t] for i in range(0, best[0], t) for j in range(0, best[1], t)
         ]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize
+from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize_array
 
 
 def supported_aspect_ratios(max_tiles: int) -> list[tuple[int, int]]:
@@ -80,7 +80,7 @@ class MllamaProcessor(ImageProcessor):
         th, tw, nh, nw = self.layout(img.height, img.width)
         t = self.tile
         canvas = np.zeros((th * t, tw * t, 3), dtype=np.uint8)
-        canvas[:nh, :nw] = np.asarray(resize(img, nh, nw, self.resample))
+        canvas[:nh, :nw] = resize_array(img, nh, nw, self.resample)
         chw = apply_lut_chw(canvas, self.lut)
         tiles = chw.reshape(3, th, t, tw, t).transpose(1, 3, 0, 2, 4).reshape(th * tw, 3, t, t)
         return tiles, (th, tw)

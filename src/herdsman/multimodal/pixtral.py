@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize
+from .base import ImageProcessor, ProcessedImages, apply_lut_chw, resize_array
 
 
 def pixtral_resize_target(
@@ -75,7 +75,7 @@ class PixtralProcessor(ImageProcessor):
         arrays = []
         for img in images:
             h, w = self.output_size(img.height, img.width)
-            arrays.append(apply_lut_chw(np.asarray(resize(img, h, w, self.resample)), self.lut))
+            arrays.append(apply_lut_chw(resize_array(img, h, w, self.resample), self.lut))
         sizes = np.asarray([a.shape[1:] for a in arrays], dtype=np.int64)
         counts = [self.num_placeholders_for(img.height, img.width) for img in images]
         seqs = [self.placeholder_sequence(img.height, img.width) for img in images]

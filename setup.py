@@ -1,0 +1,14 @@
+"""Only the C extension lives here; pyproject.toml holds the package metadata."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "herdsman.multimodal._resample",
+            sources=["src/herdsman/multimodal/_resample.c"],
+            # No -march flags: SIMD kernels are selected at run time (__builtin_cpu_supports).
+            extra_compile_args=["-O3"],
+        )
+    ],
+)
