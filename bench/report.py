@@ -425,8 +425,9 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], out_dir: Path) -
         "parser from the model name). To make both gateways do the same work (plain "
         "`content`, no reasoning parsing), every request carries `separate_reasoning: false`, "
         "which both honour; `--reasoning-parser passthrough` did not change SMG 1.13.0's "
-        "output for this model. herdsman runs with its defaults too: its tokenization cache "
-        "(L0 and L1) is on by default.",
+        "output for this model. herdsman runs with its defaults too: fastokens encodes "
+        "(parity-checked for this tokenizer), so `--tokenizer-cache auto` leaves the L0/L1 "
+        "cache off (it costs fastokens more than it saves: docs/benchmarks-tokenizer.md).",
         "",
     ]
     analysis = Path(__file__).with_name("ANALYSIS.md")

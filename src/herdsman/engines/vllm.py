@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
-from herdsman.engines.base import EngineRequest
+from herdsman.engines.base import EngineError, EngineRequest
 from herdsman.engines.grpc_engine import GrpcEngine
 
 
@@ -17,11 +19,91 @@ def _tensor(array: Any) -> vllm_engine_pb2.TensorData:
     )
 
 
+class MediaLayoutError(EngineError):
+    """Processed images that vllm_engine.proto cannot carry as this model's vLLM code wants
+    (the client's request, so INVALID_ARGUMENT: a 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_argument")
+
+
+@dataclass
+class _Layout:
+    """How vLLM's model splits each tensor per image (its `_get_mm_fields_config`).
+
+    batched: dim 0 is the image; flat: images are consecutive runs of dim 0, of the sizes in
+    another tensor; anything else is shared by all images (wrong for every per-image tensor).
+    """
+
+    pixel_values: Any
+    tensors: dict[str, Any]
+    batched: tuple[str, ...] = ()
+    flat: dict[str, str] = field(default_factory=dict)
+    keep_on_cpu: tuple[str, ...] = ()
+
+
+def _vllm_layout(pixel_values: Any, tensors: dict[str, Any]) -> _Layout:
+    if "image_grid_thw" in tensors:
+        # Qwen2/2.5/3-VL: patch rows of all images in one run, split by patch count per image.
+        grid = tensors["image_grid_thw"]
+        tensors["patches_per_image"] = grid.prod(axis=-1).astype("int64")
+        return _Layout(
+            pixel_values,
+            tensors,
+            batched=("image_grid_thw", "patches_per_image"),
+            flat={"pixel_values": "patches_per_image"},
+            keep_on_cpu=("image_grid_thw",),
+        )
+    if "num_crops" in tensors:
+        # Gemma 3: each image's crops follow its whole-image view; vLLM counts both.
+        num_patches = tensors.pop("num_crops").astype("int64") + 1
+        tensors["num_patches"] = num_patches
+        return _Layout(
+            pixel_values,
+            tensors,
+            batched=("num_patches",),
+            flat={"pixel_values": "num_patches"},
+            keep_on_cpu=("num_patches",),
+        )
+    if "aspect_ratios" in tensors:
+        # Llama 4: an image's tiles, then a global tile when there is more than one tile.
+        tiles = tensors["aspect_ratios"].prod(axis=-1).astype("int64")
+        tensors["patches_per_image"] = np.where(tiles == 1, 1, tiles + 1).astype("int64")
+        return _Layout(
+            pixel_values,
+            tensors,
+            batched=("patches_per_image", "aspect_ratios"),
+            flat={"pixel_values": "patches_per_image"},
+            keep_on_cpu=("patches_per_image", "aspect_ratios"),
+        )
+    if "image_sizes" in tensors and pixel_values.ndim == 5:
+        # LLaVA-NeXT: (images, patches, 3, h, w), with the original sizes beside them.
+        return _Layout(
+            pixel_values,
+            tensors,
+            batched=("pixel_values", "image_sizes"),
+            keep_on_cpu=("image_sizes",),
+        )
+    if "image_sizes" in tensors:
+        # Pixtral: vLLM wants each image at its own size (no padding), one tensor per image.
+        sizes = {tuple(size) for size in tensors["image_sizes"].tolist()}
+        if len(sizes) > 1:
+            raise MediaLayoutError(
+                "the vLLM gRPC protocol carries one pixel tensor per request; Pixtral images "
+                "of different sizes cannot share it (send them in separate requests)"
+            )
+        (h, w) = sizes.pop()
+        return _Layout(np.ascontiguousarray(pixel_values[:, :, :h, :w]), {}, ("pixel_values",))
+    # LLaVA-1.5 and other fixed-size models: (images, 3, h, w).
+    return _Layout(pixel_values, tensors, batched=("pixel_values",))
+
+
 def _mm_inputs(images: Any) -> vllm_engine_pb2.MultimodalInputs:
-    """Processed images in vllm_engine.proto's fields, laid out as the servicer batches them."""
-    tensors = dict(images.model_specific)
+    """Processed images in vllm_engine.proto's fields, laid out as the model's vLLM code splits
+    them per image (the servicer takes the layout from batched_keys / flat_keys)."""
+    layout = _vllm_layout(images.pixel_values, dict(images.model_specific))
     inputs = vllm_engine_pb2.MultimodalInputs(
-        pixel_values=_tensor(images.pixel_values),
+        pixel_values=_tensor(layout.pixel_values),
         im_token_id=images.image_token_id,
         mm_placeholders=[
             vllm_engine_pb2.PlaceholderRange(offset=o, length=n) for o, n in images.placeholders
@@ -29,15 +111,10 @@ def _mm_inputs(images: Any) -> vllm_engine_pb2.MultimodalInputs:
         mm_hashes=images.hashes,
         modality=common_pb2.IMAGE,
     )
-    grid = tensors.get("image_grid_thw")
-    if grid is not None:
-        # Qwen-VL: pixel rows of all images are flat; the servicer splits them per image by
-        # patch count, and keeps the grid on the CPU (SMG lays them out the same way).
-        tensors["patches_per_image"] = grid.prod(axis=-1).astype("int64")
-        inputs.batched_keys.extend(["image_grid_thw", "patches_per_image"])
-        inputs.flat_keys["pixel_values"] = "patches_per_image"
-        inputs.keep_on_cpu_keys.append("image_grid_thw")
-    for name, array in tensors.items():
+    inputs.batched_keys.extend(layout.batched)
+    inputs.flat_keys.update(layout.flat)
+    inputs.keep_on_cpu_keys.extend(layout.keep_on_cpu)
+    for name, array in layout.tensors.items():
         inputs.model_specific_tensors[name].CopyFrom(_tensor(array))
     return inputs
 
