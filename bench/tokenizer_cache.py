@@ -30,6 +30,26 @@ from herdsman.tokenizer.shared_store import (
 )
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
+READING = """
+## Reading the numbers
+
+- L1 caches the ids of each plain-text segment between atomic added tokens, keyed by content, so a
+  new turn encodes only its new segments. With the `tokenizers` backend that is what makes later
+  turns cheap; the cost left is splitting the prompt and turning cached uint32 ids back into
+  Python ints.
+- fastokens needs no help: it is fast, and keeps its own caches, so the L0/L1 layer only adds its
+  own cost (mostly that int conversion), in one process or spread over many. Hence
+  `--tokenizer-cache auto` (the default): on for `tokenizers`, off for fastokens.
+- Spread over processes, a per-process L1 loses what other processes encoded; the shared store
+  (LMDB in /dev/shm behind each process's L1, generational eviction) keeps reuse at the
+  one-process level for any number of processes. Its cost is a read transaction per prompt and a
+  write transaction per prompt with new segments (microseconds).
+- Long prompts: `tokenizers`' `encode` holds the GIL for its whole run, so on the event loop it
+  stalls every other stream; `encode_async` sends what must be encoded of a long prompt to a
+  thread, through `encode_batch`, which releases the GIL (fastokens releases it in `encode`).
+  What still holds the GIL is building the Python list of ids (the stall left in the table).
+"""
+
 MODEL = Path(__file__).resolve().parent.parent / "models" / "qwen3"
 BUDGET = 256 << 20
 
@@ -266,7 +286,7 @@ def main() -> None:
         on_loop = statistics.median(loop_stall_ms(tok, long_text, False) for _ in range(3))
         off_loop = statistics.median(loop_stall_ms(tok, long_text, True) for _ in range(3))
         lines.append(f"| {name} | {on_loop:.1f} | {off_loop:.1f} |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + READING
     print(text)
     if args.write:
         args.write.write_text(text, encoding="utf-8")
