@@ -85,3 +85,21 @@ def test_llama_class_config_adds_bos_as_transformers_does(fast: bool) -> None:
     assert gpt.encode("Hello", add_special_tokens=True) == gpt.encode(
         "Hello", add_special_tokens=False
     )
+
+
+def test_qwen2_5_vl_has_its_own_added_tokens() -> None:
+    """Same vocabulary as Qwen3, but <think> and <tool_response> are Qwen3's additions:
+    Qwen2.5-VL (tokenizer.json converted by transformers, scripts/qwen2_5_vl_tokenizer.py)
+    encodes them as plain text."""
+    from tests.conftest import MODELS
+
+    from herdsman.tokenizer import load_model_tokenizer
+
+    vl = load_model_tokenizer(MODELS / "qwen2_5_vl")
+    qwen3 = tokenizer("qwen3")
+    assert vl.backend == "fastokens"
+    for text in ("<think>", "</think>", "<tool_response>", "</tool_response>"):
+        assert vl.token_id(text) is None and qwen3.token_id(text) is not None
+        assert len(vl.encode(text, add_special_tokens=False)) > 1
+    chat = "<|im_start|>user\nDescribe <|vision_start|><|image_pad|><|vision_end|> please<|im_end|>"
+    assert vl.encode(chat, add_special_tokens=False) == qwen3.encode(chat, add_special_tokens=False)
