@@ -895,6 +895,46 @@ out:
     Py_RETURN_NONE;
 }
 
+/* Resize Pillow's own pixels (an h x w image, `ps` bytes a pixel, in one block `base` or as row
+ * pointers `rows`) into dsto, a uint8 (H', W') or (H', W', 3) array, without the GIL. */
+static PyObject *
+resample_pillow_pixels(PyObject *dsto, int h, int w, int channels, int ps,
+                       const struct filter *fp, int scalar, const uint8_t *base,
+                       uint8_t *const *rows) {
+    Py_buffer dst;
+    if (PyObject_GetBuffer(dsto, &dst, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    Job j;
+    int dc, rc = -1;
+    if (check_u8_image(&dst, "dst", &j.out_h, &j.out_w, &dc) < 0) {
+        goto out;
+    }
+    if (dc != channels) {
+        PyErr_SetString(PyExc_ValueError, "src and dst must have the same channels");
+        goto out;
+    }
+    j.in_h = h;
+    j.in_w = w;
+    j.C = channels;
+    j.in_ps = ps;
+    j.dst = dst.buf;
+    j.filterp = fp;
+    j.force_scalar = scalar;
+    Py_BEGIN_ALLOW_THREADS;
+    rc = run_job(&j, base, rows, (size_t)w * ps);
+    Py_END_ALLOW_THREADS;
+    if (rc < 0) {
+        PyErr_NoMemory();
+    }
+out:
+    PyBuffer_Release(&dst);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* The Arrow C data interface (a stable ABI): Pillow exports single-block images through it
  * without copying. L is a uint8 array; RGB a fixed-size list of 4 uint8 per pixel (RGBX). */
 struct ArrowArray {
@@ -956,39 +996,8 @@ py_resample_arrow(PyObject *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "not a Pillow arrow array of this size");
         return NULL;
     }
-    Py_buffer dst;
-    if (PyObject_GetBuffer(dsto, &dst, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    Job j;
-    int dc, rc = -1;
-    if (check_u8_image(&dst, "dst", &j.out_h, &j.out_w, &dc) < 0) {
-        goto out;
-    }
-    if (dc != channels) {
-        PyErr_SetString(PyExc_ValueError, "src and dst must have the same channels");
-        goto out;
-    }
-    j.in_h = h;
-    j.in_w = w;
-    j.C = channels;
-    j.in_ps = ps;
-    j.dst = dst.buf;
-    j.filterp = fp;
-    j.force_scalar = scalar;
     const uint8_t *base = (const uint8_t *)data->buffers[1] + data->offset;
-    Py_BEGIN_ALLOW_THREADS;
-    rc = run_job(&j, base, NULL, (size_t)w * ps);
-    Py_END_ALLOW_THREADS;
-    if (rc < 0) {
-        PyErr_NoMemory();
-    }
-out:
-    PyBuffer_Release(&dst);
-    if (rc < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return resample_pillow_pixels(dsto, h, w, channels, ps, fp, scalar, base, NULL);
 }
 
 /* The head of Pillow's ImagingMemoryInstance (src/libImaging/Imaging.h, Pillow 13), which
@@ -1040,38 +1049,9 @@ py_resample_pillow(PyObject *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "not a Pillow L/RGB image of this size");
         return NULL;
     }
-    Py_buffer dst;
-    if (PyObject_GetBuffer(dsto, &dst, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    Job j;
-    int dc, rc = -1;
-    if (check_u8_image(&dst, "dst", &j.out_h, &j.out_w, &dc) < 0) {
-        goto out;
-    }
-    if (dc != channels) {
-        PyErr_SetString(PyExc_ValueError, "src and dst must have the same channels");
-        goto out;
-    }
-    j.in_h = h;
-    j.in_w = w;
-    j.C = channels;
-    j.in_ps = ps;
-    j.dst = dst.buf;
-    j.filterp = fp;
-    j.force_scalar = scalar;
-    Py_BEGIN_ALLOW_THREADS;
-    rc = run_job(&j, NULL, (uint8_t *const *)im->image, (size_t)w * ps);
-    Py_END_ALLOW_THREADS;
-    if (rc < 0) {
-        PyErr_NoMemory();
-    }
-out:
-    PyBuffer_Release(&dst);
-    if (rc < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return resample_pillow_pixels(
+        dsto, h, w, channels, ps, fp, scalar, NULL, (uint8_t *const *)im->image
+    );
 }
 
 static int
