@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from herdsman.pids import pid_alive
+
 Labels = tuple[str, ...]
 
 
@@ -169,7 +171,7 @@ class MetricsRegistry:
             if path == own:
                 continue
             with contextlib.suppress(OSError, msgspec.DecodeError, ValueError):
-                out.append((_alive(int(path.stem)), msgspec.msgpack.decode(path.read_bytes())))
+                out.append((pid_alive(int(path.stem)), msgspec.msgpack.decode(path.read_bytes())))
         return out
 
     def render(self) -> str:
@@ -185,13 +187,3 @@ class MetricsRegistry:
             merged = _merge(_merge(metric, live, live=True), dead, live=False)
             lines.extend(_render(merged))
         return "\n".join(lines) + "\n"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

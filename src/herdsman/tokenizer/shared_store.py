@@ -31,6 +31,8 @@ from pathlib import Path
 
 import lmdb
 
+from herdsman.pids import pid_alive
+
 log = logging.getLogger(__name__)
 
 _GENERATIONS = (b"gen0", b"gen1")
@@ -167,19 +169,9 @@ def make_store_directory() -> str:
     parent = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     for stale in Path(parent).glob(f"{_DIR_PREFIX}*"):
         pid = stale.name[len(_DIR_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=parent)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_store_directory(directory: str) -> None:
