@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from herdsman.api.logprobs import CompletionLogprobs, concat_logprobs
+from herdsman.api.logprobs import CompletionLogprobs
 from herdsman.api.protocol import CompletionRequest
 from herdsman.api.responses import (
     decode_body,
@@ -14,7 +14,7 @@ from herdsman.api.responses import (
     usage_of,
 )
 from herdsman.api.sse import ChunkFrames
-from herdsman.engines import TokenLogprobs
+from herdsman.engines import PromptLogprobs, TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.batch import GenerationGroup
 from herdsman.pipeline.context import ServingContext
@@ -46,7 +46,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
         def echo_logprobs(choice: ChoiceOutput) -> object:
             if choice.prompt_logprobs is None:
                 return None
-            return formatters[choice.index].format_prompt(choice.prompt_logprobs)
+            return formatters[choice.index].format([choice.prompt_logprobs])
 
         events = stream_events(
             frames,
@@ -82,7 +82,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
 
 
 def _choice_logprobs(formatter: CompletionLogprobs, choice: ChoiceOutput) -> dict[str, object]:
-    if choice.prompt_logprobs is None:
-        return formatter.format(choice.logprobs or ())
-    prompt = formatter.format_prompt(choice.prompt_logprobs)  # first: it moves the text offset
-    return concat_logprobs(prompt, formatter.format(choice.logprobs or ()))
+    runs: list[TokenLogprobs | PromptLogprobs] = list(choice.logprobs or ())
+    if choice.prompt_logprobs is not None:
+        runs.insert(0, choice.prompt_logprobs)
+    return formatter.format(runs)

@@ -37,10 +37,12 @@ class CompletionLogprobs:
         self._top_n = top_n
         self._offset = 0
 
-    def format(self, runs: Iterable[TokenLogprobs]) -> dict[str, Any]:
+    def format(self, runs: Iterable[TokenLogprobs | PromptLogprobs]) -> dict[str, Any]:
+        """Runs in order (an echoed prompt's, then the output's); a token without a logprob (the
+        prompt's first: nothing precedes it) is null in `token_logprobs` and `top_logprobs`."""
         tokens: list[str] = []
-        token_logprobs: list[float] = []
-        top: list[dict[str, float]] = []
+        token_logprobs: list[float | None] = []
+        top: list[dict[str, float] | None] = []
         offsets: list[int] = []
         text_of = self._tokenizer.token_text
         for run in runs:
@@ -50,6 +52,9 @@ class CompletionLogprobs:
                 token_logprobs.append(logprob)
                 offsets.append(self._offset)
                 self._offset += len(text)
+                if logprob is None:
+                    top.append(None)
+                    continue
                 alternatives = run.top[i][: self._top_n] if i < len(run.top) else []
                 top.append({text_of(t): lp for t, lp in alternatives})
         return {
@@ -58,35 +63,3 @@ class CompletionLogprobs:
             "top_logprobs": top,
             "text_offset": offsets,
         }
-
-    def format_prompt(self, prompt: PromptLogprobs) -> dict[str, Any]:
-        """The echoed prompt's part: its first token has no logprob, so null in both lists."""
-        tokens: list[str] = []
-        token_logprobs: list[float | None] = []
-        top: list[dict[str, float] | None] = []
-        offsets: list[int] = []
-        text_of = self._tokenizer.token_text
-        for i, (token_id, logprob) in enumerate(
-            zip(prompt.token_ids, prompt.logprobs, strict=False)
-        ):
-            text = text_of(token_id)
-            tokens.append(text)
-            token_logprobs.append(logprob)
-            offsets.append(self._offset)
-            self._offset += len(text)
-            if logprob is None:
-                top.append(None)
-                continue
-            alternatives = prompt.top[i][: self._top_n] if i < len(prompt.top) else []
-            top.append({text_of(t): lp for t, lp in alternatives})
-        return {
-            "tokens": tokens,
-            "token_logprobs": token_logprobs,
-            "top_logprobs": top,
-            "text_offset": offsets,
-        }
-
-
-def concat_logprobs(*parts: dict[str, Any]) -> dict[str, Any]:
-    """Completions logprobs of consecutive runs (echoed prompt, then output) as one."""
-    return {key: [v for part in parts for v in part[key]] for key in parts[0]}
