@@ -293,31 +293,34 @@ class TokenizationCache:
             return None
         return splitting
 
-    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        key = (text, add_special_tokens)
+    def _l0_get(self, text: str, add_special_tokens: bool) -> list[int] | None:
+        hit = self.l0.get((text, add_special_tokens)) if self.l0 is not None else None
+        return hit.tolist() if hit is not None else None
+
+    def _l0_put(self, text: str, add_special_tokens: bool, ids: list[int]) -> list[int]:
         if self.l0 is not None:
-            hit = self.l0.get(key)
-            if hit is not None:
-                return hit.tolist()
+            self.l0.put((text, add_special_tokens), len(text), array("I", ids))
+        return ids
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        hit = self._l0_get(text, add_special_tokens)
+        if hit is not None:
+            return hit
         splitting = self._segmenting(add_special_tokens)
         if splitting is not None:
             ids = encode_segments(splitting, text, add_special_tokens, self._encode, self._segments)
         else:
             ids = self._encode(text, add_special_tokens)
-        if self.l0 is not None:
-            self.l0.put(key, len(text), array("I", ids))
-        return ids
+        return self._l0_put(text, add_special_tokens, ids)
 
     async def encode_long(
         self, text: str, add_special_tokens: bool, encode_many: EncodeMany
     ) -> list[int]:
         """`encode` for a text too long to encode on the event loop: what no cache level knows
         is encoded by `encode_many` (off the loop, in one call); the rest stays cheap and local."""
-        key = (text, add_special_tokens)
-        if self.l0 is not None:
-            hit = self.l0.get(key)
-            if hit is not None:
-                return hit.tolist()
+        hit = self._l0_get(text, add_special_tokens)
+        if hit is not None:
+            return hit
         splitting = self._segmenting(add_special_tokens)
         if splitting is not None:
             segmented = SegmentedText(splitting, text, self._segments)
@@ -326,6 +329,4 @@ class TokenizationCache:
             ids = segmented.finish(splitting, encoded, add_special_tokens, self._segments)
         else:
             ids = (await encode_many([text], add_special_tokens))[0]
-        if self.l0 is not None:
-            self.l0.put(key, len(text), array("I", ids))
-        return ids
+        return self._l0_put(text, add_special_tokens, ids)
