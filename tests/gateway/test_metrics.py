@@ -18,7 +18,9 @@ def _value(text: str, name: str, labels: str = "") -> float:
 
 
 def test_metrics_are_aggregated_over_processes() -> None:
-    sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "1")
+    # 20 ms between tokens: the sim ships one token per message unless its writer falls a whole
+    # step behind (at 1 ms a busy machine merged two tokens into one message: one ITL fewer).
+    sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "20")
     gateway = start_gateway(sim.address, extra=("--model-path", str(QWEN3), "--workers", "2"))
     base = f"http://{gateway.address}"
     try:
