@@ -6,6 +6,10 @@ transformers==4.57.6 under ~/.cache/herdsman-goldens/venv, creating it when miss
 For every template the tests use and every conversation in tests/templates/conversations.json,
 the golden is what transformers renders (``render_jinja_template`` with the tokenizer's special
 tokens, exactly what ``apply_chat_template(tokenize=False)`` does), or the error it raises.
+
+Templates that print today's date (``strftime_now``, gpt-oss) see a frozen date, FROZEN_NOW, passed
+as a template variable (it shadows transformers' global of the same name); the tests render with
+the same clock, so the goldens hold on any day.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ PINS = ["transformers==4.57.6", "jinja2==3.1.6"]
 SUITE = ROOT / "tests" / "templates" / "conversations.json"
 OUT = ROOT / "tests" / "templates" / "goldens.json"
 FIXTURES = ROOT / "tests" / "parsers" / "fixtures"
+# The tests freeze herdsman's template clock at the same instant (tests/templates/test_goldens.py).
+FROZEN_NOW = "2026-01-15T09:30:00"
 # name -> (template source file, tokenizer_config.json with the special tokens)
 TEMPLATES = {
     "qwen3": (FIXTURES / "qwen3/tokenizer_config.json", FIXTURES / "qwen3/tokenizer_config.json"),
@@ -86,11 +92,22 @@ def special_tokens(config_path: Path | None) -> dict:
 
 
 def generate() -> None:
+    from datetime import datetime
+
     import transformers
     from transformers.utils.chat_template_utils import render_jinja_template
 
     suite = json.loads(SUITE.read_text(encoding="utf-8"))
-    goldens: dict = {"transformers": transformers.__version__, "cases": {}}
+    frozen = datetime.fromisoformat(FROZEN_NOW)
+
+    def strftime_now(fmt: str) -> str:
+        return frozen.strftime(fmt)
+
+    goldens: dict = {
+        "transformers": transformers.__version__,
+        "frozen_now": FROZEN_NOW,
+        "cases": {},
+    }
     for name, (source_path, config_path) in TEMPLATES.items():
         source = template_source(source_path)
         specials = special_tokens(config_path)
@@ -104,6 +121,7 @@ def generate() -> None:
                     continue_final_message=spec.get("continue_final_message", False),
                     **specials,
                     **spec.get("kwargs", {}),
+                    strftime_now=strftime_now,
                 )
                 result = {"text": rendered[0]}
             except Exception as exc:  # the golden is then "transformers refuses this"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
 FIXTURES = ROOT / "tests" / "parsers" / "fixtures"
 SUITE = json.loads((HERE / "conversations.json").read_text(encoding="utf-8"))
-GOLDENS = json.loads((HERE / "goldens.json").read_text(encoding="utf-8"))["cases"]
+GOLDEN_FILE = json.loads((HERE / "goldens.json").read_text(encoding="utf-8"))
+GOLDENS = GOLDEN_FILE["cases"]
+# The instant the golden script froze transformers' strftime_now at: no golden depends on today.
+FROZEN_NOW = datetime.fromisoformat(GOLDEN_FILE["frozen_now"])
 TEMPLATES = {
     "qwen3": ("qwen3/tokenizer_config.json", "qwen3/tokenizer_config.json"),
     "qwen2_5": ("qwen2_5/tokenizer_config.json", "qwen2_5/tokenizer_config.json"),
@@ -43,7 +47,7 @@ def _template(name: str) -> ChatTemplate:
         else json.loads(path.read_text(encoding="utf-8"))["chat_template"]
     )
     config = json.loads((FIXTURES / config_file).read_text()) if config_file else {}
-    return ChatTemplate(source, special_tokens_from_config(config))
+    return ChatTemplate(source, special_tokens_from_config(config), now=lambda: FROZEN_NOW)
 
 
 COMPILED = {name: _template(name) for name in TEMPLATES}
@@ -52,6 +56,16 @@ COMPILED = {name: _template(name) for name in TEMPLATES}
 def test_every_template_and_case_has_a_golden() -> None:
     assert len(GOLDENS) == len(TEMPLATES) * len(SUITE)
     assert sum("text" in g for g in GOLDENS.values()) >= 100
+
+
+def test_dated_templates_print_the_clock_they_are_given() -> None:
+    """gpt-oss prints today's date: the template clock is what decides it, not the machine's."""
+    spec = SUITE["basic"]
+    other_day = datetime(2031, 7, 4)
+    template = _template("gpt_oss")
+    dated = ChatTemplate(template.source, {}, now=lambda: other_day)
+    assert "Current date: 2031-07-04" in dated.render(spec["messages"])
+    assert f"Current date: {FROZEN_NOW:%Y-%m-%d}" in template.render(spec["messages"])
 
 
 @pytest.mark.parametrize("key", sorted(GOLDENS))

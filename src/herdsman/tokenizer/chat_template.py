@@ -8,7 +8,7 @@ a ``tojson`` that keeps non-ASCII text as is), so a model's own template renders
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,10 +25,6 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
 def _tojson(
     value: Any,
     ensure_ascii: bool = False,
@@ -42,24 +38,34 @@ def _tojson(
     )
 
 
-def _make_environment() -> ImmutableSandboxedEnvironment:
+def _make_environment(now: Callable[[], datetime]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.globals["strftime_now"] = lambda fmt: now().strftime(fmt)
     return env
 
 
 class ChatTemplate:
-    """A chat template compiled once and rendered per request."""
+    """A chat template compiled once and rendered per request.
 
-    def __init__(self, source: str, special_tokens: Mapping[str, Any]) -> None:
+    ``now`` is the clock behind ``strftime_now`` (templates that print today's date); tests pass a
+    frozen one.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        special_tokens: Mapping[str, Any],
+        *,
+        now: Callable[[], datetime] = datetime.now,
+    ) -> None:
         self.source = source
         self._special_tokens = dict(special_tokens)
         try:
-            self._template = _make_environment().from_string(source)
+            self._template = _make_environment(now).from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
 
