@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from herdsman.config import GatewayConfig
@@ -23,9 +22,10 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         dest="processes",
         type=int,
-        default=os.cpu_count() or 1,
+        default=None,
         metavar="N",
-        help="gateway processes, each with its own event loop (default: CPU count)",
+        help="gateway processes, each with its own event loop (default: the CPUs this process "
+        "may use, cgroup quota included)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -97,12 +97,193 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--health-check-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--health-check-timeout", type=float, default=2.0, metavar="SECONDS")
-    p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
         "--no-warm-spare",
         action="store_true",
         help="do not keep a loaded spare process to take over from one that dies",
+    )
+    p.add_argument(
+        "--watchdog-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="replace a gateway process whose event loop has not answered for this long (0: off)",
+    )
+
+    http = p.add_argument_group("HTTP server (limits are per gateway process)")
+    http.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    http.add_argument("--max-header-bytes", type=int, default=64 * 1024)
+    http.add_argument("--max-url-bytes", type=int, default=16 * 1024)
+    http.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="open client connections per process; more are answered 503 and closed",
+    )
+    http.add_argument(
+        "--max-pipelined-requests",
+        type=int,
+        default=16,
+        help="requests a client may queue on one connection before reading pauses",
+    )
+    http.add_argument(
+        "--http-header-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time a client has to send a request's line and headers",
+    )
+    http.add_argument(
+        "--http-body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time a client has to send a request's body once its headers arrived",
+    )
+    http.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="idle time before a keep-alive connection is closed",
+    )
+    http.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
+    http.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    http.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request (logger herdsman.access)",
+    )
+
+    engine = p.add_argument_group("engine connections")
+    engine.add_argument(
+        "--request-timeout",
+        "--request-timeout-secs",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="deadline of one generation at the engine; past it the client gets 504 (or an SSE "
+        "error) and the engine an Abort",
+    )
+    engine.add_argument("--engine-connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    engine.add_argument(
+        "--engine-keepalive-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="PING an engine connection that has calls in flight and has been silent this long",
+    )
+    engine.add_argument(
+        "--engine-keepalive-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="an unanswered PING fails the connection's calls (UNAVAILABLE) after this long",
+    )
+    engine.add_argument(
+        "--engine-max-message-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="largest gRPC message accepted from an engine",
+    )
+    engine.add_argument("--engine-ca", metavar="FILE", help="CA bundle for grpcs:// workers")
+    engine.add_argument("--engine-cert", metavar="FILE", help="client certificate (mTLS)")
+    engine.add_argument("--engine-key", metavar="FILE", help="client certificate's key (mTLS)")
+
+    faults = p.add_argument_group("retries and circuit breakers (per gateway process)")
+    faults.add_argument(
+        "--max-retries",
+        "--retry-max-retries",
+        type=int,
+        default=3,
+        help="attempts after the first, before any token reached the client",
+    )
+    faults.add_argument("--disable-retries", action="store_true")
+    faults.add_argument("--retry-initial-backoff", type=float, default=0.05, metavar="SECONDS")
+    faults.add_argument("--retry-max-backoff", type=float, default=2.0, metavar="SECONDS")
+    faults.add_argument("--retry-backoff-multiplier", type=float, default=1.5)
+    faults.add_argument(
+        "--retry-jitter", "--retry-jitter-factor", type=float, default=0.2, metavar="FRACTION"
+    )
+    faults.add_argument("--disable-circuit-breaker", action="store_true")
+    faults.add_argument(
+        "--cb-failure-threshold",
+        type=int,
+        default=10,
+        help="consecutive failures that open a worker's circuit",
+    )
+    faults.add_argument(
+        "--cb-success-threshold",
+        type=int,
+        default=3,
+        help="successful trial requests that close a half-open circuit",
+    )
+    faults.add_argument(
+        "--cb-timeout",
+        "--cb-timeout-duration-secs",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time an open circuit waits before letting trial requests through",
+    )
+    faults.add_argument(
+        "--cb-window",
+        "--cb-window-duration-secs",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="window over which the failure rate is measured",
+    )
+    faults.add_argument(
+        "--cb-failure-rate",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="failure rate over the window that opens the circuit (with --cb-min-requests)",
+    )
+    faults.add_argument("--cb-min-requests", type=int, default=20)
+
+    limits = p.add_argument_group("admission and request limits")
+    limits.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=0,
+        help="generation requests in flight, gateway-wide (0: no limit); more wait in a queue",
+    )
+    limits.add_argument(
+        "--queue-size",
+        type=int,
+        default=100,
+        help="requests waiting for a slot per process; beyond it: 429",
+    )
+    limits.add_argument(
+        "--queue-timeout",
+        "--queue-timeout-secs",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait in the queue before a 429",
+    )
+    limits.add_argument(
+        "--max-prompt-tokens-in-flight",
+        type=int,
+        default=4_000_000,
+        help="prompt tokens of the requests in flight per process; beyond it: 429 (0: no limit)",
+    )
+    limits.add_argument(
+        "--max-choices-per-request",
+        type=int,
+        default=256,
+        help="prompts x n of one request",
+    )
+    limits.add_argument("--max-images-per-request", type=int, default=8)
+    limits.add_argument(
+        "--image-fetch-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time to fetch all of one request's images (fetched concurrently)",
     )
     p.add_argument(
         "--engine-sim",
@@ -142,14 +323,53 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tool_call_parser=args.tool_call_parser,
         health_check_interval=args.health_check_interval,
         health_check_timeout=args.health_check_timeout,
-        max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
         warm_spare=not args.no_warm_spare,
+        watchdog_timeout=args.watchdog_timeout,
         log_level=args.log_level,
+        max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_url_bytes=args.max_url_bytes,
+        max_connections=args.max_connections,
+        max_pipelined_requests=args.max_pipelined_requests,
+        http_header_timeout=args.http_header_timeout,
+        http_body_timeout=args.http_body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        access_log=args.access_log,
+        request_timeout=args.request_timeout,
+        engine_connect_timeout=args.engine_connect_timeout,
+        engine_keepalive_interval=args.engine_keepalive_interval,
+        engine_keepalive_timeout=args.engine_keepalive_timeout,
+        engine_max_message_bytes=args.engine_max_message_bytes,
+        engine_ca=args.engine_ca,
+        engine_cert=args.engine_cert,
+        engine_key=args.engine_key,
+        max_retries=0 if args.disable_retries else args.max_retries,
+        retry_initial_backoff=args.retry_initial_backoff,
+        retry_max_backoff=args.retry_max_backoff,
+        retry_backoff_multiplier=args.retry_backoff_multiplier,
+        retry_jitter=args.retry_jitter,
+        cb_enabled=not args.disable_circuit_breaker,
+        cb_failure_threshold=args.cb_failure_threshold,
+        cb_success_threshold=args.cb_success_threshold,
+        cb_timeout=args.cb_timeout,
+        cb_window=args.cb_window,
+        cb_failure_rate=args.cb_failure_rate,
+        cb_min_requests=args.cb_min_requests,
+        max_concurrent_requests=args.max_concurrent_requests,
+        queue_size=args.queue_size,
+        queue_timeout=args.queue_timeout,
+        max_prompt_tokens_in_flight=args.max_prompt_tokens_in_flight,
+        max_choices_per_request=args.max_choices_per_request,
+        max_images_per_request=args.max_images_per_request,
+        image_fetch_timeout=args.image_fetch_timeout,
     )
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    from herdsman.serve.cpus import available_cpus
     from herdsman.serve.embedded import EmbeddedEngineSim
     from herdsman.serve.supervisor import run_supervisor
 
@@ -161,8 +381,10 @@ async def _serve(args: argparse.Namespace) -> None:
         backend = "vllm" if args.backend == "auto" else args.backend
         sim = EmbeddedEngineSim(args.model_path, backend, args.engine_sim_arg)
         config.workers.append(await sim.start())
+    processes = args.processes if args.processes is not None else available_cpus()
+    config.processes = max(1, processes)
     try:
-        await run_supervisor(config, max(1, args.processes))
+        await run_supervisor(config, config.processes)
     finally:
         if sim is not None:
             await sim.stop()

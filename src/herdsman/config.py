@@ -29,11 +29,63 @@ class GatewayConfig:
     tool_call_parser: str = "auto"
     health_check_interval: float = 5.0
     health_check_timeout: float = 2.0
-    max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 30.0
     warm_spare: bool = True
     log_level: str = "info"
+
+    # HTTP server (per gateway process).
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = 16 * 1024
+    max_connections: int = 4096
+    max_pipelined_requests: int = 16
+    http_header_timeout: float = 30.0
+    http_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    access_log: bool = False
+
+    # Engine connections.
+    request_timeout: float = 1800.0
+    engine_connect_timeout: float = 10.0
+    engine_keepalive_interval: float = 20.0
+    engine_keepalive_timeout: float = 10.0
+    engine_max_message_bytes: int = 256 * 1024 * 1024
+    engine_ca: str | None = None
+    engine_cert: str | None = None
+    engine_key: str | None = None
+
+    # Failures: retries before the first token reaches the client, per-worker circuit breakers.
+    max_retries: int = 3
+    retry_initial_backoff: float = 0.05
+    retry_max_backoff: float = 2.0
+    retry_backoff_multiplier: float = 1.5
+    retry_jitter: float = 0.2
+    cb_enabled: bool = True
+    cb_failure_threshold: int = 10
+    cb_success_threshold: int = 3
+    cb_timeout: float = 60.0
+    cb_window: float = 120.0
+    cb_failure_rate: float = 0.5
+    cb_min_requests: int = 20
+
+    # Admission: concurrency (0: no limit, gateway-wide), its queue, and per-request limits.
+    max_concurrent_requests: int = 0
+    queue_size: int = 100
+    queue_timeout: float = 60.0
+    max_prompt_tokens_in_flight: int = 4_000_000
+    max_choices_per_request: int = 256
+    max_images_per_request: int = 8
+    image_fetch_timeout: float = 30.0
+
+    # Supervisor: a process whose event loop does not answer for this long is replaced (0: off).
+    watchdog_timeout: float = 30.0
+    # Number of gateway processes (set by the CLI; the admission board has one slot each).
+    processes: int = 1
     # Where the gateway processes leave their metric snapshots (made by the supervisor).
     metrics_dir: str | None = None
+    # The file where every process publishes its requests in flight (made by the supervisor).
+    admission_board: str | None = None
     # Where the processes' shared tokenizer segment store lives (made by the supervisor).
     tokenizer_cache_dir: str | None = None

@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 
 from herdsman.api.chat import chat_completions
 from herdsman.api.completions import completions
-from herdsman.api.errors import APIError
+from herdsman.api.errors import APIError, api_error
 from herdsman.api.parse import parse_function_call, parse_reasoning
 from herdsman.api.responses import json_response
 from herdsman.api.tokenize import detokenize, tokenize
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ async def health(ctx: ServingContext, request: Request) -> Response:
     )
 
 
+# Endpoints that run generations: admitted by the concurrency limit and its queue.
+GENERATION_ENDPOINTS = frozenset({chat_completions, completions})
+
 ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/chat/completions": {"POST": chat_completions},
     "/v1/completions": {"POST": completions},
@@ -79,7 +83,8 @@ class GatewayApp:
         self.ctx = ctx
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
-        methods = ROUTES.get(request.path.rstrip("/") or "/")
+        route_key = request.path.rstrip("/") or "/"
+        methods = ROUTES.get(route_key)
         try:
             if methods is None:
                 raise APIError(404, f"no route for {request.path}", code="not_found")
@@ -87,11 +92,35 @@ class GatewayApp:
             if endpoint is None:
                 allowed = ", ".join(sorted(methods))
                 raise APIError(405, f"{request.method} is not allowed here; use {allowed}")
-            response = await endpoint(self.ctx, request)
+            if endpoint in GENERATION_ENDPOINTS:
+                response = await self._admitted(endpoint, request)
+            else:
+                response = await endpoint(self.ctx, request)
+        except RequestError as exc:
+            error = api_error(exc)
+            if error.status >= 500:
+                log.warning("%s %s -> %d: %s", request.method, request.path, error.status, exc)
+            response = error.response()
         except APIError as exc:
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
             response = exc.response()
-        route = request.path if methods is not None else "other"
+        # The route's own name, never the raw path: label values stay a fixed, small set.
+        route = route_key if methods is not None else "other"
         METRICS.requests.inc(labels=(route, _STATUS_TEXT[response.status]))
+        return response
+
+    async def _admitted(self, endpoint: Endpoint, request: Request) -> Response | StreamingResponse:
+        """Run a generation endpoint within a concurrency slot, held until its body is written."""
+        admission = self.ctx.admission
+        await admission.acquire()
+        try:
+            response = await endpoint(self.ctx, request)
+        except BaseException:
+            admission.release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.on_close = admission.release
+        else:
+            admission.release()
         return response

@@ -7,12 +7,13 @@ from typing import TypeVar
 
 import msgspec
 
-from herdsman.api.errors import APIError, bad_request
+from herdsman.api.errors import APIError, api_error, bad_request
 from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
 from herdsman.http import Response
 from herdsman.observability import METRICS
 from herdsman.pipeline.batch import GenerationGroup
+from herdsman.pipeline.errors import RequestError
 from herdsman.pipeline.generate import Generation
 from herdsman.pipeline.postprocess import ChoiceOutput
 
@@ -66,9 +67,10 @@ async def sse_body(
     try:
         async for frame in events:
             yield frame
-    except APIError as exc:
+    except (APIError, RequestError) as exc:
         METRICS.stream_errors.inc(labels=(frames.endpoint,))
-        yield exc.sse_event()
+        error = exc if isinstance(exc, APIError) else api_error(exc)
+        yield error.sse_event()
         yield DONE
         return
     if include_usage:

@@ -1,7 +1,9 @@
 """Engine clients: one interface, one adapter per gRPC protocol of smg-grpc-proto."""
 
 from herdsman.engines.base import (
+    EngineBusy,
     EngineClient,
+    EngineDeadlineExceeded,
     EngineError,
     EngineOutput,
     EngineRequest,
@@ -15,7 +17,9 @@ from herdsman.engines.connect import BACKENDS, connect_engine
 
 __all__ = [
     "BACKENDS",
+    "EngineBusy",
     "EngineClient",
+    "EngineDeadlineExceeded",
     "EngineError",
     "EngineOutput",
     "EngineRequest",

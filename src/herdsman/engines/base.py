@@ -40,6 +40,8 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     input_ids: list[int]
     sampling: SamplingParams
     stream: bool = True
+    # Seconds the engine has for this request (its gRPC deadline); None: no deadline.
+    timeout: float | None = None
     # Processed images (herdsman.pipeline.images.ImageInputs); typed loosely to keep this
     # module free of numpy.
     images: Any = None
@@ -91,19 +93,33 @@ class ModelInfo(msgspec.Struct, kw_only=True):
 
 
 class EngineError(RuntimeError):
-    """The engine failed a call; ``retryable`` when nothing was produced yet."""
+    """The engine failed a call. ``code`` is the gRPC status name, lower case."""
 
-    def __init__(self, message: str, *, code: str = "internal", retryable: bool = False) -> None:
+    def __init__(self, message: str, *, code: str = "internal") -> None:
         super().__init__(message)
         self.code = code
-        self.retryable = retryable
 
 
 class EngineUnavailable(EngineError):
-    """The engine cannot be reached or refuses new work."""
+    """The engine cannot be reached (connection refused, lost, or keepalive unanswered)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="unavailable", retryable=True)
+        super().__init__(message, code="unavailable")
+
+
+class EngineBusy(EngineError):
+    """The engine refused the call for lack of capacity (RESOURCE_EXHAUSTED, a refused stream):
+    back-pressure, not a failure; the same call may succeed later or elsewhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="resource_exhausted")
+
+
+class EngineDeadlineExceeded(EngineError):
+    """The call's deadline passed before the engine finished it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="deadline_exceeded")
 
 
 class EngineClient(Protocol):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 
 from herdsman.engines.base import EngineClient, EngineUnavailable
 from herdsman.engines.grpc_engine import GrpcEngine
 from herdsman.engines.sglang import SglangScheduler
-from herdsman.engines.transport import TRANSPORTS, RpcError, Transport
+from herdsman.engines.transport import TRANSPORTS, RpcError, Transport, TransportOptions
 from herdsman.engines.vllm import VllmEngine
 
 BACKENDS: dict[str, type[GrpcEngine]] = {
@@ -16,12 +18,14 @@ BACKENDS: dict[str, type[GrpcEngine]] = {
 }
 
 
-def parse_worker_url(url: str) -> str:
-    """``grpc://host:port`` (or bare ``host:port``) to the gRPC target ``host:port``."""
-    target = url.removeprefix("grpc://")
+def parse_worker_url(url: str) -> tuple[str, bool]:
+    """``grpc://host:port`` (or bare ``host:port``) or ``grpcs://host:port`` (TLS) to the gRPC
+    target ``host:port`` and whether it takes TLS."""
+    tls = url.startswith("grpcs://")
+    target = url.removeprefix("grpcs://" if tls else "grpc://")
     if "://" in target or ":" not in target:
-        raise ValueError(f"worker URL must look like grpc://HOST:PORT, got {url!r}")
-    return target
+        raise ValueError(f"worker URL must look like grpc://HOST:PORT or grpcs://..., got {url!r}")
+    return target, tls
 
 
 async def _speaks(adapter: type[GrpcEngine], transport: Transport, timeout: float) -> bool:
@@ -39,13 +43,18 @@ async def _speaks(adapter: type[GrpcEngine], transport: Transport, timeout: floa
 
 
 async def connect_engine(
-    url: str, backend: str = "auto", transport: str = "native", timeout: float = 10.0
+    url: str,
+    backend: str = "auto",
+    transport: str = "native",
+    timeout: float = 10.0,
+    options: TransportOptions | None = None,
 ) -> EngineClient:
     """Connect to a worker; with ``backend="auto"`` ask each service until one answers."""
-    target = parse_worker_url(url)
+    target, tls = parse_worker_url(url)
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}; choose from {sorted(TRANSPORTS)}")
-    channel = TRANSPORTS[transport](target)
+    options = dataclasses.replace(options or TransportOptions(), tls=tls)
+    channel = TRANSPORTS[transport](target, options)
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")

@@ -11,6 +11,8 @@ from google.protobuf.json_format import MessageToDict
 from smg_grpc_proto.generated import common_pb2
 
 from herdsman.engines.base import (
+    EngineBusy,
+    EngineDeadlineExceeded,
     EngineError,
     EngineOutput,
     EngineRequest,
@@ -21,13 +23,15 @@ from herdsman.engines.base import (
 )
 from herdsman.engines.transport import RpcError, Transport
 
-_UNAVAILABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
-
-def engine_error(exc: RpcError, *, produced: bool = False) -> EngineError:
+def engine_error(exc: RpcError) -> EngineError:
     message = f"engine {exc.code.name}: {exc.details or 'no details'}"
-    if exc.code in _UNAVAILABLE_CODES and not produced:
+    if exc.refused or exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return EngineBusy(message)
+    if exc.code == grpc.StatusCode.UNAVAILABLE:
         return EngineUnavailable(message)
+    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return EngineDeadlineExceeded(message)
     return EngineError(message, code=exc.code.name.lower())
 
 
@@ -109,9 +113,11 @@ class GrpcEngine:
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         responses = self._transport.stream(
-            self._methods["Generate"], self._generate_request(request), self.pb2.GenerateResponse
+            self._methods["Generate"],
+            self._generate_request(request),
+            self.pb2.GenerateResponse,
+            timeout=request.timeout,
         )
-        produced = False
         # In a streamed generation every token arrives in a chunk; the complete message repeats
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
@@ -119,7 +125,6 @@ class GrpcEngine:
         want_prompt_logprobs = request.sampling.prompt_logprobs is not None
         try:
             async for response in responses:
-                produced = True
                 if response.HasField("chunk"):
                     chunk = response.chunk
                     yield EngineOutput(
@@ -134,7 +139,7 @@ class GrpcEngine:
                 elif response.HasField("complete"):
                     yield _final_output(response.complete, take_final_ids, want_prompt_logprobs)
         except RpcError as exc:
-            raise engine_error(exc, produced=produced) from exc
+            raise engine_error(exc) from exc
         finally:
             await responses.aclose()
 

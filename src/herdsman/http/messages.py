@@ -32,6 +32,9 @@ class StreamingResponse:
     status: int = 200
     content_type: str = "text/event-stream"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # Called once when the server is done with the body, however it ended (written, client gone,
+    # failed), even if it never started: what the handler holds for the stream is released here.
+    on_close: Callable[[], None] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as ssl_module
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +27,15 @@ _ERROR_BODY = b'{"error":{"message":"%s","type":"%s","param":null,"code":%d}}'
 class ServerLimits:
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = 16 * 1024
+    # Open connections per server; more are answered 503 and closed.
+    max_connections: int = 4096
+    # Requests parsed ahead of the one being answered, per connection; beyond: reading pauses.
+    max_pipelined: int = 16
+    # A request's line and headers must arrive within header_timeout of its first byte (or of
+    # the connection's start), its body within body_timeout of the headers.
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
 
 
@@ -188,10 +198,10 @@ class _Connection(asyncio.Protocol):
         return await self._stream(response, close=close)
 
     async def _stream(self, response: StreamingResponse, *, close: bool) -> bool:
-        head = _head(response.status, response.content_type, response.headers, close=close)
-        self._write(head + b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
         chunks = response.chunks
         try:
+            head = _head(response.status, response.content_type, response.headers, close=close)
+            self._write(head + b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
             async for chunk in chunks:
                 if self._closed:
                     return False
@@ -207,9 +217,13 @@ class _Connection(asyncio.Protocol):
             self._close()
             return False
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if response.on_close is not None:
+                    response.on_close()
         self._write(b"0\r\n\r\n")
         return True
 
@@ -250,9 +264,18 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits | None = None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        access_log: bool = False,
+    ) -> None:
         self.handler = handler
         self.limits = limits or ServerLimits()
+        self.ssl = ssl
+        self.access_log = access_log
         self.connections: set[_Connection] = set()
         self.in_flight = 0
         self.draining = False
@@ -260,7 +283,9 @@ class HttpServer:
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=4096)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), sock=sock, backlog=4096, ssl=self.ssl
+        )
 
     async def drain(self, deadline: float) -> None:
         """Stop accepting, let in-flight responses finish until ``deadline`` seconds, then close."""

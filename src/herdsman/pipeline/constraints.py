@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from herdsman.api.errors import bad_request
 from herdsman.parsers.tool_calls import (
     ContentDelta,
     ToolCallArguments,
@@ -18,6 +17,7 @@ from herdsman.parsers.tool_calls import (
     ToolCallStart,
     ToolEvent,
 )
+from herdsman.pipeline.errors import InvalidRequest
 
 Constraint = tuple[
     str, str
@@ -29,7 +29,7 @@ def _functions(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
     for tool in tools or []:
         spec = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise bad_request("each tool needs a function with a name", "tools")
+            raise InvalidRequest("each tool needs a function with a name", "tools")
         found[spec["name"]] = spec.get("parameters") or {"type": "object", "properties": {}}
     return found
 
@@ -42,7 +42,7 @@ def tool_choice_constraint(
         return None, None
     functions = _functions(tools)
     if not functions:
-        raise bad_request("tool_choice needs tools", "tool_choice")
+        raise InvalidRequest("tool_choice needs tools", "tool_choice")
     if tool_choice == "required":
         schema = {
             "type": "array",
@@ -62,9 +62,13 @@ def tool_choice_constraint(
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or {}).get("name")
         if name not in functions:
-            raise bad_request(f"tool_choice names {name!r}, which is not in tools", "tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names {name!r}, which is not in tools", "tool_choice"
+            )
         return ("json_schema", json.dumps(functions[name])), name
-    raise bad_request("tool_choice must be none, auto, required or a named function", "tool_choice")
+    raise InvalidRequest(
+        "tool_choice must be none, auto, required or a named function", "tool_choice"
+    )
 
 
 def response_format_constraint(
@@ -78,12 +82,12 @@ def response_format_constraint(
         spec = (response_format or {}).get("json_schema") or {}
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise bad_request("response_format.json_schema needs a 'schema'", "response_format")
+            raise InvalidRequest("response_format.json_schema needs a 'schema'", "response_format")
         return ("json_schema", json.dumps(schema))
     if kind == "structural_tag":
         return ("structural_tag", json.dumps(response_format))
     if kind != "text":
-        raise bad_request(f"unknown response_format type {kind!r}", "response_format")
+        raise InvalidRequest(f"unknown response_format type {kind!r}", "response_format")
     for field, constraint in (
         ("guided_regex", "regex"), ("regex", "regex"),
         ("guided_grammar", "grammar"), ("ebnf", "grammar"),

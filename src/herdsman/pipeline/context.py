@@ -8,7 +8,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from herdsman.pipeline.admission import Admission
 from herdsman.pipeline.images import ImageSupport
+from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import RoutingPolicy, WorkerRegistry
 from herdsman.tokenizer import ModelTokenizer
 
@@ -29,11 +31,25 @@ class ServedModel:
     images: ImageSupport | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    # Seconds a generation may take at the engine, from the moment its request arrived.
+    request_timeout: float = 1800.0
+    # Prompts x n of one request.
+    max_choices: int = 256
+    max_images: int = 8
+    # Seconds to fetch all of a request's images.
+    image_fetch_timeout: float = 30.0
+
+
 @dataclass(slots=True)
 class ServingContext:
     model: ServedModel
     registry: WorkerRegistry
     policy: RoutingPolicy
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    admission: Admission = field(default_factory=Admission)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

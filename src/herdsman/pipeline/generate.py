@@ -2,6 +2,12 @@
 
 This is the stage that owns the engine request: whatever way it ends (done, stop string, client
 gone, error), the engine is told to stop work nobody will read.
+
+It also owns what happens when a worker fails the request. Until the first token has reached the
+client (for a non-streamed response: until the response is written), a failed attempt is retried
+with backoff, on another worker when there is one; after it, the client learns of the failure.
+Each attempt's outcome feeds the worker's circuit breaker: the worker's own failures count,
+back-pressure (RESOURCE_EXHAUSTED, refused streams) and the client's mistakes do not.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
-from herdsman.api.errors import APIError
 from herdsman.engines import (
+    EngineBusy,
+    EngineDeadlineExceeded,
     EngineError,
     EngineOutput,
     EngineRequest,
@@ -24,6 +31,14 @@ from herdsman.engines import (
 from herdsman.engines import SamplingParams as EngineSampling
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.errors import (
+    EngineFailed,
+    EngineTimeout,
+    InvalidRequest,
+    NoWorkerAvailable,
+    Overloaded,
+    RequestError,
+)
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
@@ -55,12 +70,32 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
 
+# Engine statuses that say the request itself is wrong (or cannot be served anywhere): answered
+# to the client, never retried, not held against the worker.
+_CLIENT_CODES = frozenset(
+    {"invalid_argument", "failed_precondition", "out_of_range", "unimplemented", "cancelled"}
+)
+
+
+class _Attempt(msgspec.Struct):
+    """One engine request of a generation: its stream, first output and worker."""
+
+    outputs: AsyncGenerator[EngineOutput, None]
+    first: EngineOutput | None
+    worker: Worker
+    request_id: str
+
+
+class _Retry(Exception):
+    """An attempt failed in a way another attempt may not (raised inside ``run`` only)."""
+
 
 class Generation:
     def __init__(self, ctx: ServingContext, plan: GenerationPlan, received_at: float) -> None:
         self._ctx = ctx
         self._plan = plan
         self._received_at = received_at
+        self._deadline = received_at + ctx.limits.request_timeout
         tokenizer = ctx.model.tokenizer
         self.choices = [
             ChoiceOutput(
@@ -76,8 +111,13 @@ class Generation:
         ]
         self.prompt_tokens = len(plan.input_ids)
         self.cached_tokens = 0
-        self._started: tuple[AsyncGenerator[EngineOutput, None], EngineOutput | None, Worker] | None
-        self._started = None
+        self.attempts = 0
+        self._tried: set[int] = set()
+        # A step went to a consumer that sends it on as it comes (a stream): no more retries.
+        self._shown = False
+        self._ttft_seen = False
+        self._started: _Attempt | None = None
+        self._tokens_held = 0
 
     @property
     def plan(self) -> GenerationPlan:
@@ -91,17 +131,16 @@ class Generation:
         """Pick a worker and wait for the engine's first output.
 
         Separate from ``run`` so that a request nobody can serve still gets a plain HTTP error
-        (503, 502) rather than a stream that opens and fails.
+        (503, 502, 429) rather than a stream that opens and fails.
         """
-        plan = self._plan
-        request = EngineRequest(
-            request_id=plan.request_id,
-            input_ids=plan.input_ids,
-            sampling=plan.sampling,
-            stream=plan.stream,
-            images=plan.images,
-        )
-        self._started = await self._open(request)
+        if not self._tokens_held:
+            self._ctx.admission.take_prompt_tokens(self.prompt_tokens)
+            self._tokens_held = self.prompt_tokens
+        try:
+            self._started = await self._open(None)
+        except BaseException:
+            self._release_tokens()
+            raise
 
     async def run(self) -> AsyncIterator[Step]:
         """Yield ``(choice, text_delta, logprobs, finish_reason)`` per step of a choice.
@@ -110,16 +149,47 @@ class Generation:
         ``finish_reason`` is set on the choice's last step. It is part of the step, not read off
         the choice later, because a consumer may see a step after the choice has moved on.
         """
-        if self._started is None:
-            await self.start()
-        assert self._started is not None
-        outputs, out, worker = self._started
+        try:
+            if self._started is None:
+                await self.start()
+            metrics = METRICS
+            metrics.in_flight.inc()
+            try:
+                while True:
+                    attempt = self._started
+                    assert attempt is not None
+                    steps = self._steps(attempt)
+                    try:
+                        async for step in steps:
+                            self._shown = self._plan.stream
+                            yield step
+                        return
+                    except _Retry as retry:
+                        self._started = None
+                        for choice in self.choices:
+                            choice.restart()
+                        self.cached_tokens = 0
+                        self._started = await self._open(retry.__cause__)
+                    finally:
+                        # At once, not when the generator is collected: its cleanup aborts.
+                        await steps.aclose()
+            finally:
+                metrics.in_flight.dec()
+                metrics.e2e.observe(time.perf_counter() - self._received_at)
+                metrics.prompt_tokens.inc(self.prompt_tokens)
+                metrics.generation_tokens.inc(self.completion_tokens)
+        finally:
+            self._release_tokens()
+
+    async def _steps(self, attempt: _Attempt) -> AsyncIterator[Step]:
+        """The steps of one attempt; raises ``_Retry`` when another attempt should follow."""
+        outputs, out, worker = attempt.outputs, attempt.first, attempt.worker
         remaining = len(self.choices)
         worker.in_flight += 1
         metrics = METRICS
-        metrics.in_flight.inc()
         engine_started = last = now = time.perf_counter()
         first_token_at = 0.0
+        failure: EngineError | None = None
         try:
             while out is not None:
                 if out.token_ids:
@@ -128,7 +198,9 @@ class Generation:
                         metrics.itl.observe(now - last)
                     else:
                         first_token_at = now
-                        metrics.ttft.observe(now - self._received_at)
+                        if not self._ttft_seen:
+                            self._ttft_seen = True
+                            metrics.ttft.observe(now - self._received_at)
                     last = now
                 choice = self.choices[out.index]
                 if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
@@ -152,65 +224,145 @@ class Generation:
             if remaining:
                 raise EngineError("engine ended the stream before every choice finished")
         except EngineError as exc:
-            if isinstance(exc, EngineUnavailable):
-                worker.mark_failed(str(exc))
-            raise APIError(502, f"engine failed: {exc}", code="engine_error") from exc
+            failure = exc
+            produced = first_token_at > 0.0 or self.completion_tokens > 0
+            self._judge(worker, exc, produced=produced)
+            if self._may_retry(exc):
+                log.warning(
+                    "request %s failed on %s (%s); retrying", attempt.request_id, worker.url, exc
+                )
+                raise _Retry() from exc
+            raise self._failure(exc) from exc
         finally:
             worker.in_flight -= 1
-            metrics.in_flight.dec()
             metrics.stage.observe(now - engine_started, ("engine",))
-            metrics.e2e.observe(time.perf_counter() - self._received_at)
-            metrics.prompt_tokens.inc(self.prompt_tokens)
-            metrics.generation_tokens.inc(self.completion_tokens)
+            if failure is None:
+                worker.circuit.record_success()
             await outputs.aclose()
             # Stopped early (stop string, client gone, error): the engine must stop too.
-            if remaining or any(isinstance(c.matched_stop, str) for c in self.choices):
-                self._abort(worker)
+            stopped = remaining or any(isinstance(c.matched_stop, str) for c in self.choices)
+            if stopped and not isinstance(failure, EngineUnavailable):
+                self._abort(worker, attempt.request_id)
 
-    async def _open(
-        self, request: EngineRequest
-    ) -> tuple[AsyncGenerator[EngineOutput, None], EngineOutput | None, Worker]:
-        """Open the engine stream, moving on to another worker while one refuses the request."""
-        tried: set[int] = set()
+    async def _open(self, previous: BaseException | None) -> _Attempt:
+        """Open an engine stream and wait for its first output, retrying while that is allowed.
+
+        ``previous`` is the engine failure that ended the last attempt, if any (a retry).
+        """
+        plan = self._plan
+        last = previous if isinstance(previous, EngineError) else None
+        if last is not None:
+            await self._backoff()
         while True:
-            healthy = [w for w in self._ctx.registry.healthy() if id(w) not in tried]
-            worker = self._ctx.policy.select(healthy, request.input_ids)
+            time_left = self._deadline - time.perf_counter()
+            if time_left <= 0:
+                raise EngineTimeout(
+                    f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
+                    code="timeout",
+                )
+            worker = self._pick()
             if worker is None:
-                raise APIError(503, "no healthy engine worker is available", code="no_worker")
-            tried.add(id(worker))
+                if last is not None:
+                    raise self._failure(last) from last
+                raise NoWorkerAvailable("no healthy engine worker is available", code="no_worker")
+            self.attempts += 1
+            self._tried.add(id(worker))
+            request_id = (
+                plan.request_id if self.attempts == 1 else f"{plan.request_id}-{self.attempts}"
+            )
+            request = EngineRequest(
+                request_id=request_id,
+                input_ids=plan.input_ids,
+                sampling=plan.sampling,
+                stream=plan.stream,
+                images=plan.images,
+                timeout=time_left,
+            )
+            worker.circuit.on_attempt()
             outputs = worker.engine.generate(request)
             try:
                 first = await anext(outputs, None)
-            except EngineUnavailable as exc:
-                worker.mark_failed(str(exc))
-                continue
-            except EngineError as exc:
-                raise _rejected(exc) from exc
             except asyncio.CancelledError:
+                worker.circuit.record_neutral()
                 await outputs.aclose()
-                self._abort(worker)
+                self._abort(worker, request_id)
                 raise
-            return outputs, first, worker
+            except EngineError as exc:
+                await outputs.aclose()
+                self._judge(worker, exc, produced=False)
+                if isinstance(exc, EngineDeadlineExceeded):
+                    self._abort(worker, request_id)
+                if not self._may_retry(exc):
+                    raise self._failure(exc) from exc
+                log.info("request %s: %s on %s; retrying", request_id, exc, worker.url)
+                last = exc
+                await self._backoff()
+                continue
+            return _Attempt(outputs, first, worker, request_id)
+
+    def _pick(self) -> Worker | None:
+        """A worker not tried yet when there is one, else any that is available again."""
+        available = self._ctx.registry.available()
+        fresh = [w for w in available if id(w) not in self._tried]
+        return self._ctx.policy.select(fresh or available, self._plan.input_ids)
+
+    def _may_retry(self, exc: EngineError) -> bool:
+        if self._shown or exc.code in _CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):
+            return False
+        if self.attempts > self._ctx.retry.max_retries:
+            return False
+        return self._deadline - time.perf_counter() > 0
+
+    async def _backoff(self) -> None:
+        delay = self._ctx.retry.backoff(self.attempts - 1)
+        await asyncio.sleep(min(delay, max(0.0, self._deadline - time.perf_counter())))
+
+    @staticmethod
+    def _judge(worker: Worker, exc: EngineError, *, produced: bool) -> None:
+        """What this failure says about the worker, for its circuit breaker."""
+        circuit = worker.circuit
+        if isinstance(exc, EngineBusy) or exc.code in _CLIENT_CODES:
+            circuit.record_neutral()
+        elif isinstance(exc, EngineDeadlineExceeded) and produced:
+            circuit.record_neutral()  # a long generation, not a stuck worker
+        else:
+            circuit.record_failure()
+            if isinstance(exc, EngineUnavailable):
+                worker.suspect(str(exc))
+
+    def _failure(self, exc: EngineError) -> RequestError:
+        if isinstance(exc, EngineBusy):
+            return Overloaded(
+                f"the engine is at capacity: {exc}", retry_after=1.0, code="engine_overloaded"
+            )
+        if isinstance(exc, EngineDeadlineExceeded):
+            return EngineTimeout(
+                f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
+                code="timeout",
+            )
+        if isinstance(exc, EngineUnavailable):
+            return NoWorkerAvailable(f"engine unavailable: {exc}", code="engine_unavailable")
+        if exc.code == "invalid_argument":
+            return InvalidRequest(f"the engine rejected the request: {exc}", code="invalid_request")
+        return EngineFailed(f"engine failed: {exc}", code="engine_error")
 
     async def discard(self) -> None:
         """Give up on a started generation that will never be run (a sibling failed)."""
         if self._started is not None:
-            outputs, _, worker = self._started
+            attempt = self._started
             self._started = None
-            await outputs.aclose()
-            self._abort(worker)
+            await attempt.outputs.aclose()
+            attempt.worker.circuit.record_neutral()
+            self._abort(attempt.worker, attempt.request_id)
+        self._release_tokens()
 
-    def _abort(self, worker: Worker) -> None:
-        rid = self._plan.request_id
-        self._ctx.spawn(worker.engine.abort([rid]), name=f"abort {rid}")
+    def _release_tokens(self) -> None:
+        if self._tokens_held:
+            self._ctx.admission.release_prompt_tokens(self._tokens_held)
+            self._tokens_held = 0
 
-
-def _rejected(exc: EngineError) -> APIError:
-    """An engine that refuses a request's parameters (INVALID_ARGUMENT) before producing
-    anything is the client's error (400, as the engine's own HTTP server says); the rest is ours."""
-    if exc.code == "invalid_argument":
-        return APIError(400, f"the engine rejected the request: {exc}", code="invalid_request")
-    return APIError(502, f"engine failed: {exc}", code="engine_error")
+    def _abort(self, worker: Worker, request_id: str) -> None:
+        self._ctx.spawn(worker.engine.abort([request_id]), name=f"abort {request_id}")
 
 
 def _finish_reason(out: EngineOutput) -> str:

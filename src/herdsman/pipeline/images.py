@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from herdsman.api.errors import bad_request
 from herdsman.multimodal.errors import MediaError
 from herdsman.multimodal.fetch import ImageFetcher
 from herdsman.multimodal.service import ImagePreprocessor
+from herdsman.pipeline.errors import InvalidRequest
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ def image_urls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
                 spec = part.get("image_url")
                 url = spec.get("url") if isinstance(spec, dict) else spec
                 if not isinstance(url, str) or not url:
-                    raise bad_request("an image_url part needs a url", param)
+                    raise InvalidRequest("an image_url part needs a url", param)
                 found.append((url, param))
     return found
 
@@ -63,12 +63,12 @@ async def load_images(
     if not urls:
         return None
     if support is None:
-        raise bad_request("this model does not take image inputs", urls[0][1])
+        raise InvalidRequest("this model does not take image inputs", urls[0][1])
     try:
         data = [await support.fetcher.fetch(url, param=param) for url, param in urls]
         processed = await support.preprocessor.process(data, [p for _, p in urls])
     except MediaError as exc:
-        raise bad_request(str(exc), exc.param) from exc
+        raise InvalidRequest(str(exc), exc.param) from exc
     counts: list[Any] = (
         list(processed.placeholder_tokens)
         if processed.placeholder_tokens is not None

@@ -14,7 +14,12 @@ class ChoiceOutput:
     __slots__ = (
         "_detok",
         "_hidden",
+        "_keep_stop",
+        "_keep_text",
+        "_skip_special",
         "_stop",
+        "_stops",
+        "_tokenizer",
         "finish_reason",
         "index",
         "logprobs",
@@ -37,15 +42,24 @@ class ChoiceOutput:
     ) -> None:
         self._hidden = hidden_ids
         self.index = index
+        self._tokenizer = tokenizer
+        self._stops = stops
+        self._skip_special = skip_special_tokens
+        self._keep_stop = keep_stop
+        self._keep_text = keep_text
+        self.restart()
+
+    def restart(self) -> None:
+        """Back to no output at all: the generation is being retried from the start."""
         self.prompt_logprobs: PromptLogprobs | None = None
-        self._detok = tokenizer.detokenizer(skip_special_tokens=skip_special_tokens)
-        self._stop = StopChecker(stops, keep_stop=keep_stop) if stops else None
+        self._detok = self._tokenizer.detokenizer(skip_special_tokens=self._skip_special)
+        self._stop = StopChecker(self._stops, keep_stop=self._keep_stop) if self._stops else None
         self.token_count = 0
         self.finish_reason: str | None = None
         self.matched_stop: str | int | None = None
         # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
-        self.text: list[str] | None = [] if keep_text else None
-        self.logprobs: list[TokenLogprobs] | None = [] if keep_text else None
+        self.text: list[str] | None = [] if self._keep_text else None
+        self.logprobs: list[TokenLogprobs] | None = [] if self._keep_text else None
 
     @property
     def done(self) -> bool:

@@ -6,7 +6,6 @@ import time
 import uuid
 from typing import Any
 
-from herdsman.api.errors import APIError, bad_request
 from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
 from herdsman.multimodal.base import expand_placeholders
@@ -15,6 +14,7 @@ from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 from herdsman.pipeline.context import ServedModel
+from herdsman.pipeline.errors import InvalidRequest, ModelNotFound
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
@@ -41,34 +41,34 @@ def _content_of(content: Any, index: int) -> str | list[dict[str, Any]] | None:
     ):
         return content
     if not isinstance(content, list):
-        raise bad_request(
+        raise InvalidRequest(
             "content must be a string or a list of parts", f"messages[{index}].content"
         )
     texts: list[str] = []
     for part in content:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise bad_request("each content part needs a 'type'", f"messages[{index}].content")
+            raise InvalidRequest("each content part needs a 'type'", f"messages[{index}].content")
         if part["type"] != "text":
-            raise bad_request(
+            raise InvalidRequest(
                 f"content parts of type {part['type']!r} are not supported by this model",
                 f"messages[{index}].content",
             )
         if not isinstance(part.get("text"), str):
-            raise bad_request("a text part needs a string 'text'", f"messages[{index}].content")
+            raise InvalidRequest("a text part needs a string 'text'", f"messages[{index}].content")
         texts.append(part["text"])
     return "\n".join(texts)
 
 
 def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not messages:
-        raise bad_request("messages must not be empty", "messages")
+        raise InvalidRequest("messages must not be empty", "messages")
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in _ROLES:
-            raise bad_request(f"unknown role {role!r}", f"messages[{i}].role")
+            raise InvalidRequest(f"unknown role {role!r}", f"messages[{i}].role")
         if "content" not in message and not message.get("tool_calls"):
-            raise bad_request("a message needs 'content'", f"messages[{i}].content")
+            raise InvalidRequest("a message needs 'content'", f"messages[{i}].content")
         normalised = dict(message)
         normalised["content"] = _content_of(message.get("content"), i)
         out.append(normalised)
@@ -78,9 +78,9 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
     template = model.tokenizer.chat_template
     if template is None:
-        raise bad_request("this model has no chat template; use /v1/completions", "messages")
+        raise InvalidRequest("this model has no chat template; use /v1/completions", "messages")
     if req.continue_final_message and req.add_generation_prompt:
-        raise bad_request(
+        raise InvalidRequest(
             "continue_final_message and add_generation_prompt cannot both be true",
             "continue_final_message",
         )
@@ -93,7 +93,7 @@ def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
             extra=req.chat_template_kwargs,
         )
     except ChatTemplateError as exc:
-        raise bad_request(str(exc), "messages") from exc
+        raise InvalidRequest(str(exc), "messages") from exc
 
 
 def _sampling(
@@ -105,13 +105,13 @@ def _sampling(
 ) -> SamplingParams:
     room = model.max_context_length - prompt_len
     if room <= 0:
-        raise bad_request(
+        raise InvalidRequest(
             f"this model's maximum context length is {model.max_context_length} tokens, "
             f"but the prompt has {prompt_len} tokens",
             "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
         )
     if max_tokens is not None and max_tokens > room:
-        raise bad_request(
+        raise InvalidRequest(
             f"max_tokens is {max_tokens}, but the prompt has {prompt_len} tokens and this "
             f"model's maximum context length is {model.max_context_length}: at most {room} "
             "tokens can be generated",
@@ -146,7 +146,7 @@ def _logit_bias(model: ServedModel, bias: dict[str, float] | None) -> dict[int, 
     out: dict[int, float] = {}
     for key, value in bias.items():
         if not key.isdigit() or int(key) >= vocab:
-            raise bad_request(
+            raise InvalidRequest(
                 f"logit_bias keys must be token ids in [0, {vocab}); got {key!r}", "logit_bias"
             )
         out[int(key)] = value
@@ -161,10 +161,9 @@ def _stops(req: _SamplingFields) -> list[str]:
 
 def check_model(model: ServedModel, name: str) -> None:
     if name != model.name:
-        raise APIError(
-            404,
+        raise ModelNotFound(
             f"the model '{name}' does not exist; this gateway serves '{model.name}'",
-            param="model",
+            "model",
             code="model_not_found",
         )
 
@@ -174,11 +173,11 @@ async def prepare_chat(
 ) -> GenerationPlan:
     check_model(model, req.model)
     if req.top_logprobs and not req.logprobs:
-        raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
+        raise InvalidRequest("top_logprobs needs logprobs set to true", "top_logprobs")
     tool_constraint, named = tool_choice_constraint(req.tools, req.tool_choice)
     format_constraint = response_format_constraint(req.response_format, req.extensions)
     if tool_constraint and format_constraint:
-        raise bad_request("tool_choice and response_format cannot both constrain the output")
+        raise InvalidRequest("tool_choice and response_format cannot both constrain the output")
     started = time.perf_counter()
     prompt = render_chat_prompt(model, req)
     rendered = time.perf_counter()
@@ -216,7 +215,7 @@ async def prepare_chat(
 def _expand_images(input_ids: list[int], images: ImageInputs) -> list[int]:
     """Each image's one template token becomes as many as its processed size needs."""
     if input_ids.count(images.image_token_id) != len(images.counts):
-        raise bad_request(
+        raise InvalidRequest(
             "the chat template placed a different number of image tokens than there are images",
             "messages",
         )
@@ -263,9 +262,9 @@ async def prepare_completion(
     """The response id, and one plan per prompt of the (possibly batched) request."""
     check_model(model, req.model)
     if req.suffix:
-        raise bad_request("suffix is not supported", "suffix")
+        raise InvalidRequest("suffix is not supported", "suffix")
     if req.best_of not in (None, 1, req.n):
-        raise bad_request("best_of different from n is not supported", "best_of")
+        raise InvalidRequest("best_of different from n is not supported", "best_of")
     started = time.perf_counter()
     given = _split_prompts(req.prompt)
     prompts = [await _completion_ids(model, p) for p in given]
@@ -304,18 +303,20 @@ def _split_prompts(prompt: Any) -> list[Any]:
     if isinstance(prompt, str):
         return [prompt]
     if not prompt:
-        raise bad_request("prompt must not be empty", "prompt")
+        raise InvalidRequest("prompt must not be empty", "prompt")
     if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
         return [prompt]
     if all(isinstance(p, (str, list)) for p in prompt):
         return list(prompt)
-    raise bad_request("prompt must be a string, a list of token ids, or a list of either", "prompt")
+    raise InvalidRequest(
+        "prompt must be a string, a list of token ids, or a list of either", "prompt"
+    )
 
 
 async def _completion_ids(model: ServedModel, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
-            raise bad_request("prompt must not be empty", "prompt")
+            raise InvalidRequest("prompt must not be empty", "prompt")
         return await model.tokenizer.encode_async(prompt, add_special_tokens=True)
     vocab = model.tokenizer.vocab_size
     if (
@@ -323,7 +324,7 @@ async def _completion_ids(model: ServedModel, prompt: Any) -> list[int]:
         or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
         or any(t < 0 or t >= vocab for t in prompt)
     ):
-        raise bad_request(
+        raise InvalidRequest(
             f"a token id prompt must be a non-empty list of ids in [0, {vocab})", "prompt"
         )
     return list(prompt)

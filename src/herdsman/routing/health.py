@@ -28,9 +28,9 @@ class HealthChecker:
                 await self._task
 
     async def check_all(self) -> None:
-        await asyncio.gather(*(self._check(w) for w in self._registry))
+        await asyncio.gather(*(self.check(w) for w in self._registry))
 
-    async def _check(self, worker: Worker) -> None:
+    async def check(self, worker: Worker) -> None:
         if await worker.engine.health_check(self._timeout):
             worker.mark_healthy()
         else:

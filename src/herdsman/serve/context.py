@@ -10,15 +10,18 @@ import time
 from pathlib import Path
 
 from herdsman.config import GatewayConfig
-from herdsman.engines import ModelInfo, connect_engine
+from herdsman.engines import EngineClient, ModelInfo, connect_engine
+from herdsman.engines.transport import TransportOptions
 from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
 from herdsman.multimodal.registry import load_processor
 from herdsman.multimodal.service import ImagePreprocessor
 from herdsman.observability import METRICS
 from herdsman.parsers import registry
-from herdsman.pipeline.context import ServedModel, ServingContext
+from herdsman.pipeline.admission import Admission
+from herdsman.pipeline.context import RequestLimits, ServedModel, ServingContext
 from herdsman.pipeline.images import ImageSupport
-from herdsman.routing import POLICIES, Worker, WorkerRegistry
+from herdsman.pipeline.retry import RetryPolicy
+from herdsman.routing import POLICIES, CircuitBreaker, CircuitConfig, Worker, WorkerRegistry
 from herdsman.serve.tokenizer_source import fetch_from_worker
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
@@ -28,14 +31,77 @@ log = logging.getLogger(__name__)
 _DEFAULT_CONTEXT = 32768
 
 
-async def _connect_all(config: GatewayConfig) -> WorkerRegistry:
-    engines = await asyncio.gather(
-        *(connect_engine(url, config.backend, config.grpc_transport) for url in config.workers)
+def circuit_config(config: GatewayConfig) -> CircuitConfig:
+    return CircuitConfig(
+        enabled=config.cb_enabled,
+        failure_threshold=config.cb_failure_threshold,
+        success_threshold=config.cb_success_threshold,
+        open_seconds=config.cb_timeout,
+        window=config.cb_window,
+        failure_rate=config.cb_failure_rate,
+        min_requests=config.cb_min_requests,
     )
+
+
+def retry_policy(config: GatewayConfig) -> RetryPolicy:
+    return RetryPolicy(
+        max_retries=max(0, config.max_retries),
+        initial_backoff=config.retry_initial_backoff,
+        max_backoff=config.retry_max_backoff,
+        multiplier=config.retry_backoff_multiplier,
+        jitter=config.retry_jitter,
+    )
+
+
+def request_limits(config: GatewayConfig) -> RequestLimits:
+    return RequestLimits(
+        request_timeout=config.request_timeout,
+        max_choices=config.max_choices_per_request,
+        max_images=config.max_images_per_request,
+        image_fetch_timeout=config.image_fetch_timeout,
+    )
+
+
+def admission(config: GatewayConfig) -> Admission:
+    """This process's admission; the gateway process gives it the shared board once it knows
+    its slot."""
+    return Admission(
+        max_concurrent=config.max_concurrent_requests,
+        queue_size=config.queue_size,
+        queue_timeout=config.queue_timeout,
+        max_prompt_tokens=config.max_prompt_tokens_in_flight,
+    )
+
+
+def transport_options(config: GatewayConfig) -> TransportOptions:
+    return TransportOptions(
+        connect_timeout=config.engine_connect_timeout,
+        keepalive_interval=config.engine_keepalive_interval,
+        keepalive_timeout=config.engine_keepalive_timeout,
+        max_message_bytes=config.engine_max_message_bytes,
+        ca_file=config.engine_ca,
+        cert_file=config.engine_cert,
+        key_file=config.engine_key,
+    )
+
+
+async def connect_worker_engine(config: GatewayConfig, url: str) -> EngineClient:
+    return await connect_engine(
+        url,
+        config.backend,
+        config.grpc_transport,
+        timeout=config.engine_connect_timeout,
+        options=transport_options(config),
+    )
+
+
+async def _connect_all(config: GatewayConfig) -> WorkerRegistry:
+    engines = await asyncio.gather(*(connect_worker_engine(config, url) for url in config.workers))
     infos = await asyncio.gather(*(engine.model_info() for engine in engines))
     registry = WorkerRegistry()
+    circuit = circuit_config(config)
     for url, engine, info in zip(config.workers, engines, infos, strict=True):
-        registry.add(Worker(url=url, engine=engine, model=info))
+        registry.add(Worker(url=url, engine=engine, model=info, circuit=CircuitBreaker(circuit)))
         log.info("worker %s: %s backend, model %r", url, engine.backend, info.served_model_name)
     return registry
 
@@ -166,4 +232,11 @@ async def build_context(config: GatewayConfig) -> ServingContext:
     log.info(
         "serving %r (context %d, tokenizer %s)", model.name, model.max_context_length, tokenizer_dir
     )
-    return ServingContext(model=model, registry=registry, policy=POLICIES[config.policy]())
+    return ServingContext(
+        model=model,
+        registry=registry,
+        policy=POLICIES[config.policy](),
+        retry=retry_policy(config),
+        limits=request_limits(config),
+        admission=admission(config),
+    )

@@ -2,7 +2,8 @@
 
 One duplex pipe per process carries small msgspec messages both ways. State that must be the same
 in every process (today: which engine workers are healthy) is decided in the supervisor and
-broadcast, so N processes do not each poll every engine.
+broadcast, so N processes do not each poll every engine. The supervisor's watchdog pings each
+process over it: a process whose event loop stops answering is replaced.
 """
 
 from __future__ import annotations
@@ -40,18 +41,28 @@ class WorkerHealth(msgspec.Struct, tag=True):
     reason: str = ""
 
 
-class WorkerFailed(msgspec.Struct, tag=True):
-    """Process -> supervisor: a request found this engine worker failing."""
+class WorkerSuspect(msgspec.Struct, tag=True):
+    """Process -> supervisor: a request could not reach this engine worker; check it now."""
 
     url: str
     reason: str
+
+
+class Ping(msgspec.Struct, tag=True):
+    """Supervisor -> process: answered with ``Pong`` by the process's event loop (the watchdog)."""
+
+    seq: int
+
+
+class Pong(msgspec.Struct, tag=True):
+    seq: int
 
 
 class Shutdown(msgspec.Struct, tag=True):
     drain_timeout: float
 
 
-Message = Ready | Activate | WorkerHealth | WorkerFailed | Shutdown
+Message = Ready | Activate | WorkerHealth | WorkerSuspect | Ping | Pong | Shutdown
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -11,13 +11,16 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from herdsman.api.app import GatewayApp
 from herdsman.config import GatewayConfig
 from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
 from herdsman.observability import METRICS
+from herdsman.pipeline.admission import SharedBoard
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
 from herdsman.serve.context import build_context
@@ -25,13 +28,37 @@ from herdsman.serve.control import (
     Activate,
     ControlChannel,
     Message,
+    Ping,
+    Pong,
     Ready,
     Shutdown,
-    WorkerFailed,
     WorkerHealth,
+    WorkerSuspect,
 )
 
 log = logging.getLogger(__name__)
+
+
+def server_limits(config: GatewayConfig) -> ServerLimits:
+    return ServerLimits(
+        max_body_bytes=config.max_body_bytes,
+        max_header_bytes=config.max_header_bytes,
+        max_url_bytes=config.max_url_bytes,
+        max_connections=config.max_connections,
+        max_pipelined=config.max_pipelined_requests,
+        header_timeout=config.http_header_timeout,
+        body_timeout=config.http_body_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+    )
+
+
+def server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class GatewayProcess:
@@ -48,19 +75,29 @@ class GatewayProcess:
         config = self._config
         ctx = self._ctx = await build_context(config)
         for worker in ctx.registry:
-            worker.on_change = self._report
+            worker.on_suspect = self._suspect
         self._control.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         if self._index is None and not await self._wait_for_slot(ctx.model.name):
             await self._close(ctx)
             return
+        assert self._index is not None
         if config.metrics_dir:
             METRICS.registry.share_through(config.metrics_dir)
             snapshots = asyncio.create_task(METRICS.registry.run_snapshots(), name="metrics")
-        server = HttpServer(GatewayApp(ctx), ServerLimits(max_body_bytes=config.max_body_bytes))
+        if config.admission_board:
+            # A gateway-wide concurrency limit: this process's slot on the shared board.
+            ctx.admission.board = SharedBoard(
+                Path(config.admission_board), config.processes, self._index
+            )
+        server = HttpServer(
+            GatewayApp(ctx),
+            server_limits(config),
+            ssl=server_tls(config),
+            access_log=config.access_log,
+        )
         await server.start(bind_socket(config.host, config.port, reuse_port=True))
-        assert self._index is not None
         self._control.send(Ready(index=self._index, pid=os.getpid(), model=ctx.model.name))
         await self._stop.wait()
         log.info("process %d draining: %d responses in flight", self._index, server.in_flight)
@@ -84,12 +121,13 @@ class GatewayProcess:
         self._control.stop()
         await ctx.registry.close()
 
-    def _report(self, worker: Worker, reason: str) -> None:
-        if not worker.healthy:
-            self._control.send(WorkerFailed(url=worker.url, reason=reason))
+    def _suspect(self, worker: Worker, reason: str) -> None:
+        self._control.send(WorkerSuspect(url=worker.url, reason=reason))
 
     def _on_message(self, message: Message) -> None:
-        if isinstance(message, WorkerHealth) and self._ctx is not None:
+        if isinstance(message, Ping):
+            self._control.send(Pong(seq=message.seq))
+        elif isinstance(message, WorkerHealth) and self._ctx is not None:
             worker = self._ctx.registry.get(message.url)
             if worker is not None:
                 worker.set_health(message.healthy, message.reason)

@@ -1,7 +1,16 @@
 """The supervisor: starts one gateway process per core, keeps them alive, drains them on SIGTERM.
 
 It also owns the state every process must agree on: it health-checks the engine workers once for
-all processes and broadcasts changes over the control channel.
+all processes and broadcasts changes over the control channel, and it checks a worker at once when
+a process reports that a request could not reach it.
+
+Keeping processes alive:
+- a process that dies is replaced at once by the warm spare (already loaded) when there is one,
+  else by a fresh process;
+- a replacement (or spare) that dies before it is ready is retried with exponential backoff, and a
+  slot whose processes keep dying young backs off the same way: a crash loop costs little;
+- a watchdog pings every ready process over its control channel; one whose event loop has not
+  answered for ``--watchdog-timeout`` is killed, and so replaced.
 """
 
 from __future__ import annotations
@@ -11,24 +20,30 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from herdsman.config import GatewayConfig
-from herdsman.engines import connect_engine
 from herdsman.http.server import bind_socket
+from herdsman.pipeline.admission import SharedBoard
 from herdsman.routing import HealthChecker, Worker, WorkerRegistry
+from herdsman.serve.context import connect_worker_engine
 from herdsman.serve.control import (
     Activate,
     ControlChannel,
     Message,
+    Ping,
+    Pong,
     Ready,
     Shutdown,
-    WorkerFailed,
     WorkerHealth,
+    WorkerSuspect,
 )
 from herdsman.serve.gateway import gateway_process_main
 from herdsman.serve.tokenizer_source import fetch_from_worker
@@ -37,6 +52,13 @@ from herdsman.tokenizer.shared_store import make_store_directory, remove_store_d
 log = logging.getLogger(__name__)
 
 _spawn = multiprocessing.get_context("spawn")
+
+# A process that lived at least this long died of something else than its start: no backoff.
+_HEALTHY_LIFETIME = 60.0
+_BACKOFF_INITIAL = 0.5
+_BACKOFF_MAX = 30.0
+# A process reported unreachable workers: at most one immediate health check per worker this often.
+_SUSPECT_DEBOUNCE = 1.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -47,7 +69,13 @@ class _Child:
     ready: asyncio.Future[Ready]  # resolved once the process listens
     # Resolved when a spare has loaded everything and waits for a slot.
     warm: asyncio.Future[Ready]
+    started: float
     stopping: bool = False
+    last_pong: float = 0.0  # monotonic time of the last Pong (0: not watched yet)
+
+    @property
+    def watched(self) -> bool:
+        return self.last_pong > 0.0
 
 
 class Supervisor:
@@ -59,8 +87,15 @@ class Supervisor:
         # for a fresh process to import and load its tokenizer (seconds on a busy machine).
         self._spare: _Child | None = None
         self._registry = WorkerRegistry()
+        self._checker: HealthChecker | None = None
         self._stopping = False
         self._stop = asyncio.Event()
+        self._serving = False  # every slot was ready once: from now on failures are retried
+        self._backoff: dict[int | None, float] = {}  # slot (None: the spare) -> next delay
+        self._pending_starts: set[asyncio.TimerHandle] = set()
+        self._last_suspect_check: dict[str, float] = {}
+        self._board_path: Path | None = None
+        self._ping_seq = 0
         self.restarts = 0
 
     async def run(self) -> None:
@@ -71,6 +106,9 @@ class Supervisor:
             config.tokenizer_path = str(await fetch_from_worker(next(iter(self._registry)).engine))
         metrics_dir = tempfile.TemporaryDirectory(prefix="herdsman-metrics-")
         config.metrics_dir = metrics_dir.name
+        self._board_path = Path(metrics_dir.name) / "admission.board"
+        SharedBoard.create(self._board_path, self._count)
+        config.admission_board = str(self._board_path)
         if config.tokenizer_cache_shared_bytes > 0 and config.tokenizer_cache_l1_bytes > 0:
             config.tokenizer_cache_dir = make_store_directory()
         try:
@@ -85,30 +123,40 @@ class Supervisor:
                 ready = await asyncio.wait_for(asyncio.gather(*waits), timeout=120)
             finally:
                 reservation.close()
+            self._serving = True
             print(
                 f"herdsman listening on http://{config.host}:{config.port} "
                 f"model={ready[0].model} processes={self._count}",
                 flush=True,
             )
-            checker = HealthChecker(
+            self._checker = HealthChecker(
                 self._registry, config.health_check_interval, config.health_check_timeout
             )
-            checker.start()
+            self._checker.start()
+            watchdog = (
+                asyncio.create_task(self._watchdog(), name="watchdog")
+                if config.watchdog_timeout > 0
+                else None
+            )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
             await self._stop.wait()
-            await checker.stop()
+            if watchdog is not None:
+                watchdog.cancel()
+            await self._checker.stop()
             await self._shutdown()
             await self._registry.close()
         finally:
+            for handle in self._pending_starts:
+                handle.cancel()
             metrics_dir.cleanup()
             if config.tokenizer_cache_dir:
                 remove_store_directory(config.tokenizer_cache_dir)
 
     async def _connect_engines(self) -> None:
         for url in self._config.workers:
-            engine = await connect_engine(url, self._config.backend, self._config.grpc_transport)
+            engine = await connect_worker_engine(self._config, url)
             worker = Worker(url=url, engine=engine, model=await engine.model_info())
             worker.on_change = self._broadcast_health
             self._registry.add(worker)
@@ -119,6 +167,7 @@ class Supervisor:
         self._config.port = sock.getsockname()[1]
         return sock
 
+    # -- processes -----------------------------------------------------------------------------
     def _start_child(self, index: int | None) -> _Child:
         parent_conn, child_conn = _spawn.Pipe(duplex=True)
         process = _spawn.Process(
@@ -130,11 +179,16 @@ class Supervisor:
         process.start()
         child_conn.close()
         loop = asyncio.get_running_loop()
-        child = _Child(index, process, None, loop.create_future(), loop.create_future())  # type: ignore[arg-type]
+        child = _Child(
+            index,
+            process,
+            None,  # type: ignore[arg-type]
+            loop.create_future(),
+            loop.create_future(),
+            time.monotonic(),
+        )
         child.channel = ControlChannel(
-            parent_conn,
-            lambda message: self._on_message(child, message),
-            lambda: None,
+            parent_conn, lambda message: self._on_message(child, message), lambda: None
         )
         child.channel.start()
         loop.add_reader(process.sentinel, self._on_exit, child)
@@ -143,27 +197,23 @@ class Supervisor:
         return child
 
     def _on_message(self, child: _Child, message: Message) -> None:
-        if isinstance(message, Ready):
+        if isinstance(message, Pong):
+            child.last_pong = time.monotonic()
+        elif isinstance(message, Ready):
             if not message.listening:
                 if not child.warm.done():
                     child.warm.set_result(message)
             elif not child.ready.done():
                 child.ready.set_result(message)
+            child.last_pong = time.monotonic()  # watched from now on
             # A (re)started process learns the current health of every engine worker.
             for worker in self._registry:
                 if not worker.healthy:
                     child.channel.send(WorkerHealth(url=worker.url, healthy=False))
-        elif isinstance(message, WorkerFailed):
+        elif isinstance(message, WorkerSuspect):
             worker = self._registry.get(message.url)
             if worker is not None:
-                worker.mark_failed(message.reason)
-
-    def _broadcast_health(self, worker: Worker, reason: str) -> None:
-        update = WorkerHealth(url=worker.url, healthy=worker.healthy, reason=reason)
-        for child in self._children.values():
-            child.channel.send(update)
-        if self._spare is not None:
-            self._spare.channel.send(update)
+                self._check_suspect(worker)
 
     def _on_exit(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()
@@ -172,41 +222,148 @@ class Supervisor:
         child.channel.stop()
         if self._stopping or child.stopping:
             return
+        lived = time.monotonic() - child.started
         if child.index is None:
-            if not child.warm.done():
-                child.warm.set_exception(RuntimeError("the warm spare exited during start-up"))
-                return
-            log.warning("the warm spare (pid %s) exited; starting another", child.process.pid)
-            self._spare = self._start_child(None)
+            self._spare_exited(child, lived)
             return
-        if not child.ready.done():
-            # A process that cannot start would fail the same way again: give up loudly.
-            child.ready.set_exception(
-                RuntimeError(f"gateway process {child.index} exited during start-up")
-            )
+        index = child.index
+        if self._children.get(index) is not child:
+            return  # an old process of a slot that was already handed on
+        if self._board_path is not None:
+            SharedBoard.clear_slot(self._board_path, index)
+        if not self._serving:
+            # Before the gateway ever served: a process that cannot start fails the start.
+            if not child.ready.done():
+                child.ready.set_exception(
+                    RuntimeError(f"gateway process {index} exited during start-up")
+                )
             return
         log.error(
-            "gateway process %d (pid %s) exited with %s; restarting it",
-            child.index,
+            "gateway process %d (pid %s) exited with %s after %.1f s; replacing it",
+            index,
             child.process.pid,
             child.process.exitcode,
+            lived,
         )
         self.restarts += 1
+        healthy_life = child.ready.done() and lived >= _HEALTHY_LIFETIME
+        self._replace(index, retry=not healthy_life)
+
+    def _spare_exited(self, child: _Child, lived: float) -> None:
+        if self._spare is child:
+            self._spare = None
+        if not self._serving:
+            if not child.warm.done():
+                child.warm.set_exception(RuntimeError("the warm spare exited during start-up"))
+            return
+        warm = child.warm.done() and not child.warm.exception()
+        log.warning(
+            "the warm spare (pid %s) exited %s; starting another",
+            child.process.pid,
+            "while idle" if warm else "during start-up",
+        )
+        retry = not (warm and lived >= _HEALTHY_LIFETIME)
+        self._schedule(self._delay(None, retry), self._start_spare)
+
+    def _replace(self, index: int, *, retry: bool) -> None:
+        """Give slot ``index`` a process: the warm spare now, else a fresh one after backoff."""
         started = time.monotonic()
         spare = self._spare
-        if spare is not None and spare.warm.done():
-            replacement = spare
-            replacement.index = child.index
-            self._children[child.index] = replacement
-            replacement.channel.send(Activate(index=child.index))
-            self._spare = self._start_child(None)
-        else:
-            replacement = self._start_child(child.index)
-        replacement.ready.add_done_callback(
-            lambda _: log.info(
-                "gateway process %d back in %.2f s", child.index, time.monotonic() - started
+        if spare is not None and spare.warm.done() and spare.process.is_alive():
+            self._spare = None
+            spare.index = index
+            self._children[index] = spare
+            spare.channel.send(Activate(index=index))
+            self._on_ready(spare, index, started)
+            self._schedule(0.0, self._start_spare)
+            return
+        delay = self._delay(index, retry)
+        if delay:
+            log.warning("restarting gateway process %d in %.1f s", index, delay)
+        self._schedule(delay, lambda: self._start_replacement(index, started))
+
+    def _start_replacement(self, index: int, started: float) -> None:
+        if self._stopping:
+            return
+        child = self._start_child(index)
+        self._on_ready(child, index, started)
+
+    def _on_ready(self, child: _Child, index: int, started: float) -> None:
+        def done(future: asyncio.Future[Ready]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                log.info("gateway process %d back in %.2f s", index, time.monotonic() - started)
+
+        child.ready.add_done_callback(done)
+
+    def _start_spare(self) -> None:
+        if self._stopping or self._spare is not None or not self._config.warm_spare:
+            return
+        self._spare = self._start_child(None)
+
+    def _delay(self, slot: int | None, retry: bool) -> float:
+        """Backoff for a slot: none after a healthy life, doubling while its processes die young."""
+        if not retry:
+            self._backoff.pop(slot, None)
+            return 0.0
+        delay = self._backoff.get(slot, 0.0)
+        self._backoff[slot] = min(_BACKOFF_MAX, max(_BACKOFF_INITIAL, delay * 2))
+        return delay
+
+    def _schedule(self, delay: float, start: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            self._pending_starts.discard(handle)
+            start()
+
+        handle = loop.call_later(delay, run)
+        self._pending_starts.add(handle)
+
+    # -- the watchdog --------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        timeout = self._config.watchdog_timeout
+        interval = min(2.0, timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self._ping_seq += 1
+            now = time.monotonic()
+            children = list(self._children.values())
+            if self._spare is not None:
+                children.append(self._spare)
+            for child in children:
+                if not child.watched or child.stopping or not child.process.is_alive():
+                    continue
+                silent = now - child.last_pong
+                if silent > timeout:
+                    log.error(
+                        "gateway process %s (pid %s) has not answered for %.1f s; killing it",
+                        "spare" if child.index is None else child.index,
+                        child.process.pid,
+                        silent,
+                    )
+                    child.last_pong = 0.0
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                else:
+                    child.channel.send(Ping(seq=self._ping_seq))
+
+    # -- engine worker health ------------------------------------------------------------------
+    def _check_suspect(self, worker: Worker) -> None:
+        now = time.monotonic()
+        if now - self._last_suspect_check.get(worker.url, 0.0) < _SUSPECT_DEBOUNCE:
+            return
+        self._last_suspect_check[worker.url] = now
+        if self._checker is not None:
+            asyncio.get_running_loop().create_task(
+                self._checker.check(worker), name=f"check {worker.url}"
             )
-        )
+
+    def _broadcast_health(self, worker: Worker, reason: str) -> None:
+        update = WorkerHealth(url=worker.url, healthy=worker.healthy, reason=reason)
+        for child in self._children.values():
+            child.channel.send(update)
+        if self._spare is not None:
+            self._spare.channel.send(update)
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -221,7 +378,7 @@ class Supervisor:
             while child.process.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if child.process.is_alive():
-                log.warning("gateway process %d did not drain in time; killing it", child.index)
+                log.warning("gateway process %s did not drain in time; killing it", child.index)
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
                 child.process.join(2)

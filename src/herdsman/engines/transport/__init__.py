@@ -4,7 +4,7 @@ Both give the adapters the same two calls (unary and server-streaming) and the s
 so a transport can be chosen per deployment without touching the protocol adapters.
 """
 
-from herdsman.engines.transport.base import RpcError, Transport
+from herdsman.engines.transport.base import RpcError, Transport, TransportOptions
 from herdsman.engines.transport.grpcio import GrpcioTransport
 from herdsman.engines.transport.native import NativeTransport
 
@@ -13,4 +13,11 @@ TRANSPORTS: dict[str, type[Transport]] = {
     "grpcio": GrpcioTransport,
 }
 
-__all__ = ["TRANSPORTS", "GrpcioTransport", "NativeTransport", "RpcError", "Transport"]
+__all__ = [
+    "TRANSPORTS",
+    "GrpcioTransport",
+    "NativeTransport",
+    "RpcError",
+    "Transport",
+    "TransportOptions",
+]

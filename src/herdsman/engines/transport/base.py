@@ -3,24 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """How a transport connects to and watches over one engine."""
+
+    connect_timeout: float = 10.0
+    # PING a connection with calls in flight that has received nothing for keepalive_interval;
+    # no PING ACK within keepalive_timeout fails the connection's calls with UNAVAILABLE.
+    keepalive_interval: float = 20.0
+    keepalive_timeout: float = 10.0
+    # Largest message accepted from the engine (RESOURCE_EXHAUSTED beyond it).
+    max_message_bytes: int = 256 * 1024 * 1024
+    # TLS (grpcs:// workers): CA bundle to verify the engine (None: the system's), and a client
+    # certificate and key for mTLS.
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 class RpcError(Exception):
     """A call ended with a non-OK gRPC status (or could not be made at all)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+    def __init__(self, code: grpc.StatusCode, details: str = "", *, refused: bool = False) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        # The engine refused the stream before processing it (HTTP/2 REFUSED_STREAM): safe to
+        # retry, and back-pressure rather than failure.
+        self.refused = refused
 
 
 class Transport(Protocol):
     name: str
 
-    def __init__(self, target: str) -> None: ...
+    def __init__(self, target: str, options: TransportOptions | None = None) -> None: ...
 
     async def unary(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:
         """Call ``method`` (``/package.Service/Method``) and return the decoded response."""
@@ -29,7 +52,11 @@ class Transport(Protocol):
     def stream(
         self, method: str, request: Any, response_type: Any, timeout: float | None = None
     ) -> AsyncGenerator[Any, None]:
-        """A server stream; closing the generator early cancels the call."""
+        """A server stream; closing the generator early cancels the call.
+
+        ``timeout`` is the call's deadline: past it the stream raises DEADLINE_EXCEEDED and the
+        call is cancelled at the engine.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import RpcError, TransportOptions
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
@@ -26,7 +26,8 @@ def _identity(data: bytes) -> bytes:
 class GrpcioTransport:
     name = "grpcio"
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, options: TransportOptions | None = None) -> None:
+        self._options = options or TransportOptions()
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
 
     async def unary(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:

@@ -10,14 +10,15 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import RpcError, TransportOptions
 from herdsman.engines.transport.http2 import Http2Connection, Http2Stream, literal_header_block
 
 
 class NativeTransport:
     name = "native"
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, options: TransportOptions | None = None) -> None:
+        self._options = options or TransportOptions()
         self._target = target
         host, _, port = target.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
