@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import re
 import subprocess
@@ -17,6 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 QWEN3 = MODELS / "qwen3"
 LLAMA3 = MODELS / "llama3"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Runs `async def` tests on a fresh event loop (no pytest-asyncio here)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    asyncio.run(pyfuncitem.obj(**kwargs))
+    return True
 
 
 @dataclass

@@ -168,6 +168,35 @@ async def test_concurrent_requests_share_one_processing() -> None:
     assert calls == 1 and all(o is outs[0] for o in outs)
 
 
+async def test_a_requester_that_leaves_does_not_cancel_the_shared_work() -> None:
+    """Two requests with the same image share one processing; the first one's client going away
+    (its task cancelled) must leave the second with its result, not a CancelledError."""
+    pre = ImagePreprocessor(create_processor(QWEN), processor_id="qwen")
+    started, release = threading.Event(), threading.Event()
+    real = pre.processor.preprocess
+
+    def held(images):  # type: ignore[no-untyped-def]
+        started.set()
+        assert release.wait(30)
+        return real(images)
+
+    pre.processor.preprocess = held  # type: ignore[method-assign]
+    data = (IMAGES / "square.png").read_bytes()
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(pre.process([data]))
+    assert await loop.run_in_executor(None, started.wait, 30)
+    second = asyncio.create_task(pre.process([data]))
+    await asyncio.sleep(0)  # the second request is now waiting on the shared work
+    first.cancel()
+    release.set()
+    result = await asyncio.wait_for(second, 30)
+    assert isinstance(result, ProcessedImages) and result.pixel_values.size > 0
+    assert first.cancelled()
+    assert not pre._inflight
+    # The work finished for the one who stayed, and a third request is a cache hit.
+    assert (await pre.process([data])).pixel_values.shape == result.pixel_values.shape
+
+
 async def test_loop_stays_responsive_while_processing() -> None:
     pre = ImagePreprocessor(create_processor(QWEN), processor_id="qwen")
     big = encode(Image.new("RGB", (2000, 1500), (9, 99, 199)), "PNG")

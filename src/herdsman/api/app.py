@@ -15,7 +15,7 @@ from herdsman.api.tokenize import detokenize, tokenize
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
-from herdsman.pipeline.errors import RequestError
+from herdsman.pipeline.errors import Overloaded, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class GatewayApp:
             else:
                 response = await endpoint(self.ctx, request)
         except RequestError as exc:
+            if isinstance(exc, Overloaded):
+                METRICS.rejected.inc(labels=(exc.code or "overloaded",))
             error = api_error(exc)
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, error.status, exc)

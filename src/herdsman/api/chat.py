@@ -28,8 +28,13 @@ from herdsman.pipeline.prepare import prepare_chat
 
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
-    images = await load_images(ctx.model.images, body.messages)
-    plan = await prepare_chat(ctx.model, body, images)
+    images = await load_images(
+        ctx.model.images,
+        body.messages,
+        max_images=ctx.limits.max_images,
+        fetch_timeout=ctx.limits.image_fetch_timeout,
+    )
+    plan = await prepare_chat(ctx.model, body, images, ctx.limits.max_choices)
     generation = Generation(ctx, plan, request.received_at)
     await generation.start()
     created = int(time.time())

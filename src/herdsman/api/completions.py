@@ -25,7 +25,7 @@ from herdsman.pipeline.prepare import prepare_completion
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
-    request_id, plans = await prepare_completion(ctx.model, body)
+    request_id, plans = await prepare_completion(ctx.model, body, ctx.limits.max_choices)
     group = GenerationGroup([Generation(ctx, plan, request.received_at) for plan in plans])
     await group.start()
     created = int(time.time())

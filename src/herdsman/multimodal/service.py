@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from .base import ImageProcessor, ProcessedImages
 from .cache import ProcessedImageCache, content_key
@@ -62,14 +63,19 @@ class ImagePreprocessor:
             hit = self.cache.get(key)
             if hit is None:
                 pending = self._inflight.get(key)
-                if pending is not None:
-                    hit = await asyncio.shield(pending)
-                else:
-                    fut = loop.run_in_executor(self.executor, self.process_one_sync, data, param)
-                    self._inflight[key] = fut
-                    try:
-                        hit = await fut
-                    finally:
-                        del self._inflight[key]
+                if pending is None:
+                    pending = loop.run_in_executor(
+                        self.executor, self.process_one_sync, data, param
+                    )
+                    self._inflight[key] = pending
+                    pending.add_done_callback(partial(self._settled, key))
+                # Every requester waits through a shield, the first one too: a requester that
+                # goes away must not cancel the work the others are waiting for.
+                hit = await asyncio.shield(pending)
             results.append(hit)
         return self.processor.combine(results)
+
+    def _settled(self, key: str, future: asyncio.Future[ProcessedImages]) -> None:
+        self._inflight.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved here: every requester may have gone away

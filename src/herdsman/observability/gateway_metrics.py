@@ -62,6 +62,42 @@ class GatewayMetrics:
             )
         )
 
+        self.engine_failures: Counter = r.add(
+            Counter(
+                "herdsman_engine_failures_total",
+                "engine attempts that failed, by kind (unavailable, busy, timeout, internal, "
+                "rejected)",
+                ["kind"],
+            )
+        )
+        self.retries: Counter = r.add(
+            Counter("herdsman_retries_total", "engine attempts retried before the client saw any")
+        )
+        self.rejected: Counter = r.add(
+            Counter(
+                "herdsman_admission_rejected_total",
+                "requests refused for capacity (429), by reason",
+                ["reason"],
+            )
+        )
+        self.queued: Gauge = r.add(
+            Gauge("herdsman_admission_queued", "requests waiting for a concurrency slot")
+        )
+        self.circuit_open: Gauge = r.add(
+            Gauge(
+                "herdsman_worker_circuit_open",
+                "gateway processes in which the worker's circuit is open or half-open",
+                ["worker"],
+            )
+        )
+        self.circuit_opened: Counter = r.add(
+            Counter(
+                "herdsman_worker_circuit_opened_total",
+                "times a worker's circuit opened",
+                ["worker"],
+            )
+        )
+
     def watch_tokenizer_cache(self, cache: TokenizationCache) -> None:
         """Read the cache's own counters whenever metrics are snapshot or rendered."""
         r = self.registry

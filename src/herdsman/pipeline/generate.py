@@ -231,6 +231,7 @@ class Generation:
                 log.warning(
                     "request %s failed on %s (%s); retrying", attempt.request_id, worker.url, exc
                 )
+                METRICS.retries.inc()
                 raise _Retry() from exc
             raise self._failure(exc) from exc
         finally:
@@ -295,6 +296,7 @@ class Generation:
                 if not self._may_retry(exc):
                     raise self._failure(exc) from exc
                 log.info("request %s: %s on %s; retrying", request_id, exc, worker.url)
+                METRICS.retries.inc()
                 last = exc
                 await self._backoff()
                 continue
@@ -321,12 +323,17 @@ class Generation:
     def _judge(worker: Worker, exc: EngineError, *, produced: bool) -> None:
         """What this failure says about the worker, for its circuit breaker."""
         circuit = worker.circuit
+        METRICS.engine_failures.inc(labels=(_failure_kind(exc),))
         if isinstance(exc, EngineBusy) or exc.code in _CLIENT_CODES:
             circuit.record_neutral()
         elif isinstance(exc, EngineDeadlineExceeded) and produced:
             circuit.record_neutral()  # a long generation, not a stuck worker
         else:
+            opened = circuit.opened
             circuit.record_failure()
+            if circuit.opened != opened:
+                METRICS.circuit_opened.inc(labels=(worker.url,))
+                log.warning("worker %s: circuit opened (%s)", worker.url, exc)
             if isinstance(exc, EngineUnavailable):
                 worker.suspect(str(exc))
 
@@ -363,6 +370,18 @@ class Generation:
 
     def _abort(self, worker: Worker, request_id: str) -> None:
         self._ctx.spawn(worker.engine.abort([request_id]), name=f"abort {request_id}")
+
+
+def _failure_kind(exc: EngineError) -> str:
+    if isinstance(exc, EngineBusy):
+        return "busy"
+    if isinstance(exc, EngineUnavailable):
+        return "unavailable"
+    if isinstance(exc, EngineDeadlineExceeded):
+        return "timeout"
+    if exc.code in _CLIENT_CODES:
+        return "rejected"
+    return "internal"
 
 
 def _finish_reason(out: EngineOutput) -> str:

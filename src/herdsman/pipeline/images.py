@@ -6,6 +6,7 @@ single template token expands to once the prompt is tokenized.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -57,15 +58,24 @@ def image_urls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 async def load_images(
-    support: ImageSupport | None, messages: list[dict[str, Any]]
+    support: ImageSupport | None,
+    messages: list[dict[str, Any]],
+    *,
+    max_images: int = 8,
+    fetch_timeout: float = 30.0,
 ) -> ImageInputs | None:
     urls = image_urls(messages)
     if not urls:
         return None
     if support is None:
         raise InvalidRequest("this model does not take image inputs", urls[0][1])
+    if len(urls) > max_images:
+        raise InvalidRequest(
+            f"a request may carry at most {max_images} images; this one has {len(urls)}",
+            urls[max_images][1],
+        )
     try:
-        data = [await support.fetcher.fetch(url, param=param) for url, param in urls]
+        data = await _fetch_all(support.fetcher, urls, fetch_timeout)
         processed = await support.preprocessor.process(data, [p for _, p in urls])
     except MediaError as exc:
         raise InvalidRequest(str(exc), exc.param) from exc
@@ -81,3 +91,21 @@ async def load_images(
         hashes=[hashlib.blake2b(d, digest_size=16).hexdigest() for d in data],
         counts=counts,
     )
+
+
+async def _fetch_all(
+    fetcher: ImageFetcher, urls: list[tuple[str, str]], budget: float
+) -> list[bytes]:
+    """Every image of the request, fetched at once, all within ``budget`` seconds; the first
+    failure cancels the other fetches."""
+    try:
+        async with asyncio.timeout(budget), asyncio.TaskGroup() as group:
+            tasks = [group.create_task(fetcher.fetch(url, param=param)) for url, param in urls]
+    except TimeoutError:
+        raise InvalidRequest(
+            f"fetching the request's images took longer than {budget:g}s", urls[0][1]
+        ) from None
+    except BaseExceptionGroup as group_error:
+        # The first error is the client's answer (a MediaError names the image part).
+        raise group_error.exceptions[0] from None
+    return [task.result() for task in tasks]

@@ -169,9 +169,14 @@ def check_model(model: ServedModel, name: str) -> None:
 
 
 async def prepare_chat(
-    model: ServedModel, req: ChatCompletionRequest, images: ImageInputs | None = None
+    model: ServedModel,
+    req: ChatCompletionRequest,
+    images: ImageInputs | None = None,
+    max_choices: int = 256,
 ) -> GenerationPlan:
     check_model(model, req.model)
+    if req.n > max_choices:
+        raise InvalidRequest(f"n is {req.n}; this gateway allows at most {max_choices}", "n")
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", "top_logprobs")
     tool_constraint, named = tool_choice_constraint(req.tools, req.tool_choice)
@@ -257,7 +262,7 @@ def _parser_setup(
 
 
 async def prepare_completion(
-    model: ServedModel, req: CompletionRequest
+    model: ServedModel, req: CompletionRequest, max_choices: int = 256
 ) -> tuple[str, list[GenerationPlan]]:
     """The response id, and one plan per prompt of the (possibly batched) request."""
     check_model(model, req.model)
@@ -267,6 +272,12 @@ async def prepare_completion(
         raise InvalidRequest("best_of different from n is not supported", "best_of")
     started = time.perf_counter()
     given = _split_prompts(req.prompt)
+    if len(given) * req.n > max_choices:
+        raise InvalidRequest(
+            f"{len(given)} prompts x n={req.n} asks for {len(given) * req.n} choices; "
+            f"this gateway allows at most {max_choices} per request",
+            "prompt" if len(given) > 1 else "n",
+        )
     prompts = [await _completion_ids(model, p) for p in given]
     METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
     request_id = new_request_id("cmpl")

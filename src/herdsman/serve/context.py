@@ -21,7 +21,14 @@ from herdsman.pipeline.admission import Admission
 from herdsman.pipeline.context import RequestLimits, ServedModel, ServingContext
 from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
-from herdsman.routing import POLICIES, CircuitBreaker, CircuitConfig, Worker, WorkerRegistry
+from herdsman.routing import (
+    POLICIES,
+    CircuitBreaker,
+    CircuitConfig,
+    CircuitState,
+    Worker,
+    WorkerRegistry,
+)
 from herdsman.serve.tokenizer_source import fetch_from_worker
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
@@ -232,7 +239,7 @@ async def build_context(config: GatewayConfig) -> ServingContext:
     log.info(
         "serving %r (context %d, tokenizer %s)", model.name, model.max_context_length, tokenizer_dir
     )
-    return ServingContext(
+    ctx = ServingContext(
         model=model,
         registry=registry,
         policy=POLICIES[config.policy](),
@@ -240,3 +247,17 @@ async def build_context(config: GatewayConfig) -> ServingContext:
         limits=request_limits(config),
         admission=admission(config),
     )
+    _watch(ctx)
+    return ctx
+
+
+def _watch(ctx: ServingContext) -> None:
+    """Admission and circuit state, read into the metrics whenever they are rendered."""
+
+    def collect() -> None:
+        METRICS.queued.set(ctx.admission.queued)
+        for worker in ctx.registry:
+            state = worker.circuit.state
+            METRICS.circuit_open.set(0.0 if state is CircuitState.CLOSED else 1.0, (worker.url,))
+
+    METRICS.registry.collectors.append(collect)

@@ -218,7 +218,8 @@ class Supervisor:
     def _on_exit(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(child.process.sentinel)
-        child.process.join(0)
+        # The sentinel closes as the process exits, a moment before it can be reaped.
+        child.process.join(1)
         child.channel.stop()
         if self._stopping or child.stopping:
             return
