@@ -15,7 +15,12 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+# What the engine protocols carry: token ids and counts are uint32, the seed an int32.
+TokenId = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Count = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Seed = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+# -1 and 0 both mean "no top-k" (as vLLM takes them).
+TopK = Annotated[int, Meta(ge=-1, le=2**31 - 1)]
 ChoiceCount = Annotated[int, Meta(ge=1, le=128)]
 TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
 
@@ -30,19 +35,19 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: int | None = None
+    top_k: TopK | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     n: ChoiceCount = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[NonNegativeInt] | None = None
-    seed: int | None = None
+    stop_token_ids: list[TokenId] | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     ignore_eos: bool = False
-    min_tokens: NonNegativeInt = 0
+    min_tokens: Count = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     no_stop_trim: bool = False  # SGLang's name for include_stop_str_in_output

@@ -83,6 +83,9 @@ class GatewayMetrics:
         self.queued: Gauge = r.add(
             Gauge("herdsman_admission_queued", "requests waiting for a concurrency slot")
         )
+        self.loop_tasks: Gauge = r.add(
+            Gauge("herdsman_event_loop_tasks", "asyncio tasks alive in the gateway processes")
+        )
         self.circuit_open: Gauge = r.add(
             Gauge(
                 "herdsman_worker_circuit_open",

@@ -117,6 +117,11 @@ def _sampling(
             "tokens can be generated",
             "max_tokens",
         )
+    if max_tokens is not None and req.min_tokens > max_tokens:
+        raise InvalidRequest(
+            f"min_tokens ({req.min_tokens}) must not exceed max_tokens ({max_tokens})",
+            "min_tokens",
+        )
     stop_ids = list(req.stop_token_ids or ())
     if not req.ignore_eos:
         stop_ids.extend(i for i in model.eos_token_ids if i not in stop_ids)

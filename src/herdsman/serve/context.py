@@ -256,6 +256,7 @@ def _watch(ctx: ServingContext) -> None:
 
     def collect() -> None:
         METRICS.queued.set(ctx.admission.queued)
+        METRICS.loop_tasks.set(len(asyncio.all_tasks()))
         for worker in ctx.registry:
             state = worker.circuit.state
             METRICS.circuit_open.set(0.0 if state is CircuitState.CLOSED else 1.0, (worker.url,))
