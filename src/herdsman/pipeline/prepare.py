@@ -65,14 +65,42 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise InvalidRequest(f"unknown role {role!r}", f"messages[{i}].role")
         if "content" not in message and not message.get("tool_calls"):
             raise InvalidRequest("a message needs 'content'", f"messages[{i}].content")
+        for key in _STRING_FIELDS:
+            value = message.get(key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"'{key}' must be a string", f"messages[{i}].{key}")
+        if message.get("tool_calls") is not None:
+            _check_tool_calls(message["tool_calls"], f"messages[{i}].tool_calls")
         normalised = dict(message)
         normalised["content"] = _content_of(message.get("content"), i)
         out.append(normalised)
     return out
+
+
+# Message fields that templates treat as text.
+_STRING_FIELDS = ("name", "tool_call_id", "reasoning_content", "reasoning")
+
+
+def _check_tool_calls(calls: Any, param: str) -> None:
+    """An assistant message's tool calls, in OpenAI's shape: what templates index into."""
+    if not isinstance(calls, list):
+        raise InvalidRequest("tool_calls must be a list", param)
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest("each tool call needs a function with a name", f"{param}[{j}]")
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, (str, dict)):
+            raise InvalidRequest(
+                "a tool call's arguments must be a JSON string or an object",
+                f"{param}[{j}].function.arguments",
+            )
+        if call.get("id") is not None and not isinstance(call["id"], str):
+            raise InvalidRequest("a tool call's id must be a string", f"{param}[{j}].id")
 
 
 def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
