@@ -40,7 +40,9 @@ odd_text = st.one_of(
     st.sampled_from(["", " ", "<|im_start|>", "<think>", "</think>", "<tool_call>", "\x00", "🙂"]),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
 )
-ints = st.one_of(st.integers(-3, 10), st.integers(), st.sampled_from([2**31, 2**32, 2**63, -(2**63)]))
+ints = st.one_of(
+    st.integers(-3, 10), st.integers(), st.sampled_from([2**31, 2**32, 2**63, -(2**63)])
+)
 floats = st.one_of(st.floats(-3, 3), st.floats(allow_nan=False, allow_infinity=False))
 leaf = st.one_of(st.none(), st.booleans(), ints, floats, odd_text)
 json_value = st.recursive(
@@ -249,8 +251,9 @@ def encoded(shaped: st.SearchStrategy[object]) -> st.SearchStrategy[bytes]:
         as_json,
         json_value.map(lambda v: json.dumps(v).encode()),
         st.binary(max_size=64),
-        st.tuples(as_json, st.integers(0, 400), st.sampled_from([b"\xff", b"\xc3", b"\x00", b"}"]))
-        .map(mutate),
+        st.tuples(
+            as_json, st.integers(0, 400), st.sampled_from([b"\xff", b"\xc3", b"\x00", b"}"])
+        ).map(mutate),
         as_json.map(lambda b: b[: len(b) // 2]),
         st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth),
     )
