@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import httpx
+from smg_grpc_proto.generated import vllm_engine_pb2, vllm_engine_pb2_grpc
 from tests.conftest import QWEN3, Proc, start_gateway, start_sim
 
 MODEL = "qwen3"
@@ -90,3 +92,11 @@ def metric(base_url: str, name: str) -> float:
         if line.startswith(name) and (line[len(name)] in " {"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def engine_active(engine: Proc) -> int:
+    """Requests the engine-sim is working on now (its GetServerInfo)."""
+    with grpc.insecure_channel(engine.address) as channel:
+        stub = vllm_engine_pb2_grpc.VllmEngineStub(channel)
+        info = stub.GetServerInfo(vllm_engine_pb2.GetServerInfoRequest(), timeout=10)
+    return int(info.active_requests)
