@@ -31,6 +31,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and server")
     model.add_argument(
@@ -65,6 +72,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append 'abort <id>' per Abort RPC id and 'cancel <id>' per client cancel",
     )
     model.add_argument("--log-level", default="WARNING")
+
+    server = parser.add_argument_group("gRPC server (for connection fault tests)")
+    server.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate")
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    server.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this PEM CA (mTLS)",
+    )
+    server.add_argument(
+        "--max-connection-age-ms",
+        type=_positive_int,
+        default=None,
+        metavar="MS",
+        help="send GOAWAY to each connection after this long (grpc.max_connection_age_ms); "
+        "calls in flight then have --max-connection-age-grace-ms to finish",
+    )
+    server.add_argument(
+        "--max-connection-age-grace-ms",
+        type=_non_negative_int,
+        default=None,
+        metavar="MS",
+        help="grace after a max-age GOAWAY before the connection is closed (default: unlimited)",
+    )
+    server.add_argument(
+        "--max-concurrent-streams",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="SETTINGS_MAX_CONCURRENT_STREAMS: calls per connection at once",
+    )
 
     timing = parser.add_argument_group("timing model (all 0: as fast as possible)")
     timing.add_argument("--ttft-base-ms", type=_non_negative_float, default=5.0)
@@ -131,6 +169,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reject-new",
         action="store_true",
         help="fail Generate with UNAVAILABLE and report unhealthy",
+    )
+    faults.add_argument(
+        "--hang-after-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stream N tokens per sequence, then never produce more (the stream stays open "
+        "until the client cancels, aborts or its deadline passes)",
+    )
+    faults.add_argument(
+        "--busy",
+        action="store_true",
+        help="fail every Generate with RESOURCE_EXHAUSTED (still healthy: back-pressure)",
+    )
+    faults.add_argument(
+        "--busy-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="fail this fraction of Generate calls with RESOURCE_EXHAUSTED, drawn in arrival "
+        "order from a generator seeded with --seed",
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -79,6 +80,8 @@ class SimEngine:
             n for n in (options.fail_after_tokens, options.exit_after_tokens) if n is not None
         ]
         self._fault_at = min(fault_limits) if fault_limits else _NEVER
+        self._hang_at = options.hang_after_tokens or _NEVER
+        self._busy_draws = random.Random(options.seed)
         self.active_requests = 0
         self.total_generated = 0
         self.started_monotonic = time.monotonic()
@@ -100,6 +103,13 @@ class SimEngine:
             self._task = None
 
     # ---- requests --------------------------------------------------------------------------
+
+    def refuses_busy(self) -> bool:
+        """Whether the next Generate call is refused with RESOURCE_EXHAUSTED (--busy*)."""
+        opts = self.options
+        if opts.busy:
+            return True
+        return opts.busy_fraction > 0 and self._busy_draws.random() < opts.busy_fraction
 
     def submit(self, params: GenerationParams) -> SimRequest:
         """Register a Generate call; raises ValueError for requests a real engine would refuse."""
@@ -311,6 +321,11 @@ class SimEngine:
                 return False
         if position >= self._fault_at:
             self._inject_fault(request)
+            return False
+        if position >= self._hang_at:
+            # --hang-after-tokens: keeps its slot and its open stream, never advances again.
+            seq.hung = True
+            request.wake.set()
             return False
         if params.stream and position - seq.flushed >= self.options.tokens_per_message:
             request.wake.set()

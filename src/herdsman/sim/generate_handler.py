@@ -7,6 +7,8 @@ Ending behaviour, as a gateway sees it:
 - --fail-after-tokens N: exactly N tokens streamed, then status INTERNAL;
 - --exit-after-tokens N: N tokens streamed, then the process dies (the client sees UNAVAILABLE);
 - --reject-new: status UNAVAILABLE before anything is accepted;
+- --busy / --busy-fraction: status RESOURCE_EXHAUSTED before anything is accepted;
+- --hang-after-tokens N: N tokens streamed, then nothing until the client cancels or aborts;
 - an invalid request (empty or over-long prompt): status INVALID_ARGUMENT.
 """
 
@@ -37,6 +39,12 @@ async def run_generate(
     if engine.options.reject_new:
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "engine-sim rejects new requests (--reject-new)"
+        )
+        return
+    if engine.refuses_busy():
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "engine-sim is busy (--busy / --busy-fraction)",
         )
         return
     try:
@@ -78,7 +86,9 @@ async def _ship(
         for seq, finished, end in ready:
             if stream:
                 start = seq.flushed
-                if end > start and (end - start >= per_message or start == 0 or finished):
+                if end > start and (
+                    end - start >= per_message or start == 0 or finished or seq.hung
+                ):
                     seq.flushed = end
                     await context.write(wire.chunk(request, seq, start, end))
             if finished and not seq.complete_sent and state is not RequestState.FAILED:

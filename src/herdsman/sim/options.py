@@ -36,7 +36,21 @@ class SimOptions:
     exit_after_tokens: int | None = None
     hang: bool = False
     reject_new: bool = False
+    # Stream this many tokens per sequence, then produce nothing more (the stream stays open).
+    hang_after_tokens: int | None = None
+    # Fail Generate calls with RESOURCE_EXHAUSTED: all of them (busy), or this fraction, drawn
+    # from a generator seeded with --seed (the same calls in the same order get the same fate).
+    busy: bool = False
+    busy_fraction: float = 0.0
     abort_log: Path | None = None
+    # Server: TLS (PEM files; a client CA makes client certificates required), periodic GOAWAY
+    # (grpc's max connection age and its grace), streams per connection.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    max_connection_age_ms: int | None = None
+    max_connection_age_grace_ms: int | None = None
+    max_concurrent_streams: int | None = None
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> SimOptions:
@@ -62,5 +76,14 @@ class SimOptions:
             exit_after_tokens=args.exit_after_tokens,
             hang=args.hang,
             reject_new=args.reject_new,
+            hang_after_tokens=args.hang_after_tokens,
+            busy=args.busy,
+            busy_fraction=args.busy_fraction,
             abort_log=Path(args.abort_log) if args.abort_log else None,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None,
+            tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+            max_connection_age_ms=args.max_connection_age_ms,
+            max_connection_age_grace_ms=args.max_connection_age_grace_ms,
+            max_concurrent_streams=args.max_concurrent_streams,
         )

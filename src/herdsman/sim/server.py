@@ -37,6 +37,30 @@ _SERVER_OPTIONS = [
 ]
 
 
+def server_options(options: SimOptions) -> list[tuple[str, int]]:
+    extra = []
+    if options.max_connection_age_ms is not None:
+        extra.append(("grpc.max_connection_age_ms", options.max_connection_age_ms))
+    if options.max_connection_age_grace_ms is not None:
+        extra.append(("grpc.max_connection_age_grace_ms", options.max_connection_age_grace_ms))
+    if options.max_concurrent_streams is not None:
+        extra.append(("grpc.max_concurrent_streams", options.max_concurrent_streams))
+    return _SERVER_OPTIONS + extra
+
+
+def server_credentials(options: SimOptions) -> grpc.ServerCredentials | None:
+    if options.tls_cert is None:
+        return None
+    if options.tls_key is None:
+        raise ValueError("--tls-cert needs --tls-key")
+    client_ca = options.tls_client_ca.read_bytes() if options.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(options.tls_key.read_bytes(), options.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def listening_line(host: str, port: int, backend: str) -> str:
     """The one stdout line a parent process waits for to learn the bound port."""
     return f"engine-sim listening on {host}:{port} backend={backend}"
@@ -66,7 +90,12 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
     engine = SimEngine(options, card, source, abort_log)
     bundle = LazyTokenizerBundle(model_dir)
 
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    try:
+        credentials = server_credentials(options)
+    except (OSError, ValueError) as exc:
+        print(f"engine-sim: TLS: {exc}", file=sys.stderr)
+        return 2
+    server = grpc.aio.server(options=server_options(options))
     if options.backend == "sglang":
         sglang_scheduler_pb2_grpc.add_SglangSchedulerServicer_to_server(
             SglangSimServicer(engine, tokenizer, bundle), server
@@ -77,7 +106,10 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         )
     address = f"[{options.host}]" if ":" in options.host else options.host
     try:
-        port = server.add_insecure_port(f"{address}:{options.port}")
+        if credentials is None:
+            port = server.add_insecure_port(f"{address}:{options.port}")
+        else:
+            port = server.add_secure_port(f"{address}:{options.port}", credentials)
     except RuntimeError as exc:
         print(f"engine-sim: cannot bind {address}:{options.port}: {exc}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ class SimSequence:
         "eos_at",
         "finish_reason",
         "flushed",
+        "hung",
         "index",
         "matched_token_id",
         "max_tokens",
@@ -67,6 +68,8 @@ class SimSequence:
         self.matched_token_id: int | None = None
         self.stopped_by_eos = False
         self.complete_sent = False
+        # --hang-after-tokens fired: its tokens are flushed, then nothing more comes.
+        self.hung = False
 
 
 class SimRequest:

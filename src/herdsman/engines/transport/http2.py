@@ -1,151 +1,82 @@
 """A minimal HTTP/2 client connection for gRPC calls (RFC 9113, gRPC over HTTP/2).
 
 Only what a gRPC client needs: one connection, many concurrent streams, flow control both ways,
-SETTINGS/PING/GOAWAY handling, and length-prefixed gRPC messages in DATA frames. Everything on the
-per-message path is a few slices and a deque append; HPACK decoding (``hpack``) happens only for
-the two header blocks of each call.
+SETTINGS/PING/GOAWAY handling, keepalive, and length-prefixed gRPC messages in DATA frames.
+Everything on the per-message path is a few slices and a deque append; HPACK decoding
+(``hpack``) happens only for the two header blocks of each call. Timers are per connection
+(keepalive) and per call (its deadline, armed by the caller), never per frame or message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
-from collections import deque
+from collections.abc import Callable
 from typing import cast
-from urllib.parse import unquote
 
 import grpc
 import hpack
 
 from herdsman.engines.transport.base import RpcError
-
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    0x0,
-    0x1,
-    0x3,
-    0x4,
-    0x6,
-    0x7,
-    0x8,
-    0x9,
+from herdsman.engines.transport.frames import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    REFUSED_STREAM,
+    RST_STATUS,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_ENABLE_PUSH,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE,
+    WINDOW_UPDATE,
+    frame,
+    http_status,
+    status_from,
 )
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-CANCEL_CODE = 0x8
+from herdsman.engines.transport.keepalive import Keepalive
+from herdsman.engines.transport.stream import STREAM_WINDOW, Http2Stream, Unprocessed
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_RECEIVE_WINDOW = 1 << 30  # large windows: engines stream to us as fast as they like
-_WINDOW_REFILL = 1 << 28
-_HEADER = struct.Struct(">I")  # 24-bit length + type read as one int, then flags and stream id
+log = logging.getLogger(__name__)
 
-_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
-# HTTP/2 error codes a server uses to refuse or reset a stream, as gRPC maps them.
-_RST_STATUS = {
-    0x7: grpc.StatusCode.UNAVAILABLE,  # REFUSED_STREAM: not processed, safe to retry
-    0x8: grpc.StatusCode.CANCELLED,
-    0xB: grpc.StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
-}
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return (
-        bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
-
-
-def _hpack_int(value: int) -> bytes:
-    if value < 127:
-        return bytes((value,))
-    out = bytearray((127,))
-    value -= 127
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def literal_header_block(headers: list[tuple[str, str]]) -> bytes:
-    """HPACK literals without indexing: stateless, so a block can be built once and reused."""
-    out = bytearray()
-    for name, value in headers:
-        n, v = name.encode(), value.encode()
-        out += b"\x00" + _hpack_int(len(n)) + n + _hpack_int(len(v)) + v
-    return bytes(out)
-
-
-class Http2Stream:
-    """One call's receiving side: gRPC messages queue here until the caller reads them."""
-
-    __slots__ = (
-        "_buffer",
-        "_waiter",
-        "closed",
-        "error",
-        "headers_seen",
-        "id",
-        "messages",
-        "send_window",
-        "unacked",
-    )
-
-    def __init__(self, stream_id: int, send_window: int) -> None:
-        self.id = stream_id
-        self.messages: deque[bytes] = deque()
-        self.closed = False
-        self.error: RpcError | None = None
-        self.headers_seen = False
-        self.send_window = send_window
-        self.unacked = 0
-        self._buffer = b""
-        self._waiter: asyncio.Future[None] | None = None
-
-    def feed(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        offset, size = 0, len(buffer)
-        while size - offset >= 5:
-            length = int.from_bytes(buffer[offset + 1 : offset + 5], "big")
-            end = offset + 5 + length
-            if end > size:
-                break
-            if buffer[offset]:
-                self.fail(RpcError(grpc.StatusCode.INTERNAL, "compressed messages unsupported"))
-                return
-            self.messages.append(buffer[offset + 5 : end])
-            offset = end
-        self._buffer = buffer[offset:] if offset < size else b""
-        self._wake()
-
-    def finish(self, error: RpcError | None) -> None:
-        if not self.closed:
-            self.closed = True
-            self.error = error
-            self._wake()
-
-    def fail(self, error: RpcError) -> None:
-        self.finish(error)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self) -> bytes | None:
-        """The next message; None when the call ended OK; raises RpcError otherwise."""
-        while not self.messages:
-            if self.closed:
-                if self.error is not None:
-                    raise self.error
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return self.messages.popleft()
+# The connection window is credited as bytes arrive: the per-stream windows already bound what
+# is buffered, and crediting the connection on receipt keeps one stalled stream from blocking
+# the others. It only needs to cover a round trip of the whole connection's traffic.
+_CONNECTION_WINDOW = 64 * 1024 * 1024
+_CONNECTION_REFILL = _CONNECTION_WINDOW // 4
+_MAX_FRAME = 1 << 20
+_UNLIMITED_STREAMS = 1 << 31
 
 
 class Http2Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One HTTP/2 connection to an engine.
+
+    ``on_change(slot_only)`` tells the owner when a stream slot freed (``True``) or when the
+    connection stopped taking calls or its stream limit changed (``False``).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message: int,
+        keepalive: Keepalive,
+        on_change: Callable[[bool], None],
+        stream_window: int = STREAM_WINDOW,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._decoder = hpack.Decoder()
         self._streams: dict[int, Http2Stream] = {}
@@ -157,85 +88,169 @@ class Http2Connection(asyncio.Protocol):
         self._window_opened = asyncio.Event()
         self._received_unacked = 0
         self._header_fragments: tuple[int, int, bytearray] | None = None
+        self._max_message = max_message
+        self._stream_window = stream_window
+        self._on_change = on_change
+        self._keepalive = keepalive
+        keepalive.attach(self)
+        # The engine's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until it says otherwise).
+        self.max_streams = _UNLIMITED_STREAMS
+        # False once the connection takes no new calls (GOAWAY, failure, ids exhausted).
         self.usable = True
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Set whenever a frame other than a PING ACK arrives; the keepalive timer reads and
+        # clears it.
+        self.heard = False
+        # Resolved when the engine's first SETTINGS arrives: the connection is then known to
+        # speak HTTP/2 and its stream limit is known.
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.peak_streams = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        settings = struct.pack(">HIHIHI", 0x2, 0, 0x4, _RECEIVE_WINDOW - 1, 0x5, 1 << 20)
+        settings = struct.pack(
+            ">HIHIHI",
+            SETTINGS_ENABLE_PUSH,
+            0,
+            SETTINGS_INITIAL_WINDOW_SIZE,
+            self._stream_window,
+            SETTINGS_MAX_FRAME_SIZE,
+            _MAX_FRAME,
+        )
         self._transport.write(
             PREFACE
-            + _frame(SETTINGS, 0, 0, settings)
-            + _frame(WINDOW_UPDATE, 0, 0, (_RECEIVE_WINDOW - 65535).to_bytes(4, "big"))
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, (_CONNECTION_WINDOW - 65535).to_bytes(4, "big"))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
+        self._keepalive.stop()
         error = RpcError(grpc.StatusCode.UNAVAILABLE, f"connection to engine lost: {exc or 'EOF'}")
         for stream in list(self._streams.values()):
-            stream.fail(error)
+            stream.finish(error)
         self._streams.clear()
         self._window_opened.set()
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: nobody may be waiting any more
         if not self.closed.done():
             self.closed.set_result(None)
+        self._on_change(False)
 
     def close(self) -> None:
         self.usable = False
         if self._transport is not None:
             self._transport.close()
 
+    def fail(self, error: RpcError) -> None:
+        """Fail every call with ``error`` and drop the connection without waiting for the peer."""
+        self.usable = False
+        for stream in list(self._streams.values()):
+            stream.finish(error)
+        self._streams.clear()
+        self._window_opened.set()
+        if self._transport is not None:
+            self._transport.abort()
+
     @property
     def active_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def streams(self) -> list[Http2Stream]:
+        return list(self._streams.values())
+
+    def has_slot(self) -> bool:
+        return self.usable and len(self._streams) < self.max_streams
+
     # -- calls ---------------------------------------------------------------------------------
     async def start_call(self, header_block: bytes, message: bytes) -> Http2Stream:
-        if not self.usable or self._transport is None:
+        if not self.has_slot() or self._transport is None:
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "connection to engine is not usable")
         stream_id = self._next_id
         self._next_id += 2
         if self._next_id >= 1 << 31:
             self.usable = False  # ids exhausted: new calls go to a fresh connection
-        stream = Http2Stream(stream_id, self._peer_initial_window)
-        self._streams[stream_id] = stream
+        stream = Http2Stream(
+            self, stream_id, self._peer_initial_window, self._stream_window, self._max_message
+        )
+        streams = self._streams
+        streams[stream_id] = stream
+        if len(streams) > self.peak_streams:
+            self.peak_streams = len(streams)
+        if len(streams) == 1:
+            self._keepalive.start()
         body = len(message).to_bytes(5, "big") + message  # flag byte 0: not compressed
-        self._transport.write(_frame(HEADERS, END_HEADERS, stream_id, header_block))
-        await self._send_data(stream, body)
+        self._transport.write(frame(HEADERS, END_HEADERS, stream_id, header_block))
+        try:
+            await self._send_data(stream, body)
+        except BaseException:
+            self.cancel(stream)
+            raise
         return stream
 
     async def _send_data(self, stream: Http2Stream, body: bytes) -> None:
         assert self._transport is not None
         view = memoryview(body)
         while True:
+            if stream.closed or self._transport.is_closing():
+                return
             allowed = min(len(view), self._peer_max_frame, self._send_window, stream.send_window)
             if allowed == len(view):
                 self._send_window -= allowed
                 stream.send_window -= allowed
-                self._transport.write(_frame(DATA, END_STREAM, stream.id, bytes(view)))
+                self._transport.write(frame(DATA, END_STREAM, stream.id, bytes(view)))
                 return
             if allowed > 0:
                 self._send_window -= allowed
                 stream.send_window -= allowed
-                self._transport.write(_frame(DATA, 0, stream.id, bytes(view[:allowed])))
+                self._transport.write(frame(DATA, 0, stream.id, bytes(view[:allowed])))
                 view = view[allowed:]
                 continue
-            if stream.closed:
-                return
             self._window_opened.clear()
             await self._window_opened.wait()
 
     def cancel(self, stream: Http2Stream) -> None:
-        if self._streams.pop(stream.id, None) is not None and self._transport is not None:
-            self._transport.write(_frame(RST_STREAM, 0, stream.id, CANCEL_CODE.to_bytes(4, "big")))
-        stream.finish(RpcError(grpc.StatusCode.CANCELLED, "cancelled by the gateway"))
+        """The caller gave up on the call: RST_STREAM(CANCEL) so the engine stops it."""
+        self.reset(stream, RpcError(grpc.StatusCode.CANCELLED, "cancelled by the gateway"))
+
+    def expire(self, stream: Http2Stream) -> None:
+        """The call's deadline passed: fail it now (dropping what it had not read yet)."""
+        if stream.closed:
+            return  # it ended in time; its caller still gets what it had not read
+        stream.messages.clear()
+        self.reset(stream, RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+    def reset(self, stream: Http2Stream, error: RpcError, code: int = CANCEL) -> None:
+        if self._streams.get(stream.id) is stream:
+            self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
+            self._remove(stream)
+        stream.finish(error)
+
+    def send_credit(self, stream: Http2Stream, amount: int) -> None:
+        self._write(frame(WINDOW_UPDATE, 0, stream.id, amount.to_bytes(4, "big")))
+
+    def send_ping(self, payload: bytes) -> None:
+        self._write(frame(PING, 0, 0, payload))
+
+    def _remove(self, stream: Http2Stream) -> None:
+        streams = self._streams
+        if streams.pop(stream.id, None) is None:
+            return
+        if not streams:
+            if not self.usable:
+                self.close()  # drained after GOAWAY (or ids exhausted): nothing left to wait for
+            self._keepalive.stop()
+        self._on_change(True)
 
     # -- receiving -----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         offset, size = 0, len(buffer)
         while size - offset >= 9:
-            head = _HEADER.unpack_from(buffer, offset)[0]
+            head = FRAME_HEADER.unpack_from(buffer, offset)[0]
             length, kind = head >> 8, head & 0xFF
             end = offset + 9 + length
             if end > size:
@@ -251,34 +266,39 @@ class Http2Connection(asyncio.Protocol):
         self._buffer = buffer[offset:] if offset < size else b""
 
     def _on_data(self, stream_id: int, flags: int, payload: bytes, length: int) -> None:
+        self.heard = True
         self._received_unacked += length
-        if self._received_unacked >= _WINDOW_REFILL:
-            self._write_window_update(0, self._received_unacked)
+        if self._received_unacked >= _CONNECTION_REFILL:
+            self._write(frame(WINDOW_UPDATE, 0, 0, self._received_unacked.to_bytes(4, "big")))
             self._received_unacked = 0
         stream = self._streams.get(stream_id)
         if stream is None:
             return
+        stream.received += length  # padding included: it is credited with the data
         if flags & PADDED:
             payload = payload[1 : len(payload) - payload[0]]
-        stream.unacked += length
-        if stream.unacked >= _WINDOW_REFILL:
-            self._write_window_update(stream_id, stream.unacked)
-            stream.unacked = 0
-        if payload:
-            stream.feed(payload)
+        if payload and (error := stream.feed(payload)) is not None:
+            self.reset(stream, error)
+            return
         if flags & END_STREAM:
             self._end(stream, RpcError(grpc.StatusCode.INTERNAL, "stream ended without status"))
 
     def _on_control(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if kind != PING or not flags & ACK:
+            self.heard = True  # anything but the answer to our own PING ends a silence
         if kind in (HEADERS, CONTINUATION):
             self._on_headers(kind, flags, stream_id, payload)
         elif kind == SETTINGS:
             if not flags & ACK:
                 self._apply_settings(payload)
-                self._write(_frame(SETTINGS, ACK, 0))
+                self._write(frame(SETTINGS, ACK, 0))
+                if not self.ready.done():
+                    self.ready.set_result(None)
         elif kind == PING:
-            if not flags & ACK:
-                self._write(_frame(PING, ACK, 0, payload))
+            if flags & ACK:
+                self._keepalive.acked(payload)
+            else:
+                self._write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             if stream_id == 0:
@@ -287,30 +307,49 @@ class Http2Connection(asyncio.Protocol):
                 stream.send_window += increment
             self._window_opened.set()
         elif kind == RST_STREAM:
-            stream = self._streams.pop(stream_id, None)
+            stream = self._streams.get(stream_id)
             if stream is not None:
                 code = int.from_bytes(payload[:4], "big")
-                status = _RST_STATUS.get(code, grpc.StatusCode.INTERNAL)
-                stream.fail(RpcError(status, f"engine reset the stream (HTTP/2 error {code})"))
+                if code == REFUSED_STREAM:
+                    error: RpcError = Unprocessed("engine refused the stream (REFUSED_STREAM)")
+                else:
+                    status = RST_STATUS.get(code, grpc.StatusCode.INTERNAL)
+                    error = RpcError(status, f"engine reset the stream (HTTP/2 error {code})")
+                self._end(stream, error)
         elif kind == GOAWAY:
-            self.usable = False
-            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-            for sid in [s for s in self._streams if s > last]:
-                self._streams.pop(sid).fail(
-                    RpcError(grpc.StatusCode.UNAVAILABLE, "engine is going away")
-                )
+            self._on_goaway(payload)
+
+    def _on_goaway(self, payload: bytes) -> None:
+        last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(payload[4:8], "big")
+        debug = payload[8:]
+        self.usable = False
+        if code == ENHANCE_YOUR_CALM and debug == b"too_many_pings":
+            self._keepalive.too_many_pings()
+        elif code:
+            log.info("engine sent GOAWAY (HTTP/2 error %d): %r", code, bytes(debug[:200]))
+        # Calls above last-stream-id were never processed: refused, safe to retry. The others
+        # finish normally; the connection closes when the last of them ends.
+        for stream in [s for sid, s in self._streams.items() if sid > last]:
+            self._end(stream, Unprocessed("engine is going away and did not process the call"))
+        if not self._streams:
+            self.close()
+        self._on_change(False)
 
     def _apply_settings(self, payload: bytes) -> None:
         for i in range(0, len(payload) - len(payload) % 6, 6):
             key, value = struct.unpack_from(">HI", payload, i)
-            if key == 0x4:
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 delta = value - self._peer_initial_window
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
                 self._window_opened.set()
-            elif key == 0x5:
+            elif key == SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = value
+            elif key == SETTINGS_MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
+                self._on_change(False)
 
     def _on_headers(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if kind == HEADERS:
@@ -335,46 +374,15 @@ class Http2Connection(asyncio.Protocol):
             stream.headers_seen = True
             status = next((v for k, v in headers if k == b":status"), b"200")
             if status != b"200":
-                self._end(stream, RpcError(_http_status(int(status)), f"HTTP status {status!r}"))
+                self._end(stream, RpcError(http_status(int(status)), f"HTTP status {status!r}"))
                 return
         if first_flags & END_STREAM:
-            self._end(stream, _status_from(headers))
+            self._end(stream, status_from(headers))
 
     def _end(self, stream: Http2Stream, error: RpcError | None) -> None:
-        self._streams.pop(stream.id, None)
+        self._remove(stream)
         stream.finish(error)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
-
-    def _write_window_update(self, stream_id: int, increment: int) -> None:
-        self._write(_frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big")))
-
-
-def _status_from(headers: list[tuple[bytes, bytes]]) -> RpcError | None:
-    code, message = None, ""
-    for name, value in headers:
-        if name == b"grpc-status":
-            code = int(value)
-        elif name == b"grpc-message":
-            message = unquote(value.decode("utf-8", "replace"))
-    if code is None:
-        return RpcError(grpc.StatusCode.UNKNOWN, "call ended without grpc-status")
-    if code == 0:
-        return None
-    return RpcError(_STATUS_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN), message)
-
-
-def _http_status(status: int) -> grpc.StatusCode:
-    # The mapping gRPC defines for HTTP statuses that are not 200.
-    return {
-        400: grpc.StatusCode.INTERNAL,
-        401: grpc.StatusCode.UNAUTHENTICATED,
-        403: grpc.StatusCode.PERMISSION_DENIED,
-        404: grpc.StatusCode.UNIMPLEMENTED,
-        429: grpc.StatusCode.UNAVAILABLE,
-        502: grpc.StatusCode.UNAVAILABLE,
-        503: grpc.StatusCode.UNAVAILABLE,
-        504: grpc.StatusCode.UNAVAILABLE,
-    }.get(status, grpc.StatusCode.UNKNOWN)
