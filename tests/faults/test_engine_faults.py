@@ -4,12 +4,16 @@ be retried (nothing reached the client yet) is retried, on another worker when t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.conftest import Proc
+from tests.faultproxy import FaultProxy
 from tests.faults.common import chat, gateway, log_lines, metric, sim, stream_outcome, wait_for
 
 pytestmark = pytest.mark.slow
@@ -148,3 +152,180 @@ def test_a_worker_that_comes_back_is_used_again(tmp_path: Path) -> None:
         gw.stop()
         alpha.stop()
         beta.stop()
+
+
+def test_a_frozen_engine_fails_its_streams_and_its_requests_move_on(tmp_path: Path) -> None:
+    frozen, _ = sim(tmp_path, "frozen", "--itl-base-ms", "10")
+    other, _ = sim(tmp_path, "other", "--response-text", "other answer")
+    gw = gateway(
+        frozen,
+        other,
+        flags=(
+            "--engine-keepalive-interval", "0.5", "--engine-keepalive-timeout", "0.5",
+            "--health-check-timeout", "1",
+        ),
+    )  # fmt: skip
+    base = f"http://{gw.address}"
+    try:
+        body = chat(max_tokens=3000, stream=True)
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")  # round robin: the first worker, `frozen`
+            os.kill(frozen.process.pid, signal.SIGSTOP)  # its TCP stays open; nothing answers
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2][len("data: ") :])["error"]
+        assert error["code"] == "engine_unavailable", error
+        # Unstreamed requests are answered by the engine that is left, retried if need be.
+        for _ in range(3):
+            assert _text(_post(base, chat(max_tokens=4))) == "other answer"
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+        gw.stop()
+        frozen.stop()
+        other.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_that_stalls_after_its_first_tokens_hits_the_deadline(
+    tmp_path: Path, stream: bool
+) -> None:
+    stalling, log = sim(tmp_path, "stalling", "--hang-after-tokens", "3")
+    gw = gateway(stalling, flags=("--request-timeout", "1.5"))
+    base = f"http://{gw.address}"
+    try:
+        if stream:
+            body = chat(max_tokens=50, stream=True)
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+                assert r.status_code == 200
+                events, error = stream_outcome(r)
+            assert events and error is not None and error["code"] == "timeout", error
+        else:
+            # Unstreamed, the engine sends nothing until it is done: a plain 504.
+            response = _post(base, chat(max_tokens=50))
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "timeout"
+        assert wait_for(lambda: any(line.startswith("abort ") for line in log_lines(log)))
+    finally:
+        gw.stop()
+        stalling.stop()
+
+
+def test_streams_cross_the_engines_goaway(tmp_path: Path) -> None:
+    """The engine closes its connections every 300 ms (GOAWAY); streams in flight finish and
+    new ones go to a new connection."""
+    ageing, _ = sim(
+        tmp_path,
+        "ageing",
+        "--itl-base-ms", "5",
+        "--max-connection-age-ms", "300",
+        "--max-connection-age-grace-ms", "30000",
+    )  # fmt: skip
+    gw = gateway(ageing)
+    base = f"http://{gw.address}"
+    results: list[tuple[list[dict], dict | None]] = []
+
+    def one() -> None:
+        body = chat(max_tokens=120, stream=True)
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            results.append(stream_outcome(r))
+
+    try:
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(results) == 8
+        for events, error in results:
+            assert error is None
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert _post(base, chat(max_tokens=3)).status_code == 200
+    finally:
+        gw.stop()
+        ageing.stop()
+
+
+def test_resource_exhausted_storms_are_back_pressure_not_failure(tmp_path: Path) -> None:
+    storm, _ = sim(tmp_path, "storm", "--busy-fraction", "0.5", "--seed", "3")
+    gw = gateway(storm, flags=("--retry-initial-backoff", "0.005", "--cb-failure-threshold", "2"))
+    base = f"http://{gw.address}"
+    try:
+        statuses = [_post(base, chat(max_tokens=3)).status_code for _ in range(40)]
+        assert set(statuses) <= {200, 429}, statuses
+        # Half the engine's calls are refused, but retries carry almost every request through.
+        assert statuses.count(200) >= 30, statuses
+        # Back-pressure is not failure: no circuit opened, the worker stays in service.
+        assert metric(base, "herdsman_worker_circuit_opened_total") == 0
+        assert httpx.get(f"{base}/health", timeout=10).json()["healthy_workers"] == 1
+    finally:
+        gw.stop()
+        storm.stop()
+
+
+def test_an_engine_at_capacity_gets_429_not_503(tmp_path: Path) -> None:
+    full, _ = sim(tmp_path, "full", "--busy")
+    gw = gateway(full, flags=("--retry-initial-backoff", "0.005"))
+    base = f"http://{gw.address}"
+    try:
+        for _ in range(5):
+            response = _post(base, chat(max_tokens=3))
+            assert response.status_code == 429, response.text
+            assert response.json()["error"]["code"] == "engine_overloaded"
+            assert int(response.headers["retry-after"]) >= 1
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    finally:
+        gw.stop()
+        full.stop()
+
+
+def test_connection_resets_cut_streams_and_unstreamed_requests_are_retried(
+    tmp_path: Path,
+) -> None:
+    behind, _ = sim(tmp_path, "behind", "--itl-base-ms", "10")
+    direct, _ = sim(tmp_path, "direct", "--response-text", "direct answer")
+    host, port = behind.address.rsplit(":", 1)
+    with FaultProxy((host, int(port))) as proxy:
+        gw = gateway(Proc(behind.process, proxy.address), direct)
+        base = f"http://{gw.address}"
+        try:
+            body = chat(max_tokens=3000, stream=True)
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+                lines = r.iter_lines()
+                assert next(lines).startswith("data: ")  # on `behind`, through the proxy
+                proxy.reset()
+                rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]"
+            assert json.loads(rest[-2][len("data: ") :])["error"]["code"] == "engine_unavailable"
+            # Every new connection to `behind` is reset too: its requests go to `direct`.
+            for _ in range(4):
+                assert _text(_post(base, chat(max_tokens=4))) == "direct answer"
+            proxy.pass_through()
+        finally:
+            gw.stop()
+            behind.stop()
+            direct.stop()
+
+
+def test_a_slow_engine_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    slow, _ = sim(tmp_path, "slow", "--itl-base-ms", "100")
+    fast, _ = sim(tmp_path, "fast", "--response-text", "fast answer")
+    gw = gateway(slow, fast)
+    base = f"http://{gw.address}"
+    try:
+        body = chat(max_tokens=40, stream=True)
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")  # the slow engine's stream is running
+            # Meanwhile the fast engine answers everything else (round robin alternates; the
+            # slow engine's share queues behind nothing and finishes at its own pace).
+            answered = [_text(_post(base, chat(max_tokens=4))) for _ in range(4)]
+            assert answered.count("fast answer") >= 2
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert '"finish_reason":"length"' in rest[-2] or '"finish_reason":"length"' in "".join(rest)
+    finally:
+        gw.stop()
+        slow.stop()
+        fast.stop()

@@ -12,7 +12,9 @@ Logprobs (chat ``top_logprobs``, completions ``logprobs``) are compared with the
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -449,3 +451,66 @@ def test_echo_logprobs_are_the_engines_prompt_logprobs(
     assert logprobs["token_logprobs"][n:] == pytest.approx([lp for lp, _ in output], abs=1e-4)
     # As vLLM echoes: the prompt as sent (no BOS text), while the tokens include BOS.
     assert "".join(logprobs["tokens"]).endswith(choice["text"][len(TEXT) :])
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_a_frozen_engine_fails_the_stream_then_serves_again(
+    vllm_server: VllmServer,
+    tiny_model: Path,
+    engine_client: EngineClient,
+    tmp_path: Path,
+    transport: str,
+) -> None:
+    """vLLM's server process stops answering (SIGSTOP) mid-stream: its TCP connection stays up,
+    only the keepalive PING can tell. The stream ends with an SSE error; once vLLM runs again it
+    drops the request whose connection went away, and the gateway serves again."""
+    assert wait_for(lambda: engine_client.running_requests() == 0, 30), "engine not idle"
+    gateway = start_gateway_logged(
+        vllm_server.address,
+        tmp_path / "gateway.log",
+        "--model-path", str(tiny_model),
+        "--grpc-transport", transport,
+        "--engine-keepalive-interval", "1",
+        "--engine-keepalive-timeout", "1",
+        "--health-check-timeout", "2",
+    )  # fmt: skip
+    body = {
+        "model": SERVED_NAME,
+        "messages": CHAT,
+        "stream": True,
+        "max_tokens": 4000,
+        "temperature": 0,
+    }
+    pid = vllm_server.process.pid
+    try:
+        with httpx.stream(
+            "POST", url(gateway, "/v1/chat/completions"), json=body, timeout=TIMEOUT
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                rest = [line for line in lines if line]
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2][len("data: ") :])["error"]
+        assert error["code"] == "engine_unavailable", error
+        assert wait_for(lambda: engine_client.running_requests() == 0, 60)
+        short = {**body, "stream": False, "max_tokens": 3}
+        assert wait_for(
+            lambda: (
+                httpx.post(
+                    url(gateway, "/v1/chat/completions"), json=short, timeout=TIMEOUT
+                ).status_code
+                == 200
+            ),
+            60,
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        gateway.stop()
