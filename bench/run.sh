@@ -5,6 +5,8 @@
 #   ./bench/run.sh --quick    smoke run (~2.5 minutes); also BENCH_MODE=quick
 #   ./bench/run.sh --soak     long run at c=64 recording memory; BENCH_SOAK_SECONDS per gateway
 #                             (default 1200)
+#   ./bench/run.sh --http-servers   herdsman's HTTP server vs uvicorn vs granian (~9 minutes,
+#                             BENCH_ROUNDS=2 rounds); writes only that section of docs/benchmarks.md
 #   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg)
 #   BENCH_HERDSMAN_ARGS='--tokenizer-cache on'     extra flags for the herdsman targets
 #   BENCH_DOCS=/tmp/report.md                      write the report elsewhere
@@ -21,9 +23,10 @@ for arg in "$@"; do
     case "$arg" in
         --quick) MODE=quick ;;
         --soak) MODE=soak ;;
+        --http-servers) MODE=http ;;
         --default) MODE=default ;;
         -h | --help)
-            sed -n '2,14p' "$SELF"
+            sed -n '2,16p' "$SELF"
             exit 0
             ;;
         *)
@@ -51,9 +54,15 @@ if ! isolated; then
     if [ ! -x "$ROOT/.venv/bin/herdsman" ]; then
         make -C "$ROOT" .venv/.installed
     fi
+    # The HTTP servers compared with herdsman's own: the exact pins of pyproject's bench extra.
+    mapfile -t bench_pins < <("$PYTHON" -c 'import sys, tomllib; print("\n".join(
+        tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["bench"]))' \
+        "$ROOT/pyproject.toml")
+    "$ROOT/.venv/bin/pip" install --quiet "${bench_pins[@]}"
     installed="$("$SMG_VENV/bin/python" -c \
         'import importlib.metadata as m; print(m.version("smg"))' 2>/dev/null || true)"
-    if [ "$installed" != "$SMG_VERSION" ]; then
+    # The HTTP server comparison runs no SMG.
+    if [ "$MODE" != http ] && [ "$installed" != "$SMG_VERSION" ]; then
         echo "run.sh: installing smg==$SMG_VERSION into $SMG_VENV" >&2
         python3 -m venv "$SMG_VENV"
         "$SMG_VENV/bin/pip" install --quiet "smg==$SMG_VERSION"

@@ -1,6 +1,10 @@
 """The benchmark suite behind bench/run.sh: engine floor vs herdsman (1 and N workers) vs SMG.
 
-    python -m bench.suite --mode quick|default|soak --smg PATH/TO/smg [--out-dir DIR]
+    python -m bench.suite --mode quick|default|soak|http --smg PATH/TO/smg [--out-dir DIR]
+
+Mode ``http`` compares HTTP servers instead: the same GatewayApp on herdsman's own server and on
+uvicorn and granian (bench/asgi_gateway.py), each in one process, beside herdsman with one
+gateway process; it writes only its section of docs/benchmarks.md.
 
 Each measurement starts its own engine-sim (so every target meets an empty prefix cache and
 the same sequence of requests) and its own gateway, runs one client process (bench.load or
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import re
@@ -69,13 +74,24 @@ class Scenario:
     # A longer window where few requests complete (concurrency 1 runs ~1 request/s).
     duration_c1: float | None = None
     rss_interval: float = 5.0
+    max_tokens: int = 128
 
 
 @dataclass
 class Target:
     name: str
-    kind: str  # floor | herdsman | smg
+    kind: str  # floor | herdsman | smg | asgi
     workers: int | None = None
+    # kind asgi: the HTTP server bench/asgi_gateway.py runs the app on.
+    server: str | None = None
+
+
+# The HTTP server comparison: the same app, one process each.
+HTTP_SERVER_TARGETS = [
+    Target("own-server", "asgi", server="herdsman"),
+    Target("uvicorn", "asgi", server="uvicorn"),
+    Target("granian", "asgi", server="granian"),
+]
 
 
 @dataclass
@@ -84,6 +100,9 @@ class Plan:
     scenarios: list[Scenario]
     targets: list[Target]
     notes: list[str] = field(default_factory=list)
+    # Every measurement this many times, the targets interleaved within each round: the spread
+    # between rounds shows how much background load moved the numbers.
+    rounds: int = 1
 
 
 def make_plan(mode: str, nproc: int, has_workers_flag: bool, only: set[str] | None) -> Plan:
@@ -94,7 +113,23 @@ def make_plan(mode: str, nproc: int, has_workers_flag: bool, only: set[str] | No
     else:
         gateways = [Target("herdsman", "herdsman", None)]
     targets = [Target("floor", "floor"), *gateways, Target("smg", "smg")]
-    if mode == "quick":
+    if mode == "http":
+        # Added TTFT: one request at a time on an engine with no latency of its own, short
+        # outputs (many requests per window). CPU per request: saturated and engine-paced load.
+        scenarios = [
+            Scenario("http-ttft", "c=1, engine with zero latency, 16 output tokens",
+                     ZERO_ENGINE, [1], duration=10.0, warmup=2.0, max_tokens=16),
+            Scenario("http-gateway-bound", "Gateway-bound: engine with zero latency",
+                     ZERO_ENGINE, [64], duration=10.0, warmup=2.0),
+            Scenario("http-standard", "Standard workload, realistic engine",
+                     REALISTIC_ENGINE, [32], duration=10.0, warmup=2.0),
+        ]  # fmt: skip
+        targets = [Target("floor", "floor"), gateways[0], *HTTP_SERVER_TARGETS]
+        rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+        if only:
+            targets = [t for t in targets if t.name in only or t.kind in only]
+        return Plan(mode, scenarios, targets, rounds=rounds)
+    elif mode == "quick":
         scenarios = [
             Scenario("standard", "Standard workload, realistic engine", REALISTIC_ENGINE,
                      [1, 32], duration=6.0, warmup=1.5, duration_c1=8.0),
@@ -262,6 +297,15 @@ def start_gateway(target: Target, engine_port: int, smg: str, log: Path) -> tupl
         server = Server(target.name, argv, log)
         match = server.wait_for_line(re.compile(r"herdsman listening on (http://[\d.]+:\d+)"))
         base = match.group(1)
+    elif target.kind == "asgi":
+        assert target.server is not None
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.asgi_gateway", "--server", target.server]
+        argv += ["--port", str(port), "--", "--worker", worker, "--model-path", MODEL]
+        argv += ["--log-level", "warning", *shlex.split(os.environ.get("BENCH_HERDSMAN_ARGS", ""))]
+        server = Server(target.name, argv, log)
+        base = f"http://127.0.0.1:{port}"
+        wait_for_models(base, server)
     else:
         port = free_port()
         argv = [smg, "launch", "--worker-urls", worker, "--model-path", MODEL]
@@ -269,18 +313,25 @@ def start_gateway(target: Target, engine_port: int, smg: str, log: Path) -> tupl
         # SMG would otherwise try the Hugging Face hub; a closed local port fails fast.
         server = Server(target.name, argv, log, env={"HF_ENDPOINT": "http://127.0.0.1:9"})
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"smg exited ({server.proc.returncode}):\n{server.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                if http_json(f"{base}/v1/models", timeout=2.0).get("data"):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"smg not ready:\n{server.log_tail()}")
-            time.sleep(0.1)
+        wait_for_models(base, server)
     probe_chat(base, server)
     return server, base
+
+
+def wait_for_models(base: str, server: Server) -> None:
+    """Until the gateway lists the model (it listens only once its engine is connected)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited ({server.proc.returncode}):\n{server.log_tail()}"
+            )
+        with contextlib.suppress(OSError, ValueError):
+            if http_json(f"{base}/v1/models", timeout=2.0).get("data"):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} not ready:\n{server.log_tail()}")
+        time.sleep(0.1)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -301,8 +352,11 @@ def run_one(
     target: Target,
     smg: str,
     out_dir: Path,
+    round_index: int | None = None,
 ) -> dict[str, Any]:
     stem = f"{scenario.name}-c{concurrency}-{target.name}"
+    if round_index is not None:
+        stem += f"-r{round_index + 1}"
     logs = out_dir / "logs"
     engine, engine_port = start_engine(scenario.engine_args, logs / f"{stem}.engine.log")
     gateway: Server | None = None
@@ -316,6 +370,7 @@ def run_one(
             "--duration", str(duration), "--warmup", str(scenario.warmup),
             # Enough to never cut the window short; the bound is there so the loop has one.
             "--max-requests", str(int(duration * 2000) + 1000),
+            "--max-tokens", str(scenario.max_tokens),
             "--conversation-offset", str(plan_index * 10_000_000 + level_index * 1_000_000),
             "--engine-pid", str(engine.pid), "--rss-interval", str(scenario.rss_interval),
             "--json-out", str(out_dir / f"{stem}.json"),
@@ -345,6 +400,7 @@ def run_one(
         scenario_title=scenario.title,
         target=target.name,
         target_kind=target.kind,
+        round=None if round_index is None else round_index + 1,
         workers=target.workers,
         commands={
             "engine": _shell(engine.argv),
@@ -374,8 +430,16 @@ def versions(smg: str) -> dict[str, str]:
     if run(["git", "status", "--porcelain", "--", "src"]):
         rev += " + uncommitted changes in src/"
     smg_python = str(Path(smg).parent / "python")
-    smg_version = run([smg_python, "-c", "import importlib.metadata as m; print(m.version('smg'))"])
-    return {"herdsman": rev, "smg": smg_version or "unknown", "python": sys.version.split()[0]}
+    smg_version = ""
+    with contextlib.suppress(OSError):  # no SMG installed: the HTTP server comparison runs none
+        smg_version = run(
+            [smg_python, "-c", "import importlib.metadata as m; print(m.version('smg'))"]
+        )
+    found = {"herdsman": rev, "smg": smg_version or "unknown", "python": sys.version.split()[0]}
+    for package in ("uvicorn", "granian", "httptools", "uvloop"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    return found
 
 
 def smg_defaults(smg: str) -> dict[str, str]:
@@ -408,7 +472,7 @@ def cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
-    parser.add_argument("--mode", choices=("quick", "default", "soak"), default="default")
+    parser.add_argument("--mode", choices=("quick", "default", "soak", "http"), default="default")
     parser.add_argument("--smg", required=True, help="path of the smg executable")
     parser.add_argument("--out-dir", default=None, help="default: bench/results/<timestamp>")
     parser.add_argument(
@@ -435,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode,
         "machine": {"nproc": nproc, "cpu_model": cpu_model(), "kernel": os.uname().release},
         "versions": versions(args.smg),
-        "smg_defaults": smg_defaults(args.smg),
+        "smg_defaults": smg_defaults(args.smg)
+        if any(t.kind == "smg" for t in plan.targets)
+        else {},
         "herdsman_workers_flag": workers_flag,
         "background_busy_before": round(machine_busy(2.0), 3),
         "interfaces": [
@@ -444,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "scenarios": [s.__dict__ for s in plan.scenarios],
         "targets": [t.__dict__ for t in plan.targets],
+        "rounds": plan.rounds,
         "invocation": os.environ.get("BENCH_INVOCATION", "python -m bench.suite"),
     }
     print(
@@ -454,10 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for plan_index, scenario in enumerate(plan.scenarios):
             for level_index, concurrency in enumerate(scenario.levels):
-                for target in plan.targets:
-                    run_one(
-                        plan_index, scenario, level_index, concurrency, target, args.smg, out_dir
-                    )
+                for round_index in range(plan.rounds):
+                    for target in plan.targets:
+                        run_one(
+                            plan_index, scenario, level_index, concurrency, target, args.smg,
+                            out_dir, round_index if plan.rounds > 1 else None,
+                        )  # fmt: skip
     finally:
         Server.stop_all()
         meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

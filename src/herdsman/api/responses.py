@@ -35,8 +35,11 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise bad_request(f"invalid request: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings as it decodes them
-        raise bad_request(f"the body is not valid UTF-8: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        # msgspec decodes a string's bytes with Python's codec, which raises its own error.
+        raise bad_request(f"the body is not valid UTF-8: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise bad_request("the body's JSON is nested too deeply") from exc
 
 
 def json_response(payload: object, status: int = 200) -> Response:
