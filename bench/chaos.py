@@ -25,6 +25,7 @@ import math
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -71,15 +72,20 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_line(process: subprocess.Popen[bytes], pattern: bytes, timeout: float) -> None:
+    """Wait for a line matching ``pattern`` on stdout, never past ``timeout``."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process exited ({process.wait()}) before printing {pattern!r}")
-        if re.search(pattern, line):
-            return
-    raise RuntimeError(f"no {pattern!r} within {timeout}s")
+    while not any(re.search(pattern, line) for line in buffer.split(b"\n")[:-1]):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"no {pattern!r} within {timeout}s")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"process exited ({process.wait()}) before {pattern!r}")
+            buffer += chunk
 
 
 class Engine:

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -47,23 +48,48 @@ class Proc:
                 self.process.wait()
 
 
+def wait_for_line(
+    process: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout: float
+) -> re.Match[bytes]:
+    """The first line of ``process``'s stdout matching ``pattern``, within ``timeout`` seconds.
+
+    Reads the pipe without blocking past the deadline (a process that prints nothing more and
+    does not exit must not hang the suite); the process is killed if the line never comes.
+    """
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if match := pattern.search(line):
+                return match
+        left = deadline - time.monotonic()
+        if left <= 0:
+            process.kill()
+            raise RuntimeError(
+                f"{process.args!r:.200} printed no {pattern.pattern!r} in {timeout}s"
+            )
+        if not select.select([fd], [], [], left)[0]:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise RuntimeError(
+                f"{process.args!r:.200} exited with {process.wait()} before it was ready"
+            )
+        buffer += chunk
+
+
 def _start(argv: list[str], ready: re.Pattern[bytes], timeout: float = 60.0) -> Proc:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{argv[:4]} exited with {process.wait()} before it was ready")
-        if match := ready.search(line):
-            return Proc(process, f"{match.group(1).decode()}:{match.group(2).decode()}")
-    process.kill()
-    raise RuntimeError(f"{argv[:4]} not ready after {timeout}s")
+    match = wait_for_line(process, ready, timeout)
+    return Proc(process, f"{match.group(1).decode()}:{match.group(2).decode()}")
 
 
 _SIM_READY = re.compile(rb"engine-sim listening on (\S+):(\d+)")
-_GATEWAY_READY = re.compile(rb"herdsman listening on http://(\S+):(\d+)")
+_GATEWAY_READY = re.compile(rb"herdsman listening on https?://(\S+):(\d+)")
 
 
 def start_sim(model: Path = QWEN3, backend: str = "vllm", *extra: str) -> Proc:

@@ -148,6 +148,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="idle time before a keep-alive connection is closed",
     )
+    http.add_argument(
+        "--http-send-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="drop a client that takes none of its response for this long (its engine request "
+        "is aborted)",
+    )
     http.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
     http.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     http.add_argument(
@@ -335,6 +343,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         http_header_timeout=args.http_header_timeout,
         http_body_timeout=args.http_body_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        http_send_timeout=args.http_send_timeout,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         access_log=args.access_log,

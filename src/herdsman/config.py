@@ -42,6 +42,7 @@ class GatewayConfig:
     http_header_timeout: float = 30.0
     http_body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    http_send_timeout: float = 60.0
     tls_cert: str | None = None
     tls_key: str | None = None
     access_log: bool = False

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.conftest import _GATEWAY_READY, LLAMA3, ROOT, Proc
+from tests.conftest import _GATEWAY_READY, LLAMA3, ROOT, Proc, wait_for_line
 
 HERE = Path(__file__).resolve().parent
 VLLM_ENV_SCRIPT = ROOT / "scripts" / "vllm_env.sh"
@@ -228,19 +228,11 @@ def start_gateway_logged(
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=sink, env=full_env)
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(
-                f"gateway exited with {process.wait()} before it was ready:\n{log.read_text()}"
-            )
-        if match := _GATEWAY_READY.search(line):
-            address = f"{match.group(1).decode()}:{match.group(2).decode()}"
-            return Gateway(process, address, log)
-    process.kill()
-    raise RuntimeError(f"gateway not ready after {timeout}s:\n{log.read_text()}")
+    try:
+        match = wait_for_line(process, _GATEWAY_READY, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}:\n{log.read_text()}") from exc
+    return Gateway(process, f"{match.group(1).decode()}:{match.group(2).decode()}", log)
 
 
 @pytest.fixture(scope="module", params=["native", "grpcio"])

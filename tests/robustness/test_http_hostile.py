@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import httptools
 import httpx
 import pytest
 import trustme
-from tests.conftest import QWEN3, Proc, start_sim
+from tests.conftest import QWEN3, Proc, start_sim, wait_for_line
 from tests.http.harness import Client, request, wait_until
 
 from bench import procstat
@@ -37,7 +36,7 @@ LIMITS = (
     "--max-body-bytes", "1000000", "--max-url-bytes", "4096", "--max-header-bytes", "16384",
     "--max-pipelined-requests", "4", "--max-concurrent-requests", "4",
 )  # fmt: skip
-_READY = re.compile(rb"herdsman listening on http://(\S+):(\d+)")
+_READY = re.compile(rb"herdsman listening on https?://(\S+):(\d+)")
 
 
 @dataclass
@@ -58,17 +57,9 @@ def _start_gateway(sim: Proc, stderr: Path, *extra: str) -> Gateway:
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1")
         )
-    assert process.stdout is not None
-    end = time.monotonic() + 90
-    while time.monotonic() < end:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"gateway exited: {stderr.read_text()[-2000:]}")
-        if match := _READY.search(line):
-            proc = Proc(process, f"{match.group(1).decode()}:{match.group(2).decode()}")
-            return Gateway(proc, int(match.group(2)), stderr)
-    process.kill()
-    raise RuntimeError("gateway not ready")
+    match = wait_for_line(process, _READY, 90)
+    proc = Proc(process, f"{match.group(1).decode()}:{match.group(2).decode()}")
+    return Gateway(proc, int(match.group(2)), stderr)
 
 
 @pytest.fixture(scope="module")
@@ -442,3 +433,39 @@ def test_access_log_has_one_line_per_request(tls_gateway: Gateway, ca: trustme.C
     assert wait_until(lambda: len(logged()) >= 2, DEADLINE)
     assert len(logged()) == 2 and all(line.search(ln) for ln in logged()), logged()
     assert secret not in tls_gateway.stderr.read_text(errors="replace")
+
+
+# -- a client that stops reading ---------------------------------------------------------------
+def test_a_client_that_stops_reading_is_dropped_and_its_slot_freed(tmp_path: Path) -> None:
+    """With every concurrency slot held by streams whose clients read nothing, the send timeout
+    drops them (aborting their engine requests) and a normal client is served again."""
+    fast = start_sim(
+        QWEN3, "vllm", "--ttft-base-ms", "0", "--itl-base-ms", "0", "--itl-per-running-ms", "0",
+        "--tokens-per-message", "64",
+    )  # fmt: skip
+    gw = _start_gateway(
+        fast,
+        tmp_path / "stderr.log",
+        *("--workers", "1", "--no-warm-spare", "--max-concurrent-requests", "2"),
+        *("--http-send-timeout", "1"),
+    )
+    stalled: list[socket.socket] = []
+    try:
+        body = json.dumps(_chat_body(30000, n=16, stream=True, ignore_eos=True)).encode()
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", gw.port))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                % (len(body), body)
+            )
+            stalled.append(sock)  # and never read from again
+        # Both slots are taken by clients that read nothing: only the send timeout frees them.
+        assert_served(gw)
+    finally:
+        for sock in stalled:
+            sock.close()
+        gw.proc.stop()
+        fast.stop()

@@ -79,6 +79,7 @@ class Connection(asyncio.Protocol):
         self._responding = False
         self._sent = 0  # body bytes of the current streamed response, counted for the access log
         self._writable: asyncio.Future[None] | None = None
+        self._stalled = False  # dropped for not reading: abort, do not close gracefully
         self._closed = False
         self._state = _READING
         self._phase = _IDLE
@@ -340,10 +341,15 @@ class Connection(asyncio.Protocol):
                 if not keep_alive or server.draining:
                     self._close()
                     return
-                if self._writable is not None and not self._writable.done():
-                    # A client that pipelines and does not read its answers: no more of them
-                    # pile up in the write buffer until it reads.
-                    await self._writable
+                # A client that pipelines and does not read its answers: no more of them pile
+                # up in the write buffer until it reads.
+                if (
+                    self._writable is not None
+                    and not self._writable.done()
+                    and not await self._drained()
+                ):
+                    self._close()
+                    return
         finally:
             self._task = None
             self._responding = False
@@ -429,8 +435,12 @@ class Connection(asyncio.Protocol):
                 return False
             if chunk:
                 self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if self._writable is not None and not self._writable.done():
-                    await self._writable
+                if (
+                    self._writable is not None
+                    and not self._writable.done()
+                    and not await self._drained()
+                ):
+                    return False
         return True
 
     async def _send_counted(self, chunks: AsyncIterator[bytes]) -> bool:
@@ -441,9 +451,29 @@ class Connection(asyncio.Protocol):
             if chunk:
                 self._sent += len(chunk)
                 self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if self._writable is not None and not self._writable.done():
-                    await self._writable
+                if (
+                    self._writable is not None
+                    and not self._writable.done()
+                    and not await self._drained()
+                ):
+                    return False
         return True
+
+    async def _drained(self) -> bool:
+        """Wait until the client takes what is buffered; False (connection dropped) when it takes
+        nothing for ``send_timeout``. Only reached while writing is paused: the slow path."""
+        assert self._writable is not None
+        try:
+            async with asyncio.timeout(self._limits.send_timeout):
+                await asyncio.shield(self._writable)
+        except TimeoutError:
+            log.info("client took nothing for %gs; dropping it", self._limits.send_timeout)
+            # Closed for writing now; the socket is dropped by _close once the response's
+            # cleanup (aborting its engine request) has run: dropping it here would cancel that.
+            self._closed = self._stalled = True
+            self._cancel_timer()
+            return False
+        return not self._closed
 
     def _write(self, data: bytes) -> None:
         if not self._closed and self._transport is not None:
@@ -489,6 +519,10 @@ class Connection(asyncio.Protocol):
         self._set_deadline(self._limits.linger_timeout, _LINGER)
 
     def _close(self) -> None:
+        if self._stalled and self._transport is not None:
+            self._stalled = False
+            self._transport.abort()  # it takes nothing: a graceful close would never flush
+            return
         if not self._closed and self._transport is not None:
             self._closed = True
             self._cancel_timer()

@@ -22,6 +22,9 @@ class ServerLimits:
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    # A client that takes none of a response for this long (its socket buffers stay full) is
+    # dropped: its handler, its engine request and its concurrency slot are let go.
+    send_timeout: float = 60.0
     # After an error answer that closes the connection: how long what the client still sends is
     # read and dropped, so that closing does not reset the connection under the answer.
     linger_timeout: float = 2.0

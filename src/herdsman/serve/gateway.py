@@ -49,6 +49,7 @@ def server_limits(config: GatewayConfig) -> ServerLimits:
         header_timeout=config.http_header_timeout,
         body_timeout=config.http_body_timeout,
         keepalive_timeout=config.keepalive_timeout,
+        send_timeout=config.http_send_timeout,
     )
 
 

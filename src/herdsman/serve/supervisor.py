@@ -124,8 +124,9 @@ class Supervisor:
             finally:
                 reservation.close()
             self._serving = True
+            scheme = "https" if config.tls_cert else "http"
             print(
-                f"herdsman listening on http://{config.host}:{config.port} "
+                f"herdsman listening on {scheme}://{config.host}:{config.port} "
                 f"model={ready[0].model} processes={self._count}",
                 flush=True,
             )
