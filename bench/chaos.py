@@ -356,8 +356,41 @@ def render(summary: dict[str, Any], run: Run, args: argparse.Namespace, out: Pat
         "./bench/chaos.sh --duration 120   # a short run",
         "```",
         "",
+        SUITES,
     ]
     return "\n".join(lines)
+
+
+# What the test suites check (part of the report, so the page says where each guarantee is held).
+SUITES = """## Where each guarantee is tested
+
+All in `make test`, with real processes on loopback; none asserts a duration.
+
+| what | tests |
+|---|---|
+| engine crash mid-generation (retried when nothing reached the client; else an SSE error), \
+hang before and after the first token (deadline, Abort), errors after output (retried, then \
+502), circuit breaker cutting off a failing worker, a worker that comes back, a frozen engine \
+(keepalive), GOAWAY mid-stream, RESOURCE_EXHAUSTED storms and full engines (429, never 503), \
+connection resets, a slow engine | `tests/faults/test_engine_faults.py` |
+| a real vLLM frozen (SIGSTOP) mid-stream, both transports | \
+`tests/integration/test_vllm.py::test_a_frozen_engine_fails_the_stream_then_serves_again` |
+| the gRPC client alone: deadlines, keepalive on stalled links and frozen engines, resets, \
+GOAWAY, MAX_CONCURRENT_STREAMS, slow readers (bounded buffering), max message size, TLS/mTLS, \
+refused streams | `tests/engines/test_transport_faults.py` (real grpcio servers, a fault proxy) |
+| slow and hostile clients: slowloris (headers, body), pipelining floods, oversized URL, \
+headers, body, JSON nesting, invalid UTF-8, `Expect: 100-continue`, resets, the connection cap, \
+TLS, clients that stop reading | `tests/robustness/test_http_hostile.py`, `tests/http/` |
+| 10,000 generated bodies per endpoint: no 5xx, memory and tasks flat | \
+`tests/faults/test_fuzz.py` |
+| admission: gateway-wide limit across processes, queue, 429s, clients leaving the queue or a \
+running request (Abort) | `tests/faults/test_admission_e2e.py`, `tests/unit/test_admission.py` |
+| supervisor: a frozen event loop replaced (watchdog), failed starts retried with backoff | \
+`tests/faults/test_supervisor.py` |
+| circuit breaker and backoff arithmetic | `tests/routing/test_circuit.py` |
+| a requester leaving does not cancel shared image work | \
+`tests/multimodal/test_decode_and_service.py` |
+"""
 
 
 async def main_async(args: argparse.Namespace) -> int:
