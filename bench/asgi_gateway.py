@@ -158,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("herdsman", "uvicorn", "granian"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--protective",
+        action="store_true",
+        help="uvicorn and granian with their own protective settings set as herdsman's "
+        "(5 s request-reading timeouts, 256 connections): for bench/http_robustness.py",
+    )
     args = parser.parse_args(argv[:split])
     serve_args = argv[split + 1 :]
     config = gateway_config(serve_args)
@@ -178,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             lifespan="on",
             access_log=False,
             log_level="warning",
+            # uvicorn's nearest settings: its keep-alive timeout, and 503 beyond N connections
+            # or tasks.
+            **({"timeout_keep_alive": 5, "limit_concurrency": 256} if args.protective else {}),
         )
     else:
         from granian import Granian
         from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes
+        from granian.http import HTTP1Settings
 
         os.environ[_ENV] = json.dumps(serve_args)
         Granian(
@@ -197,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             http=HTTPModes.http1,
             websockets=False,
             log_level="warning",
+            **(
+                {"http1_settings": HTTP1Settings(header_read_timeout=5000), "backpressure": 256}
+                if args.protective
+                else {}
+            ),
         ).serve()
     return 0
 
