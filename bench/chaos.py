@@ -125,6 +125,8 @@ class Run:
     records: list[Record] = field(default_factory=list)
     faults: list[tuple[float, float, int]] = field(default_factory=list)  # (killed, back, engine)
     memory: list[tuple[float, float]] = field(default_factory=list)  # (t, tree RSS MB)
+    # Requests at each engine (running and waiting, its GetServerInfo), sampled with memory.
+    engine_load: list[list[int | None]] = field(default_factory=list)
 
 
 def streamed(turn: Turn) -> bool:
@@ -209,10 +211,27 @@ async def _chaos(engines: list[Engine], run: Run, t0: float, duration: float, do
         run.faults.append((killed, time.monotonic() - t0, victim.index))
 
 
-async def _memory(gateway_pid: int, run: Run, t0: float, duration: float) -> None:
+def _active_requests(engine: Engine) -> int | None:
+    import grpc
+    from smg_grpc_proto.generated import vllm_engine_pb2, vllm_engine_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{engine.port}") as channel:
+            stub = vllm_engine_pb2_grpc.VllmEngineStub(channel)
+            info = stub.GetServerInfo(vllm_engine_pb2.GetServerInfoRequest(), timeout=2)
+        return int(info.active_requests)
+    except grpc.RpcError:
+        return None  # down (killed) right now
+
+
+async def _sample(
+    gateway_pid: int, engines: list[Engine], run: Run, t0: float, duration: float
+) -> None:
     while time.monotonic() - t0 < duration:
         rss = sum(p.rss_kb for p in procstat.tree(gateway_pid)) / 1024
         run.memory.append((time.monotonic() - t0, rss))
+        loads = await asyncio.gather(*(asyncio.to_thread(_active_requests, e) for e in engines))
+        run.engine_load.append(list(loads))
         await asyncio.sleep(5)
 
 
@@ -239,7 +258,12 @@ def summarize(run: Run, duration: float) -> dict[str, Any]:
         elif not math.isnan(r.ttft) and r.stream:
             (during if in_fault(r.start) else outside).append(r.ttft * 1000)
     memory = [m for _, m in run.memory]
+    loads = []
+    for i in range(len(run.engine_load[0]) if run.engine_load else 0):
+        seen = [sample[i] for sample in run.engine_load if sample[i] is not None]
+        loads.append(sum(seen) / len(seen) if seen else math.nan)
     return {
+        "engine_requests_mean": loads,
         "duration_s": duration,
         "requests": len(run.records),
         "unstreamed": sum(not r.stream for r in run.records),
@@ -250,11 +274,13 @@ def summarize(run: Run, duration: float) -> dict[str, Any]:
             "during_faults": {
                 "n": len(during),
                 "p50": _percentile(during, 50),
+                "p90": _percentile(during, 90),
                 "p99": _percentile(during, 99),
             },
             "outside_faults": {
                 "n": len(outside),
                 "p50": _percentile(outside, 50),
+                "p90": _percentile(outside, 90),
                 "p99": _percentile(outside, 99),
             },
         },
@@ -321,12 +347,23 @@ def render(summary: dict[str, Any], run: Run, args: argparse.Namespace, out: Pat
         "",
         "TTFT of streamed requests (ms), by when they started:",
         "",
-        "| | requests | p50 | p99 |",
-        "|---|---|---|---|",
+        "| | requests | p50 | p90 | p99 |",
+        "|---|---|---|---|---|",
     ]
     for name, label in (("outside_faults", "outside faults"), ("during_faults", "during faults")):
         t = ttft[name]
-        lines.append(f"| {label} | {t['n']} | {t['p50']:.1f} | {t['p99']:.1f} |")
+        lines.append(f"| {label} | {t['n']} | {t['p50']:.1f} | {t['p90']:.1f} | {t['p99']:.1f} |")
+    loads = summary["engine_requests_mean"]
+    lines += [
+        "",
+        "Requests at each engine (running and waiting, from its GetServerInfo), mean of the 5 s "
+        "samples while it was up: "
+        + ", ".join(
+            f"engine {i}{' (slow)' if args.engine_flags[i] is SLOW else ''} {load:.1f}"
+            for i, load in enumerate(loads)
+        )
+        + ".",
+    ]
     mem = summary["memory_mb"]
     lines += [
         "",
@@ -348,6 +385,11 @@ def render(summary: dict[str, Any], run: Run, args: argparse.Namespace, out: Pat
         "- *cut* streams are those whose engine died after tokens went out: they end with an SSE "
         "`error` event and `data: [DONE]`. Their number follows from how many streams the killed "
         "engine was serving at the time.",
+        "- TTFT's upper percentiles are the slow engine's queue, faults or not: round robin (the "
+        "only policy so far; load-aware ones come with fleet routing) hands it a quarter of the "
+        "requests, more than it can serve, so requests wait there (see the requests per engine "
+        "above) while the other engines answer in tens of milliseconds. Compare during and "
+        "outside faults at the same percentile to see what the faults cost.",
         "",
         "## Commands",
         "",
@@ -416,7 +458,7 @@ async def main_async(args: argparse.Namespace) -> int:
         run = Run()
         t0 = time.monotonic()
         chaos = asyncio.create_task(_chaos(engines, run, t0, args.duration, args.down))
-        memory = asyncio.create_task(_memory(gateway.pid, run, t0, args.duration))
+        memory = asyncio.create_task(_sample(gateway.pid, engines, run, t0, args.duration))
         await _load(client, workload, run, t0, args.duration, args.concurrency)
         chaos.cancel()
         memory.cancel()

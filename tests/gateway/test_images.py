@@ -174,3 +174,79 @@ def test_tensors_reach_both_protos() -> None:
     sglang = SglangScheduler("x", transport)._generate_request(request).mm_inputs
     assert np.frombuffer(sglang.pixel_values.data, "<f4").tolist() == pixels.ravel().tolist()
     assert list(sglang.model_specific_tensors["image_grid_thw"].shape) == [1, 3]
+
+
+def test_images_per_request_are_capped(vl_gateway: str) -> None:
+    parts = [{"type": "image_url", "image_url": {"url": DATA_URL}}] * 9
+    response = httpx.post(
+        f"{vl_gateway}/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 2},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "at most 8 images" in error["message"]
+    assert error["param"] == "messages[0].content[8].image_url"
+
+
+@pytest.fixture
+def gated_image_server() -> Iterator[tuple[str, threading.Event]]:
+    """Serves /together/N only once 3 requests are in at once (a sequential fetcher never gets
+    there), and /never/ only once the test ends."""
+    body = IMAGE.read_bytes()
+    together = threading.Barrier(3, timeout=20)
+    done = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            try:
+                if self.path.startswith("/never/"):
+                    done.wait(60)
+                else:
+                    together.wait()
+            except threading.BrokenBarrierError:
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "image/png")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", done
+    done.set()
+    server.shutdown()
+
+
+def test_images_are_fetched_at_once_within_a_budget(
+    gated_image_server: tuple[str, threading.Event],
+) -> None:
+    base_image_url, _ = gated_image_server
+    sim = start_sim(VL, "vllm", "--itl-base-ms", "0")
+    gateway = start_gateway(
+        sim.address, extra=("--allow-private-image-urls", "--image-fetch-timeout", "3")
+    )
+    url = f"http://{gateway.address}/v1/chat/completions"
+
+    def ask(*image_urls: str) -> httpx.Response:
+        parts = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+        messages = [{"role": "user", "content": parts}]
+        return httpx.post(
+            url, timeout=60, json={"model": MODEL, "messages": messages, "max_tokens": 2}
+        )
+
+    try:
+        three = ask(*(f"{base_image_url}/together/{i}.png" for i in range(3)))
+        assert three.status_code == 200, three.text
+        assert three.json()["usage"]["prompt_tokens"] > _expected_prompt_tokens(1)
+        stuck = ask(f"{base_image_url}/together/x.png", f"{base_image_url}/never/y.png")
+        assert stuck.status_code == 400
+        assert "took longer than 3s" in stuck.json()["error"]["message"]
+    finally:
+        gateway.stop()
+        sim.stop()

@@ -205,3 +205,14 @@ def test_batched_prompts(base_url: str) -> None:
     )
     assert finished == [0, 1]
     assert events[-1]["usage"]["prompt_tokens"] == 7
+
+
+def test_prompts_times_n_is_capped(base_url: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": "qwen3", "prompt": ["a", "b", "c"], "n": 100, "max_tokens": 1},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "prompt" and "at most 256" in error["message"]

@@ -60,3 +60,22 @@ def test_metrics_are_aggregated_over_processes() -> None:
     finally:
         gateway.stop()
         sim.stop()
+
+
+def test_request_labels_are_routes_not_raw_paths(base_url: str) -> None:
+    for path in ("/v1/models", "/v1/models/", "/v1/models///", "/nope/1", "/nope/2?x=1"):
+        httpx.get(f"{base_url}{path}", timeout=30)
+
+    def labels() -> set[str]:
+        text = httpx.get(f"{base_url}/metrics", timeout=30).text
+        return set(re.findall(r'herdsman_requests_total\{endpoint="([^"]*)"', text))
+
+    # Whichever process answers shows the others' counts as of their last snapshot (once a
+    # second): gather what every render shows until both routes have appeared.
+    seen: set[str] = set()
+    deadline = time.monotonic() + 30
+    while not {"/v1/models", "other"} <= seen and time.monotonic() < deadline:
+        seen |= labels()
+        time.sleep(0.1)
+    assert {"/v1/models", "other"} <= seen, seen
+    assert not any(label.endswith("/") or label.startswith("/nope") for label in seen), seen
