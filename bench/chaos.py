@@ -49,8 +49,8 @@ REALISTIC = [
     "--itl-per-running-ms", "0.05", "--max-num-seqs", "16",
 ]  # fmt: skip
 SLOW = [
-    "--ttft-base-ms", "50", "--prefill-ms-per-1k", "80", "--itl-base-ms", "40",
-    "--itl-per-running-ms", "0.2", "--max-num-seqs", "16",
+    "--ttft-base-ms", "10", "--prefill-ms-per-1k", "40", "--itl-base-ms", "20",
+    "--itl-per-running-ms", "0.1", "--max-num-seqs", "16",
 ]  # fmt: skip
 FAULT_TAIL_S = 5.0
 
@@ -317,7 +317,7 @@ def render(summary: dict[str, Any], run: Run, args: argparse.Namespace, out: Pat
         "",
         f"- {len(args.engine_flags)} engine-sims (`herdsman engine-sim`, vLLM protocol, Qwen3 "
         "tokenizer), each running at most 16 sequences at once: three with the realistic "
-        f"timing `{' '.join(REALISTIC)}`, one slow throughout: `{' '.join(SLOW)}`.",
+        f"timing `{' '.join(REALISTIC)}`, one half as fast throughout: `{' '.join(SLOW)}`.",
         f"- herdsman with {args.processes} processes in front of all four "
         "(`--health-check-interval 1`, everything else default: 3 retries, circuit breakers).",
         f"- Load: {args.concurrency} closed-loop clients, multi-turn chats (`bench/workload.py`, "
@@ -487,7 +487,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     parser.add_argument("--duration", type=float, default=600.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    # Enough clients to keep every engine's 16 sequences busy, the slow one's share included.
+    parser.add_argument("--concurrency", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--down", type=float, default=10.0, help="seconds a killed engine is down")

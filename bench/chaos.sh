@@ -19,4 +19,4 @@ if [ -n "$(ip -o link show | awk -F': ' '$2 != "lo"')" ]; then
     exec unshare -rn sh -c 'ip link set lo up && exec "$0" "$@"' "${BASH_SOURCE[0]}" "$@"
 fi
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m bench.chaos --invocation "./bench/chaos.sh $*" "$@"
+exec "$ROOT/.venv/bin/python" -m bench.chaos --invocation "./bench/chaos.sh${*:+ $*}" "$@"

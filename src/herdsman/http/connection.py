@@ -404,10 +404,8 @@ class Connection(asyncio.Protocol):
         try:
             head_ = head(response.status, response.content_type, response.headers, close=close)
             self._write(head_ + b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
-            if self._server.access_log:
-                complete = await self._send_counted(chunks)
-            else:
-                complete = await self._send(chunks)
+            body = self._counted(chunks) if self._server.access_log else chunks
+            complete = await self._send(body)
             if not complete:
                 return False
         except asyncio.CancelledError:
@@ -443,21 +441,12 @@ class Connection(asyncio.Protocol):
                     return False
         return True
 
-    async def _send_counted(self, chunks: AsyncIterator[bytes]) -> bool:
-        """``_send`` that also counts the body's bytes, only when the access log is on."""
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The body's chunks, their bytes counted for the access log (only when it is on: one
+        more generator hop per chunk)."""
         async for chunk in chunks:
-            if self._closed:
-                return False
-            if chunk:
-                self._sent += len(chunk)
-                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if (
-                    self._writable is not None
-                    and not self._writable.done()
-                    and not await self._drained()
-                ):
-                    return False
-        return True
+            self._sent += len(chunk)
+            yield chunk
 
     async def _drained(self) -> bool:
         """Wait until the client takes what is buffered; False (connection dropped) when it takes
