@@ -25,7 +25,7 @@ from typing import Any
 from herdsman.api.app import GatewayApp
 from herdsman.config import GatewayConfig
 from herdsman.http import Request, Response, StreamingResponse
-from herdsman.serve.context import build_context
+from herdsman.serve.context import build_context, probe_fleet
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,7 +60,7 @@ class AsgiGateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                ctx = await build_context(self._config)
+                ctx = await build_context(self._config, await probe_fleet(self._config))
                 self._app = GatewayApp(ctx)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -144,7 +144,7 @@ async def _serve_herdsman(config: GatewayConfig, host: str, port: int) -> None:
     from herdsman.http.server import bind_socket
     from herdsman.serve.gateway import server_limits
 
-    ctx = await build_context(config)
+    ctx = await build_context(config, await probe_fleet(config))
     server = HttpServer(GatewayApp(ctx), server_limits(config))
     await server.start(bind_socket(host, port))
     print(f"bench.asgi_gateway: herdsman listening on {host}:{port}", flush=True)

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from herdsman.config import GatewayConfig
+from herdsman.routing.policies import POLICY_NAMES
 
 
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,7 +85,54 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="only fetch images from these hosts (repeatable; '.example.com' for subdomains)",
     )
     p.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024)
-    p.add_argument("--policy", default="round_robin", help="routing policy")
+    routing = p.add_argument_group("routing")
+    routing.add_argument(
+        "--policy",
+        default="round_robin",
+        choices=POLICY_NAMES,
+        help="how a request picks one of its model's workers",
+    )
+    routing.add_argument(
+        "--model-policy",
+        dest="model_policies",
+        action="append",
+        default=[],
+        metavar="MODEL=POLICY",
+        help="a model's own policy (repeatable)",
+    )
+    routing.add_argument(
+        "--prefix-hash-tokens",
+        type=int,
+        default=256,
+        help="prefix_hash: the leading prompt tokens that choose the worker",
+    )
+    routing.add_argument(
+        "--cache-aware-balance-abs",
+        type=float,
+        default=4.0,
+        help="cache_aware: a worker takes a request for its cache only while its load is within "
+        "this many requests of the least loaded worker's...",
+    )
+    routing.add_argument(
+        "--cache-aware-balance-rel",
+        type=float,
+        default=1.25,
+        help="...or within this factor of it",
+    )
+    routing.add_argument(
+        "--worker-wait-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request waits for a worker of its model when none is available",
+    )
+    routing.add_argument(
+        "--worker-startup-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long the gateway waits at start for a worker that is still loading",
+    )
     p.add_argument(
         "--reasoning-parser",
         default="auto",
@@ -324,6 +372,12 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         tokenizer_cache_l1_bytes=args.tokenizer_cache_l1_bytes,
         tokenizer_cache_shared_bytes=args.tokenizer_cache_shared_bytes,
         policy=args.policy,
+        model_policies=list(args.model_policies),
+        prefix_hash_tokens=args.prefix_hash_tokens,
+        cache_aware_balance_abs=args.cache_aware_balance_abs,
+        cache_aware_balance_rel=args.cache_aware_balance_rel,
+        worker_wait_timeout=args.worker_wait_timeout,
+        worker_startup_timeout=args.worker_startup_timeout,
         allow_private_image_urls=args.allow_private_image_urls,
         image_url_domains=args.image_url_domains,
         max_image_bytes=args.max_image_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -25,6 +26,15 @@ class GatewayConfig:
     image_url_domains: list[str] | None = None
     max_image_bytes: int = 20 * 1024 * 1024
     policy: str = "round_robin"
+    # MODEL=POLICY overrides of the policy per model.
+    model_policies: list[str] = field(default_factory=list)
+    prefix_hash_tokens: int = 256
+    cache_aware_balance_abs: float = 4.0
+    cache_aware_balance_rel: float = 1.25
+    # Seconds a request waits for a worker of its model when none is available.
+    worker_wait_timeout: float = 30.0
+    # Seconds the gateway waits at start for its first worker to answer (an engine loading).
+    worker_startup_timeout: float = 1800.0
     reasoning_parser: str = "auto"  # a registry name, "auto" (from the model), or "none"
     tool_call_parser: str = "auto"
     health_check_interval: float = 5.0
@@ -86,6 +96,8 @@ class GatewayConfig:
     processes: int = 1
     # Where the gateway processes leave their metric snapshots (made by the supervisor).
     metrics_dir: str | None = None
+    # The engine workers the supervisor knows now (set by it before starting each process).
+    worker_specs: list[Any] = field(default_factory=list)
     # The file where every process publishes its requests in flight (made by the supervisor).
     admission_board: str | None = None
     # Where the processes' shared tokenizer segment store lives (made by the supervisor).

@@ -12,6 +12,7 @@ from herdsman.api.errors import APIError, api_error
 from herdsman.api.parse import parse_function_call, parse_reasoning
 from herdsman.api.responses import json_response
 from herdsman.api.tokenize import detokenize, tokenize
+from herdsman.api.workers import add_worker, delete_worker, get_worker, list_workers
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServingContext
@@ -23,16 +24,21 @@ Endpoint = Callable[[ServingContext, Request], Awaitable[Response | StreamingRes
 
 
 async def list_models(ctx: ServingContext, request: Request) -> Response:
-    model = ctx.model
-    card = {
-        "id": model.name,
-        "object": "model",
-        "created": model.created,
-        "owned_by": "herdsman",
-        "root": model.name,
-        "max_model_len": model.max_context_length,
-    }
-    return json_response({"object": "list", "data": [card]})
+    """Every model with at least one worker (a model whose workers were all removed is gone)."""
+    served = {w.model_name for w in ctx.registry}
+    cards = [
+        {
+            "id": model.name,
+            "object": "model",
+            "created": model.created,
+            "owned_by": "herdsman",
+            "root": model.name,
+            "max_model_len": model.max_context_length,
+        }
+        for name, model in sorted(ctx.models.items())
+        if name in served
+    ]
+    return json_response({"object": "list", "data": cards})
 
 
 async def metrics(ctx: ServingContext, request: Request) -> Response:
@@ -70,7 +76,22 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/parse/function_call": {"POST": parse_function_call},
     "/health": {"GET": health},
     "/metrics": {"GET": metrics},
+    "/workers": {"GET": list_workers, "POST": add_worker},
+    "/workers/{id}": {"GET": get_worker, "DELETE": delete_worker},
 }
+
+
+def find_route(path: str) -> tuple[str, dict[str, Endpoint]] | None:
+    """The route template a path matches, and its endpoints. A template ends in at most one
+    ``{id}`` segment, which the endpoint reads off the path."""
+    key = path.rstrip("/") or "/"
+    methods = ROUTES.get(key)
+    if methods is not None:
+        return key, methods
+    head, _, last = key.rpartition("/")
+    template = f"{head}/{{id}}"
+    methods = ROUTES.get(template) if last else None
+    return (template, methods) if methods is not None else None
 
 
 _STATUS_TEXT = {code: str(code) for code in range(100, 600)}
@@ -83,8 +104,8 @@ class GatewayApp:
         self.ctx = ctx
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
-        route_key = request.path.rstrip("/") or "/"
-        methods = ROUTES.get(route_key)
+        found = find_route(request.path)
+        route_key, methods = found if found is not None else ("other", None)
         try:
             if methods is None:
                 raise APIError(404, f"no route for {request.path}", code="not_found")
@@ -107,9 +128,8 @@ class GatewayApp:
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
             response = exc.response()
-        # The route's own name, never the raw path: label values stay a fixed, small set.
-        route = route_key if methods is not None else "other"
-        METRICS.requests.inc(labels=(route, _STATUS_TEXT[response.status]))
+        # The route's template, never the raw path: label values stay a fixed, small set.
+        METRICS.requests.inc(labels=(route_key, _STATUS_TEXT[response.status]))
         return response
 
     async def _admitted(self, endpoint: Endpoint, request: Request) -> Response | StreamingResponse:

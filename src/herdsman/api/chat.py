@@ -11,6 +11,7 @@ from herdsman.api.responses import (
     LogprobsFormat,
     decode_body,
     json_response,
+    routing_key,
     run_to_end,
     sse_body,
     stream_events,
@@ -18,7 +19,7 @@ from herdsman.api.responses import (
 )
 from herdsman.api.sse import ChunkFrames, encode_json
 from herdsman.http import Request, Response, StreamingResponse
-from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
 from herdsman.pipeline.images import load_images
 from herdsman.pipeline.parsing import ParserSetup
@@ -28,21 +29,23 @@ from herdsman.pipeline.prepare import prepare_chat
 
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
+    model = ctx.served(body.model)
     images = await load_images(
-        ctx.model.images,
+        model.images,
         body.messages,
         max_images=ctx.limits.max_images,
         fetch_timeout=ctx.limits.image_fetch_timeout,
     )
-    plan = await prepare_chat(ctx.model, body, images, ctx.limits.max_choices)
-    generation = Generation(ctx, plan, request.received_at)
+    plan = await prepare_chat(model, body, images, ctx.limits.max_choices)
+    plan.routing_key = routing_key(request)
+    generation = Generation(ctx, model, plan, request.received_at)
     await generation.start()
     created = int(time.time())
     if plan.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        frames = ChunkFrames(plan.request_id, created, ctx.model.name, chat=True)
+        frames = ChunkFrames(plan.request_id, created, model.name, chat=True)
         top_n = plan.sampling.logprobs
-        tokenizer = ctx.model.tokenizer
+        tokenizer = model.tokenizer
         logprobs = (
             None
             if top_n is None
@@ -59,10 +62,10 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
                 logprobs=logprobs,
             )
         return StreamingResponse(events)
-    return await _complete(ctx, plan, generation, created)
+    return await _complete(model, plan, generation, created)
 
 
-def _choice(ctx: ServingContext, plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
+def _choice(model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
     """One choice of a non-streamed response, its text parsed when the request asks for it."""
     text = "".join(choice.text or ())
     finish_reason = choice.finish_reason
@@ -78,19 +81,19 @@ def _choice(ctx: ServingContext, plan: GenerationPlan, choice: ChoiceOutput) -> 
     return {
         "index": choice.index,
         "message": message,
-        "logprobs": _choice_logprobs(ctx, plan, choice),
+        "logprobs": _choice_logprobs(model, plan, choice),
         "finish_reason": finish_reason,
         "stop_reason": choice.matched_stop,
     }
 
 
 def _choice_logprobs(
-    ctx: ServingContext, plan: GenerationPlan, choice: ChoiceOutput
+    model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput
 ) -> dict[str, object] | None:
     top_n = plan.sampling.logprobs
     if top_n is None:
         return None
-    return {"content": chat_logprobs(ctx.model.tokenizer, choice.logprobs or (), top_n)}
+    return {"content": chat_logprobs(model.tokenizer, choice.logprobs or (), top_n)}
 
 
 def _stream_parsed(
@@ -144,16 +147,16 @@ async def _parsed_frames(
 
 
 async def _complete(
-    ctx: ServingContext, plan: GenerationPlan, generation: Generation, created: int
+    model: ServedModel, plan: GenerationPlan, generation: Generation, created: int
 ) -> Response:
     await run_to_end(generation)
-    choices = [_choice(ctx, plan, c) for c in generation.choices]
+    choices = [_choice(model, plan, c) for c in generation.choices]
     return json_response(
         {
             "id": plan.request_id,
             "object": "chat.completion",
             "created": created,
-            "model": ctx.model.name,
+            "model": model.name,
             "choices": choices,
             "usage": usage_of(generation),
         }

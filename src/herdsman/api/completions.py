@@ -9,6 +9,7 @@ from herdsman.api.protocol import CompletionRequest
 from herdsman.api.responses import (
     decode_body,
     json_response,
+    routing_key,
     run_to_end,
     stream_events,
     usage_of,
@@ -25,20 +26,24 @@ from herdsman.pipeline.prepare import prepare_completion
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
-    request_id, plans = await prepare_completion(ctx.model, body, ctx.limits.max_choices)
-    group = GenerationGroup([Generation(ctx, plan, request.received_at) for plan in plans])
+    model = ctx.served(body.model)
+    request_id, plans = await prepare_completion(model, body, ctx.limits.max_choices)
+    key = routing_key(request)
+    for plan in plans:
+        plan.routing_key = key
+    group = GenerationGroup([Generation(ctx, model, plan, request.received_at) for plan in plans])
     await group.start()
     created = int(time.time())
     top_n = plans[0].sampling.logprobs
     formatters = {
-        c.index: CompletionLogprobs(ctx.model.tokenizer, top_n)
+        c.index: CompletionLogprobs(model.tokenizer, top_n)
         for c in group.choices
         if top_n is not None
     }
     echoes = {c.index: g.plan.echo for g in group.generations for c in g.choices}
     if plans[0].stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        frames = ChunkFrames(request_id, created, ctx.model.name, chat=False)
+        frames = ChunkFrames(request_id, created, model.name, chat=False)
 
         def logprobs(choice: ChoiceOutput, run: TokenLogprobs) -> object:
             return formatters[choice.index].format([run])
@@ -74,7 +79,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             "id": request_id,
             "object": "text_completion",
             "created": created,
-            "model": ctx.model.name,
+            "model": model.name,
             "choices": choices,
             "usage": usage_of(group),
         }

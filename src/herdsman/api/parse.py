@@ -14,13 +14,14 @@ from herdsman.http import Request, Response
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import ReasoningParser, thinking_flag
 from herdsman.parsers.tool_calls import ToolCallParser
-from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.context import ServedModel, ServingContext
 
 
 class ParseReasoningRequest(msgspec.Struct, kw_only=True):
     text: str
-    # Defaults to the parser the server runs with, when it has one.
+    # Defaults to the parser of the model named (or of the only model served), when it has one.
     reasoning_parser: str | None = None
+    model: str | None = None
     # enable_thinking / thinking, as in a chat request.
     chat_template_kwargs: dict[str, Any] | None = None
     # The prompt already opened the reasoning block (its template ended with <think>).
@@ -30,6 +31,7 @@ class ParseReasoningRequest(msgspec.Struct, kw_only=True):
 class ParseFunctionCallRequest(msgspec.Struct, kw_only=True):
     text: str
     tool_call_parser: str | None = None
+    model: str | None = None
     tools: list[dict[str, Any]] | None = None
 
 
@@ -46,21 +48,32 @@ def _parser_class(
         raise bad_request(str(exc), param) from exc
 
 
-def _reasoning_class(ctx: ServingContext, name: str | None) -> type[ReasoningParser]:
+def _default_model(ctx: ServingContext, model: str | None) -> ServedModel | None:
+    """The model whose parsers are the defaults: the one named, else the only one served."""
+    if model is None and len(ctx.models) != 1:
+        return None
+    return ctx.served(model)
+
+
+def _reasoning_class(
+    ctx: ServingContext, name: str | None, model: str | None
+) -> type[ReasoningParser]:
+    served = _default_model(ctx, model) if name is None else None
     return _parser_class(
         "reasoning_parser",
         name,
-        ctx.model.reasoning_parser,
+        served.reasoning_parser if served is not None else None,
         registry.get_reasoning_parser,
         registry.reasoning_parser_names(),
     )
 
 
-def _tool_class(ctx: ServingContext, name: str | None) -> type[ToolCallParser]:
+def _tool_class(ctx: ServingContext, name: str | None, model: str | None) -> type[ToolCallParser]:
+    served = _default_model(ctx, model) if name is None else None
     return _parser_class(
         "tool_call_parser",
         name,
-        ctx.model.tool_call_parser,
+        served.tool_call_parser if served is not None else None,
         registry.get_tool_call_parser,
         registry.tool_call_parser_names(),
     )
@@ -68,7 +81,7 @@ def _tool_class(ctx: ServingContext, name: str | None) -> type[ToolCallParser]:
 
 async def parse_reasoning(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, ParseReasoningRequest)
-    parser_class = _reasoning_class(ctx, body.reasoning_parser)
+    parser_class = _reasoning_class(ctx, body.reasoning_parser, body.model)
     parser = parser_class(
         thinking=thinking_flag(body.chat_template_kwargs),
         prompt_in_reasoning=body.prompt_in_reasoning,
@@ -79,7 +92,7 @@ async def parse_reasoning(ctx: ServingContext, request: Request) -> Response:
 
 async def parse_function_call(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, ParseFunctionCallRequest)
-    parser_class = _tool_class(ctx, body.tool_call_parser)
+    parser_class = _tool_class(ctx, body.tool_call_parser, body.model)
     if body.tools is not None and not all(isinstance(t, dict) for t in body.tools):
         raise bad_request("'tools' must be a list of tool objects", "tools")
     result = parser_class(body.tools).parse(body.text)

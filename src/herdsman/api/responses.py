@@ -10,7 +10,7 @@ import msgspec
 from herdsman.api.errors import APIError, api_error, bad_request
 from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
-from herdsman.http import Response
+from herdsman.http import Request, Response
 from herdsman.observability import METRICS
 from herdsman.pipeline.batch import GenerationGroup
 from herdsman.pipeline.errors import RequestError
@@ -40,6 +40,18 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise bad_request(f"the body is not valid UTF-8: {exc.reason}") from exc
     except RecursionError as exc:
         raise bad_request("the body's JSON is nested too deeply") from exc
+
+
+# Sticky routing keys, as clients of SMG and of other routers send them.
+_ROUTING_KEY_HEADERS = ("x-routing-key", "x-smg-routing-key")
+
+
+def routing_key(request: Request) -> str | None:
+    for name in _ROUTING_KEY_HEADERS:
+        value = request.headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def json_response(payload: object, status: int = 200) -> Response:

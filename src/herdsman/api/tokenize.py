@@ -11,7 +11,7 @@ from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import decode_body, json_response
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext
-from herdsman.pipeline.prepare import check_model, render_chat_prompt
+from herdsman.pipeline.prepare import render_chat_prompt
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):
@@ -33,9 +33,7 @@ class DetokenizeRequest(msgspec.Struct, kw_only=True):
 
 async def tokenize(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, TokenizeRequest)
-    model = ctx.model
-    if body.model is not None:
-        check_model(model, body.model)
+    model = ctx.served(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("send either 'prompt' or 'messages'")
     if body.messages is not None:
@@ -68,9 +66,7 @@ async def tokenize(ctx: ServingContext, request: Request) -> Response:
 
 async def detokenize(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, DetokenizeRequest)
-    model = ctx.model
-    if body.model is not None:
-        check_model(model, body.model)
+    model = ctx.served(body.model)
     vocab = model.tokenizer.vocab_size
     if any(t < 0 or t >= vocab for t in body.tokens):
         raise bad_request(f"token ids must be in [0, {vocab})", "tokens")

@@ -42,6 +42,8 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     stream: bool = True
     # Seconds the engine has for this request (its gRPC deadline); None: no deadline.
     timeout: float | None = None
+    # The data-parallel rank of the engine that must serve it (None: the engine chooses).
+    data_parallel_rank: int | None = None
     # Processed images (herdsman.pipeline.images.ImageInputs); typed loosely to keep this
     # module free of numpy.
     images: Any = None

@@ -83,6 +83,8 @@ class SglangScheduler(GrpcEngine):
             message.top_logprobs_num = max(s.logprobs or 0, s.prompt_logprobs or 0)
             # 0: from the prompt's first token on; -1: generated tokens only.
             message.logprob_start_len = 0 if s.prompt_logprobs is not None else -1
+        if request.data_parallel_rank is not None:
+            message.data_parallel_rank = request.data_parallel_rank
         return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:

@@ -166,6 +166,8 @@ class VllmEngine(GrpcEngine):
         )
         if request.images is not None:
             message.mm_inputs.CopyFrom(_mm_inputs(request.images))
+        if request.data_parallel_rank is not None:
+            message.data_parallel_rank = request.data_parallel_rank
         return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:

@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from herdsman.pipeline.admission import Admission
+from herdsman.pipeline.errors import ModelNotFound
 from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
-from herdsman.routing import RoutingPolicy, WorkerRegistry
+from herdsman.routing import RoundRobinPolicy, RoutingPolicy, WorkerRegistry
 from herdsman.tokenizer import ModelTokenizer
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class ServedModel:
     tool_call_parser: str | None = None
     # Vision models: fetching and preprocessing image inputs; None for text-only models.
     images: ImageSupport | None = None
+    # How a request for this model picks one of its workers.
+    policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +43,48 @@ class RequestLimits:
     max_images: int = 8
     # Seconds to fetch all of a request's images.
     image_fetch_timeout: float = 30.0
+    # Seconds a request waits for a worker of its model when none is available (0: not at all).
+    worker_wait_timeout: float = 30.0
+
+
+class FleetControl(Protocol):
+    """Changes to the fleet, made for every gateway process at once (by the supervisor)."""
+
+    async def add_worker(self, url: str, wait: float) -> tuple[int, dict[str, object]]:
+        """Add the engine at ``url``; (HTTP status, body): 200 serving, 202 still loading."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> tuple[int, dict[str, object]]: ...
 
 
 @dataclass(slots=True)
 class ServingContext:
-    model: ServedModel
+    """The models this gateway serves (by the name clients use), their workers, and the
+    request-wide policies."""
+
+    models: dict[str, ServedModel]
     registry: WorkerRegistry
-    policy: RoutingPolicy
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limits: RequestLimits = field(default_factory=RequestLimits)
     admission: Admission = field(default_factory=Admission)
+    # How admin calls reach the supervisor (None: a context without one, as in unit tests).
+    fleet: FleetControl | None = None
+    # Engines added but not answering yet (still loading): URL -> what is known.
+    pending: set[str] = field(default_factory=set)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def served(self, name: str | None) -> ServedModel:
+        """The model a request names; with no name, the only model (when there is one)."""
+        if name is None and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        model = self.models.get(name) if name is not None else None
+        if model is None:
+            names = ", ".join(sorted(self.models)) or "none yet"
+            what = f"the model '{name}' does not exist" if name else "'model' is required"
+            raise ModelNotFound(
+                f"{what}; this gateway serves: {names}", "model", code="model_not_found"
+            )
+        return model
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run fire-and-forget work (an Abort) that must survive the request that started it."""

@@ -30,7 +30,7 @@ from herdsman.engines import (
 )
 from herdsman.engines import SamplingParams as EngineSampling
 from herdsman.observability import METRICS
-from herdsman.pipeline.context import ServingContext
+from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.errors import (
     EngineFailed,
     EngineTimeout,
@@ -42,7 +42,7 @@ from herdsman.pipeline.errors import (
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
-from herdsman.routing import Worker
+from herdsman.routing import RoutingRequest, Worker
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     # Ids never shown as text even when special tokens are kept (EOS, stop ids).
     hidden_ids: frozenset[int] = frozenset()
     images: ImageInputs | None = None
+    # The client's key for sticky routing (X-Routing-Key / X-SMG-Routing-Key), if any.
+    routing_key: str | None = None
 
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
@@ -75,6 +77,10 @@ Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
 _CLIENT_CODES = frozenset(
     {"invalid_argument", "failed_precondition", "out_of_range", "unimplemented", "cancelled"}
 )
+
+
+# While no worker is available: how often to look again (only then, never per request).
+_WORKER_POLL_SECONDS = 0.1
 
 
 class _Attempt(msgspec.Struct):
@@ -91,12 +97,16 @@ class _Retry(Exception):
 
 
 class Generation:
-    def __init__(self, ctx: ServingContext, plan: GenerationPlan, received_at: float) -> None:
+    def __init__(
+        self, ctx: ServingContext, model: ServedModel, plan: GenerationPlan, received_at: float
+    ) -> None:
         self._ctx = ctx
+        self._model = model
         self._plan = plan
+        self._routing = RoutingRequest(plan.input_ids, plan.routing_key)
         self._received_at = received_at
         self._deadline = received_at + ctx.limits.request_timeout
-        tokenizer = ctx.model.tokenizer
+        tokenizer = model.tokenizer
         self.choices = [
             ChoiceOutput(
                 plan.first_index + i,
@@ -118,6 +128,7 @@ class Generation:
         self._ttft_seen = False
         self._started: _Attempt | None = None
         self._tokens_held = 0
+        self._wait_end: float | None = None
 
     @property
     def plan(self) -> GenerationPlan:
@@ -262,10 +273,14 @@ class Generation:
                     code="timeout",
                 )
             worker = self._pick()
+            if worker is None and last is None and await self._wait_for_worker():
+                continue
             if worker is None:
                 if last is not None:
                     raise self._failure(last) from last
-                raise NoWorkerAvailable("no healthy engine worker is available", code="no_worker")
+                raise NoWorkerAvailable(
+                    f"no healthy engine worker serves '{self._model.name}' now", code="no_worker"
+                )
             self.attempts += 1
             self._tried.add(id(worker))
             request_id = (
@@ -278,8 +293,10 @@ class Generation:
                 stream=plan.stream,
                 images=plan.images,
                 timeout=time_left,
+                data_parallel_rank=worker.dp_rank,
             )
             worker.circuit.on_attempt()
+            worker.routed()
             outputs = worker.engine.generate(request)
             try:
                 first = await anext(outputs, None)
@@ -304,9 +321,23 @@ class Generation:
 
     def _pick(self) -> Worker | None:
         """A worker not tried yet when there is one, else any that is available again."""
-        available = self._ctx.registry.available()
+        available = self._ctx.registry.available(self._model.name)
         fresh = [w for w in available if id(w) not in self._tried]
-        return self._ctx.policy.select(fresh or available, self._plan.input_ids)
+        return self._model.policy.select(fresh or available, self._routing)
+
+    async def _wait_for_worker(self) -> bool:
+        """No worker of the model can take a request now, but one may soon (an engine still
+        loading, restarting, or its circuit about to let trials through): wait for it, within
+        the worker wait and the request's deadline. True when one is available."""
+        if self._wait_end is None:
+            limit = self._ctx.limits.worker_wait_timeout
+            self._wait_end = min(time.perf_counter() + limit, self._deadline)
+        registry, name = self._ctx.registry, self._model.name
+        while time.perf_counter() < self._wait_end:
+            await asyncio.sleep(_WORKER_POLL_SECONDS)
+            if registry.available(name):
+                return True
+        return False
 
     def _may_retry(self, exc: EngineError) -> bool:
         if self._shown or exc.code in _CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):

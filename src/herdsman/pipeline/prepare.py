@@ -14,7 +14,7 @@ from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 from herdsman.pipeline.context import ServedModel
-from herdsman.pipeline.errors import InvalidRequest, ModelNotFound
+from herdsman.pipeline.errors import InvalidRequest
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
@@ -192,22 +192,12 @@ def _stops(req: _SamplingFields) -> list[str]:
     return [req.stop] if isinstance(req.stop, str) else [s for s in req.stop if s]
 
 
-def check_model(model: ServedModel, name: str) -> None:
-    if name != model.name:
-        raise ModelNotFound(
-            f"the model '{name}' does not exist; this gateway serves '{model.name}'",
-            "model",
-            code="model_not_found",
-        )
-
-
 async def prepare_chat(
     model: ServedModel,
     req: ChatCompletionRequest,
     images: ImageInputs | None = None,
     max_choices: int = 256,
 ) -> GenerationPlan:
-    check_model(model, req.model)
     if req.n > max_choices:
         raise InvalidRequest(f"n is {req.n}; this gateway allows at most {max_choices}", "n")
     if req.top_logprobs and not req.logprobs:
@@ -298,7 +288,6 @@ async def prepare_completion(
     model: ServedModel, req: CompletionRequest, max_choices: int = 256
 ) -> tuple[str, list[GenerationPlan]]:
     """The response id, and one plan per prompt of the (possibly batched) request."""
-    check_model(model, req.model)
     if req.suffix:
         raise InvalidRequest("suffix is not supported", "suffix")
     if req.best_of not in (None, 1, req.n):

@@ -1,18 +1,32 @@
-"""Which engine worker serves a request: the registry of workers, their health, the policies."""
+"""Which engine worker serves a request: the registry of workers, their health and circuits,
+their load, the routing policies, and the prefix index cache-aware routing reads."""
 
 from herdsman.routing.circuit import CircuitBreaker, CircuitConfig, CircuitState
 from herdsman.routing.health import HealthChecker
-from herdsman.routing.policy import POLICIES, RoundRobinPolicy, RoutingPolicy
-from herdsman.routing.registry import Worker, WorkerRegistry
+from herdsman.routing.load import WorkerLoad
+from herdsman.routing.policies import (
+    POLICY_NAMES,
+    PolicyOptions,
+    RoundRobinPolicy,
+    RoutingPolicy,
+    RoutingRequest,
+    make_policy,
+)
+from herdsman.routing.registry import Worker, WorkerRegistry, worker_id
 
 __all__ = [
-    "POLICIES",
+    "POLICY_NAMES",
     "CircuitBreaker",
     "CircuitConfig",
     "CircuitState",
     "HealthChecker",
+    "PolicyOptions",
     "RoundRobinPolicy",
     "RoutingPolicy",
+    "RoutingRequest",
     "Worker",
+    "WorkerLoad",
     "WorkerRegistry",
+    "make_policy",
+    "worker_id",
 ]

@@ -1,4 +1,6 @@
-"""Build the serving context: connect to every worker, learn the model, load its tokenizer."""
+"""Build the serving context of a gateway process from the supervisor's worker specs: connect to
+each engine, load each model's tokenizer once, make each model's routing policy. Workers can be
+added and removed later (``add_worker``, ``remove_engine``)."""
 
 from __future__ import annotations
 
@@ -22,14 +24,15 @@ from herdsman.pipeline.context import RequestLimits, ServedModel, ServingContext
 from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import (
-    POLICIES,
     CircuitBreaker,
     CircuitConfig,
     CircuitState,
+    PolicyOptions,
     Worker,
     WorkerRegistry,
+    make_policy,
 )
-from herdsman.serve.tokenizer_source import fetch_from_worker
+from herdsman.serve.fleet import WorkerSpec, probe_until_ready
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
 
@@ -66,6 +69,7 @@ def request_limits(config: GatewayConfig) -> RequestLimits:
         max_choices=config.max_choices_per_request,
         max_images=config.max_images_per_request,
         image_fetch_timeout=config.image_fetch_timeout,
+        worker_wait_timeout=config.worker_wait_timeout,
     )
 
 
@@ -99,26 +103,6 @@ async def connect_worker_engine(config: GatewayConfig, url: str) -> EngineClient
         config.grpc_transport,
         timeout=config.engine_connect_timeout,
         options=transport_options(config),
-    )
-
-
-async def _connect_all(config: GatewayConfig) -> WorkerRegistry:
-    engines = await asyncio.gather(*(connect_worker_engine(config, url) for url in config.workers))
-    infos = await asyncio.gather(*(engine.model_info() for engine in engines))
-    registry = WorkerRegistry()
-    circuit = circuit_config(config)
-    for url, engine, info in zip(config.workers, engines, infos, strict=True):
-        registry.add(Worker(url=url, engine=engine, model=info, circuit=CircuitBreaker(circuit)))
-        log.info("worker %s: %s backend, model %r", url, engine.backend, info.served_model_name)
-    return registry
-
-
-def _served_name(config: GatewayConfig, info: ModelInfo, tokenizer_dir: Path) -> str:
-    return (
-        config.served_model_name
-        or info.served_model_name
-        or Path(info.model_path).name
-        or tokenizer_dir.name
     )
 
 
@@ -195,13 +179,26 @@ def _shared_store(config: GatewayConfig, tokenizer: ModelTokenizer) -> SharedSeg
     return SharedSegmentStore(directory, config.tokenizer_cache_shared_bytes)
 
 
-async def build_context(config: GatewayConfig) -> ServingContext:
-    if not config.workers:
-        raise ValueError("at least one --worker grpc://HOST:PORT is needed")
-    registry = await _connect_all(config)
-    first = next(iter(registry))
-    local = config.tokenizer_path or config.model_path
-    tokenizer_dir = Path(local) if local else await fetch_from_worker(first.engine)
+def policy_for(config: GatewayConfig, model_name: str) -> str:
+    """The routing policy of a model: its own (--model-policy NAME=POLICY) or the default."""
+    for item in config.model_policies:
+        name, _, policy = item.partition("=")
+        if name == model_name:
+            return policy
+    return config.policy
+
+
+def policy_options(config: GatewayConfig) -> PolicyOptions:
+    return PolicyOptions(
+        prefix_tokens=config.prefix_hash_tokens,
+        balance_abs=config.cache_aware_balance_abs,
+        balance_rel=config.cache_aware_balance_rel,
+    )
+
+
+async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
+    """A model's tokenizer, template, parsers and image support, from its first worker's spec."""
+    tokenizer_dir = Path(spec.tokenizer_dir)
     tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
     cache = None
     if _cache_wanted(config.tokenizer_cache, tokenizer):
@@ -220,11 +217,11 @@ async def build_context(config: GatewayConfig) -> ServingContext:
         "on" if cache is not None and cache.l1_enabled else "off",
         " (shared by the gateway's processes)" if cache is not None and cache.shared else "",
     )
-    info = first.model
+    info = spec.info
     # The engine's own EOS list wins; the tokenizer's fills in when the engine does not say.
     eos = tuple(info.eos_token_ids) or tokenizer.eos_token_ids
     model = ServedModel(
-        name=_served_name(config, info, tokenizer_dir),
+        name=spec.model_name,
         tokenizer=tokenizer,
         max_context_length=info.max_context_length
         or tokenizer.model_max_length
@@ -234,21 +231,110 @@ async def build_context(config: GatewayConfig) -> ServingContext:
     )
     model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
     model.images = _image_support(config, tokenizer_dir, tokenizer)
-    if config.policy not in POLICIES:
-        raise ValueError(f"unknown policy {config.policy!r}; choose from {sorted(POLICIES)}")
+    model.policy = make_policy(policy_for(config, model.name), policy_options(config))
     log.info(
-        "serving %r (context %d, tokenizer %s)", model.name, model.max_context_length, tokenizer_dir
+        "serving %r (context %d, tokenizer %s, policy %s)",
+        model.name,
+        model.max_context_length,
+        tokenizer_dir,
+        model.policy.name,
     )
+    return model
+
+
+async def add_worker(ctx: ServingContext, config: GatewayConfig, spec: WorkerSpec) -> list[Worker]:
+    """Connect to one engine and route to it (each data-parallel rank as a worker); its model
+    is loaded first if this is its first worker."""
+    if ctx.registry.by_url(spec.url):
+        return ctx.registry.by_url(spec.url)
+    if spec.model_name not in ctx.models:
+        ctx.models[spec.model_name] = await load_model(config, spec)
+    engine = await connect_worker_engine(config, spec.url)
+    circuit = circuit_config(config)
+    ranks: list[int | None] = [None] if spec.dp_size <= 1 else list(range(spec.dp_size))
+    workers = [
+        Worker(
+            url=spec.url,
+            engine=engine,
+            model=spec.info,
+            model_name=spec.model_name,
+            dp_rank=rank,
+            circuit=CircuitBreaker(circuit),
+        )
+        for rank in ranks
+    ]
+    for worker in workers:
+        ctx.registry.add(worker)
+    log.info(
+        "worker %s (%s): %s backend, model %r%s",
+        spec.url,
+        ", ".join(w.id for w in workers),
+        engine.backend,
+        spec.model_name,
+        f", {spec.dp_size} data-parallel ranks" if spec.dp_size > 1 else "",
+    )
+    return workers
+
+
+def remove_engine(ctx: ServingContext, url: str) -> list[Worker]:
+    """Stop routing to the engine at ``url``; requests running on it finish, then its
+    connection closes."""
+    removed = [w for w in ctx.registry.by_url(url) if ctx.registry.remove(w.id)]
+    if removed:
+        ctx.spawn(_close_when_idle(removed), name=f"retire {url}")
+    return removed
+
+
+async def _close_when_idle(workers: list[Worker]) -> None:
+    while any(w.in_flight for w in workers):
+        await asyncio.sleep(0.1)
+    await workers[0].engine.close()
+
+
+async def build_context(config: GatewayConfig, specs: list[WorkerSpec]) -> ServingContext:
+    if not specs:
+        raise ValueError("at least one engine worker is needed")
+    for name in {policy_for(config, s.model_name) for s in specs}:
+        make_policy(name, index=_PROBE_INDEX)  # unknown names fail here, listing the known ones
     ctx = ServingContext(
-        model=model,
-        registry=registry,
-        policy=POLICIES[config.policy](),
+        models={},
+        registry=WorkerRegistry(),
         retry=retry_policy(config),
         limits=request_limits(config),
         admission=admission(config),
     )
+    for spec in specs:
+        await add_worker(ctx, config, spec)
     _watch(ctx)
     return ctx
+
+
+async def probe_fleet(config: GatewayConfig) -> list[WorkerSpec]:
+    """The specs of every configured worker, probed here (a process without a supervisor, as
+    bench/asgi_gateway.py runs one)."""
+    specs: list[WorkerSpec] = []
+    known: dict[str, str] = {}
+    for url in config.workers:
+        engine, spec = await probe_until_ready(
+            config, url, connect_worker_engine, known, config.worker_startup_timeout
+        )
+        await engine.close()
+        specs.append(spec)
+        known.setdefault(spec.model_name, spec.tokenizer_dir)
+    return specs
+
+
+class _ProbeIndex:
+    """Stands in for a prefix index when a policy name is only being checked."""
+
+    def match(self, input_ids: object, worker_ids: object) -> dict[str, int]:
+        return {}
+
+    def record_routed(self, worker_id: str, input_ids: object) -> None:
+        pass
+
+
+_PROBE_INDEX = _ProbeIndex()
 
 
 def _watch(ctx: ServingContext) -> None:

@@ -15,6 +15,8 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
+from herdsman.serve.fleet import WorkerSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,73 @@ class Shutdown(msgspec.Struct, tag=True):
     drain_timeout: float
 
 
-Message = Ready | Activate | WorkerHealth | WorkerSuspect | Ping | Pong | Shutdown
+class FleetState(msgspec.Struct, tag=True):
+    """Supervisor -> a process that is ready: every engine worker now (it adds what it lacks and
+    drops what is gone), and the ones still being waited for."""
+
+    specs: list[WorkerSpec]
+    pending: list[str] = msgspec.field(default_factory=list)
+
+
+class WorkerAdded(msgspec.Struct, tag=True):
+    """Supervisor -> process: route to this engine too (acknowledged with ``WorkerAck``)."""
+
+    spec: WorkerSpec
+
+
+class WorkerRemoved(msgspec.Struct, tag=True):
+    """Supervisor -> process: stop routing to this engine (acknowledged with ``WorkerAck``)."""
+
+    url: str
+
+
+class WorkerPending(msgspec.Struct, tag=True):
+    """Supervisor -> process: this engine was added but does not answer yet (still loading)."""
+
+    url: str
+
+
+class WorkerAck(msgspec.Struct, tag=True):
+    """Process -> supervisor: a WorkerAdded or WorkerRemoved was applied (or failed)."""
+
+    url: str
+    ok: bool = True
+    error: str = ""
+
+
+class AdminRequest(msgspec.Struct, tag=True):
+    """Process -> supervisor: an admin API call that changes the fleet (POST/DELETE /workers)."""
+
+    token: int
+    op: str  # "add" | "remove"
+    url: str = ""
+    worker_id: str = ""
+    # add: seconds to wait for the engine to answer before replying "pending".
+    wait: float = 30.0
+
+
+class AdminReply(msgspec.Struct, tag=True):
+    token: int
+    status: int
+    body: bytes  # JSON
+
+
+Message = (
+    Ready
+    | Activate
+    | WorkerHealth
+    | WorkerSuspect
+    | Ping
+    | Pong
+    | Shutdown
+    | FleetState
+    | WorkerAdded
+    | WorkerRemoved
+    | WorkerPending
+    | WorkerAck
+    | AdminRequest
+    | AdminReply
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -29,24 +29,34 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import msgspec
+
 from herdsman.config import GatewayConfig
+from herdsman.engines.connect import parse_worker_url
 from herdsman.http.server import bind_socket
 from herdsman.pipeline.admission import SharedBoard
 from herdsman.routing import HealthChecker, Worker, WorkerRegistry
 from herdsman.serve.context import connect_worker_engine
 from herdsman.serve.control import (
     Activate,
+    AdminReply,
+    AdminRequest,
     ControlChannel,
+    FleetState,
     Message,
     Ping,
     Pong,
     Ready,
     Shutdown,
+    WorkerAck,
+    WorkerAdded,
     WorkerHealth,
+    WorkerPending,
+    WorkerRemoved,
     WorkerSuspect,
 )
+from herdsman.serve.fleet import WorkerSpec, probe_until_ready
 from herdsman.serve.gateway import gateway_process_main
-from herdsman.serve.tokenizer_source import fetch_from_worker
 from herdsman.tokenizer.shared_store import make_store_directory, remove_store_directory
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,14 @@ _BACKOFF_INITIAL = 0.5
 _BACKOFF_MAX = 30.0
 # A process reported unreachable workers: at most one immediate health check per worker this often.
 _SUSPECT_DEBOUNCE = 1.0
+# At start, once one worker answers: how long the others get to answer before processes start.
+_STARTUP_GRACE = 2.0
+# How long a fleet change waits for every process to apply it (a new model's tokenizer to load).
+_ACK_TIMEOUT = 60.0
+
+
+def _error(message: str) -> dict[str, object]:
+    return {"error": {"message": message, "type": "invalid_request_error", "code": None}}
 
 
 @dataclasses.dataclass(eq=False)
@@ -97,13 +115,18 @@ class Supervisor:
         self._board_path: Path | None = None
         self._ping_seq = 0
         self.restarts = 0
+        # The fleet: engines serving (their specs, as processes get them), being probed, and
+        # removed by an admin while still being probed.
+        self._specs: dict[str, WorkerSpec] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._removed: set[str] = set()
+        self._probe_errors: dict[str, BaseException] = {}
+        self._first_ready: asyncio.Future[None] | None = None
+        self._acks: dict[tuple[int, str], list[asyncio.Future[WorkerAck]]] = {}
 
     async def run(self) -> None:
         config = self._config
-        await self._connect_engines()
-        if not (config.tokenizer_path or config.model_path):
-            # Fetched once here, so the processes load it from the local cache.
-            config.tokenizer_path = str(await fetch_from_worker(next(iter(self._registry)).engine))
+        await self._start_fleet()
         metrics_dir = tempfile.TemporaryDirectory(prefix="herdsman-metrics-")
         config.metrics_dir = metrics_dir.name
         self._board_path = Path(metrics_dir.name) / "admission.board"
@@ -155,12 +178,178 @@ class Supervisor:
             if config.tokenizer_cache_dir:
                 remove_store_directory(config.tokenizer_cache_dir)
 
-    async def _connect_engines(self) -> None:
+    # -- the fleet -----------------------------------------------------------------------------
+    async def _start_fleet(self) -> None:
+        """Probe every configured engine; start serving once one answers (the others join as
+        they do: an engine still loading is waited for, in the background)."""
+        if not self._config.workers:
+            raise ValueError("at least one --worker grpc://HOST:PORT is needed")
         for url in self._config.workers:
-            engine = await connect_worker_engine(self._config, url)
-            worker = Worker(url=url, engine=engine, model=await engine.model_info())
-            worker.on_change = self._broadcast_health
-            self._registry.add(worker)
+            self._probe(url)
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+        self._first_ready = first
+        pending = list(self._probes.values())
+        done = asyncio.ensure_future(asyncio.wait(pending))
+        try:
+            await asyncio.wait_for(
+                asyncio.wait({first, done}, return_when=asyncio.FIRST_COMPLETED),
+                self._config.worker_startup_timeout,
+            )
+        except TimeoutError:
+            raise RuntimeError(
+                f"no worker answered within {self._config.worker_startup_timeout:g}s: "
+                + ", ".join(self._config.workers)
+            ) from None
+        if not self._specs:
+            # Every probe ended without a worker: report the first error.
+            for error in self._probe_errors.values():
+                raise error
+            raise RuntimeError("no worker could be reached")
+        # The others that answer at once join before the processes start.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), _STARTUP_GRACE)
+
+    def _probe(self, url: str, wait: float | None = None) -> asyncio.Task[None]:
+        task = self._probes.get(url)
+        if task is None:
+            timeout = self._config.worker_startup_timeout if wait is None else wait
+            task = asyncio.get_running_loop().create_task(
+                self._probe_worker(url, timeout), name=f"probe {url}"
+            )
+            self._probes[url] = task
+        return task
+
+    async def _probe_worker(self, url: str, timeout: float) -> None:
+        known = {spec.model_name: spec.tokenizer_dir for spec in self._specs.values()}
+        try:
+            engine, spec = await probe_until_ready(
+                self._config, url, connect_worker_engine, known, timeout
+            )
+        except Exception as exc:
+            log.error("worker %s: %s", url, exc)
+            self._probes.pop(url, None)
+            self._probe_errors[url] = exc
+            self._broadcast(WorkerRemoved(url=url))
+            return
+        self._probe_errors.pop(url, None)
+        self._probes.pop(url, None)
+        if url in self._removed:
+            await engine.close()
+            return
+        worker = Worker(url=url, engine=engine, model=spec.info, model_name=spec.model_name)
+        worker.on_change = self._broadcast_health
+        self._registry.add(worker)
+        self._specs[url] = spec
+        self._config.worker_specs = self._ordered_specs()
+        log.info("worker %s ready: model %r, %d rank(s)", url, spec.model_name, spec.dp_size)
+        if self._first_ready is not None and not self._first_ready.done():
+            self._first_ready.set_result(None)
+        if self._serving:
+            await self._broadcast_and_wait(WorkerAdded(spec=spec), url)
+
+    def _broadcast(self, message: Message) -> list[_Child]:
+        children = [c for c in self._children.values() if c.process.is_alive()]
+        if self._spare is not None and self._spare.process.is_alive():
+            children.append(self._spare)
+        for child in children:
+            child.channel.send(message)
+        return children
+
+    async def _broadcast_and_wait(self, message: Message, url: str) -> list[str]:
+        """Send a fleet change to every process and wait until each has applied it; the errors
+        processes reported (empty when all went well)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[WorkerAck]] = []
+        for child in self._broadcast(message):
+            future = loop.create_future()
+            self._acks.setdefault((id(child), url), []).append(future)
+            futures.append(future)
+        errors: list[str] = []
+        done, _ = await asyncio.wait(futures, timeout=_ACK_TIMEOUT) if futures else (set(), set())
+        for future in done:
+            ack = future.result()
+            if not ack.ok:
+                errors.append(ack.error)
+        if len(done) < len(futures):
+            errors.append(f"{len(futures) - len(done)} process(es) did not confirm in time")
+        return errors
+
+    def _on_ack(self, child: _Child, ack: WorkerAck) -> None:
+        waiting = self._acks.get((id(child), ack.url))
+        if waiting:
+            future = waiting.pop(0)
+            if not future.done():
+                future.set_result(ack)
+            if not waiting:
+                del self._acks[(id(child), ack.url)]
+
+    async def _admin(self, child: _Child, request: AdminRequest) -> None:
+        try:
+            if request.op == "add":
+                status, body = await self._admin_add(request.url, request.wait)
+            elif request.op == "remove":
+                status, body = await self._admin_remove(request.worker_id)
+            else:
+                status, body = 400, _error(f"unknown admin operation {request.op!r}")
+        except Exception as exc:  # the caller gets an answer whatever happened
+            log.exception("admin %s failed", request.op)
+            status, body = 500, _error(str(exc))
+        child.channel.send(
+            AdminReply(token=request.token, status=status, body=msgspec.json.encode(body))
+        )
+
+    async def _admin_add(self, url: str, wait: float) -> tuple[int, dict[str, object]]:
+        try:
+            parse_worker_url(url)
+        except ValueError as exc:
+            return 400, _error(str(exc))
+        self._removed.discard(url)
+        self._probe_errors.pop(url, None)
+        if url in self._specs:
+            return 200, self._spec_view(self._specs[url], "already serving")
+        task = self._probe(url)
+        self._broadcast(WorkerPending(url=url))
+        await asyncio.wait({task}, timeout=wait)
+        if url in self._specs:
+            return 200, self._spec_view(self._specs[url], "serving")
+        if url in self._probe_errors:
+            error = self._probe_errors[url]
+            return 502, _error(f"worker {url} could not be added: {error}")
+        return 202, {"url": url, "status": "pending", "message": "the engine does not answer yet"}
+
+    async def _admin_remove(self, worker_id: str) -> tuple[int, dict[str, object]]:
+        spec = next((s for s in self._specs.values() if worker_id in s.worker_ids), None)
+        if spec is None:
+            return 404, _error(f"no worker {worker_id!r}")
+        url = spec.url
+        self._removed.add(url)
+        del self._specs[url]
+        self._config.worker_specs = self._ordered_specs()
+        for worker in self._registry.by_url(url):
+            self._registry.remove(worker.id)
+            await worker.engine.close()
+        errors = await self._broadcast_and_wait(WorkerRemoved(url=url), url)
+        body = self._spec_view(spec, "removed")
+        if errors:
+            body["errors"] = errors
+        return 200, body
+
+    def _ordered_specs(self) -> list[WorkerSpec]:
+        """Serving specs in the order the workers were configured (then added): every process
+        lists its workers alike, and round robin starts where an operator expects."""
+        order = {url: i for i, url in enumerate(self._config.workers)}
+        return sorted(self._specs.values(), key=lambda spec: order.get(spec.url, len(order)))
+
+    @staticmethod
+    def _spec_view(spec: WorkerSpec, status: str) -> dict[str, object]:
+        return {
+            "url": spec.url,
+            "ids": spec.worker_ids,
+            "model": spec.model_name,
+            "dp_size": spec.dp_size,
+            "status": status,
+        }
 
     def _reserve_port(self) -> socket.socket:
         """Hold the port (bound, not listening) so that ``--port 0`` means one port for all."""
@@ -207,14 +396,22 @@ class Supervisor:
             elif not child.ready.done():
                 child.ready.set_result(message)
             child.last_pong = time.monotonic()  # watched from now on
-            # A (re)started process learns the current health of every engine worker.
+            # A (re)started process learns the fleet as it is now, and every worker's health.
+            child.channel.send(
+                FleetState(specs=self._ordered_specs(), pending=sorted(self._probes))
+            )
             for worker in self._registry:
                 if not worker.healthy:
                     child.channel.send(WorkerHealth(url=worker.url, healthy=False))
         elif isinstance(message, WorkerSuspect):
-            worker = self._registry.get(message.url)
-            if worker is not None:
+            for worker in self._registry.by_url(message.url):
                 self._check_suspect(worker)
+        elif isinstance(message, WorkerAck):
+            self._on_ack(child, message)
+        elif isinstance(message, AdminRequest):
+            asyncio.get_running_loop().create_task(
+                self._admin(child, message), name=f"admin {message.op}"
+            )
 
     def _on_exit(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()

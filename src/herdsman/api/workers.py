@@ -1,0 +1,85 @@
+"""The admin API over the fleet: GET/POST /workers, GET/DELETE /workers/{id}.
+
+Reads answer from this process's view, which every process shares (the supervisor broadcasts
+each change and waits for every process to apply it before the POST or DELETE returns). The body
+of POST takes SMG's shape, ``{"url": "grpc://HOST:PORT"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from herdsman.api.errors import APIError, bad_request
+from herdsman.api.responses import decode_body, json_response
+from herdsman.http import Request, Response
+from herdsman.pipeline.context import ServingContext
+from herdsman.routing import Worker
+
+
+class AddWorkerRequest(msgspec.Struct, kw_only=True):
+    url: str
+    # Seconds to wait for the engine to answer before replying 202 (it is still loading).
+    wait: float = 30.0
+
+
+def worker_view(worker: Worker) -> dict[str, Any]:
+    load = worker.load
+    return {
+        "id": worker.id,
+        "url": worker.url,
+        "model": worker.model_name,
+        "dp_rank": worker.dp_rank,
+        "status": "healthy" if worker.healthy else "unhealthy",
+        "healthy": worker.healthy,
+        "circuit": worker.circuit.state.value,
+        "in_flight": worker.in_flight,
+        "load": {
+            "running": load.running,
+            "waiting": load.waiting,
+            "waiting_uncached_tokens": load.waiting_uncached_tokens,
+            "token_usage": load.token_usage,
+            "source": load.source,
+        },
+    }
+
+
+def _pending_view(url: str) -> dict[str, Any]:
+    return {"id": None, "url": url, "model": None, "status": "pending", "healthy": False}
+
+
+async def list_workers(ctx: ServingContext, request: Request) -> Response:
+    workers = [worker_view(w) for w in ctx.registry]
+    workers += [_pending_view(url) for url in sorted(ctx.pending)]
+    return json_response({"object": "list", "workers": workers, "total": len(workers)})
+
+
+def _worker(ctx: ServingContext, request: Request) -> Worker:
+    worker_id = request.path.rstrip("/").rpartition("/")[2]
+    worker = ctx.registry.get(worker_id)
+    if worker is None:
+        raise APIError(404, f"no worker {worker_id!r}", code="worker_not_found")
+    return worker
+
+
+async def get_worker(ctx: ServingContext, request: Request) -> Response:
+    return json_response(worker_view(_worker(ctx, request)))
+
+
+async def add_worker(ctx: ServingContext, request: Request) -> Response:
+    body = decode_body(request.body, AddWorkerRequest)
+    if not body.url.startswith(("grpc://", "grpcs://")):
+        raise bad_request("url must look like grpc://HOST:PORT or grpcs://HOST:PORT", "url")
+    if ctx.fleet is None:
+        raise APIError(501, "this gateway has no fleet supervisor", code="not_supported")
+    status, payload = await ctx.fleet.add_worker(body.url, max(0.0, body.wait))
+    return json_response(payload, status)
+
+
+async def delete_worker(ctx: ServingContext, request: Request) -> Response:
+    worker = _worker(ctx, request)
+    if ctx.fleet is None:
+        raise APIError(501, "this gateway has no fleet supervisor", code="not_supported")
+    status, payload = await ctx.fleet.remove_worker(worker.id)
+    return json_response(payload, status)
