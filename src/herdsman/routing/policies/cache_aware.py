@@ -10,8 +10,8 @@ policy routed to them. For each request:
    while others idle, nor starve one (a worker with nothing cached is still the least loaded
    some of the time, and is chosen then);
 2. among them, the one holding the longest prefix of the prompt wins; ties go to the least
-   loaded, then to a point on a hash ring of the prompt's first block, so every gateway process
-   makes the same choice for the same prefix;
+   loaded, then to a hash of the prompt's start with each worker's id (rendezvous hashing), so
+   every gateway process makes the same choice for the same prefix;
 3. a prompt cached nowhere goes to the least loaded worker (the same tie-breaks).
 """
 
@@ -59,19 +59,16 @@ class CacheAwarePolicy:
         least = min(loads)
         bound = max(least + self._abs, least * self._rel)
         matched = self.index.match(ids, [w.id for w in workers])
-        # The tie-break that does not depend on this process: where the prompt's start falls on
-        # a ring of the workers' ids.
-        anchor = hash64(array("I", ids[:16]).tobytes())
+        # The tie-break that does not depend on this process: rendezvous hashing of the prompt's
+        # start with each worker's id (uniform over workers, the same in every process).
+        anchor = array("I", ids[:16]).tobytes()
         best: Worker | None = None
         best_key: tuple[int, float, int] | None = None
         for worker, load in zip(workers, loads, strict=True):
             if load > bound:
                 continue
-            key = (
-                matched.get(worker.id, 0),
-                -load,
-                -((hash64(worker.id.encode()) - anchor) % 2**64),
-            )
+            rendezvous = hash64(worker.id.encode() + anchor)
+            key = (matched.get(worker.id, 0), -load, rendezvous)
             if best_key is None or key > best_key:
                 best, best_key = worker, key
         assert best is not None  # the least loaded worker is always within the bound
