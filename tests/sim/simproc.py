@@ -138,6 +138,7 @@ def generate_request(
     n: int = 1,
     stream: bool = True,
     logprobs: int | None = None,
+    data_parallel_rank: int | None = None,
 ) -> Any:
     pb = proto(backend)
     if backend == "sglang":
@@ -149,7 +150,7 @@ def generate_request(
         )
         if max_tokens is not None:
             params.max_new_tokens = max_tokens
-        return pb.GenerateRequest(
+        message = pb.GenerateRequest(
             request_id=request_id,
             tokenized=pb.TokenizedInput(input_ids=prompt_ids),
             sampling_params=params,
@@ -157,6 +158,9 @@ def generate_request(
             return_logprob=logprobs is not None,
             top_logprobs_num=logprobs or 0,
         )
+        if data_parallel_rank is not None:
+            message.data_parallel_rank = data_parallel_rank
+        return message
     params = pb.SamplingParams(
         min_tokens=min_tokens, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos, n=n
     )
@@ -164,12 +168,15 @@ def generate_request(
         params.max_tokens = max_tokens
     if logprobs is not None:
         params.logprobs = logprobs
-    return pb.GenerateRequest(
+    message = pb.GenerateRequest(
         request_id=request_id,
         tokenized=pb.TokenizedInput(input_ids=prompt_ids),
         sampling_params=params,
         stream=stream,
     )
+    if data_parallel_rank is not None:
+        message.data_parallel_rank = data_parallel_rank
+    return message
 
 
 def split_responses(responses: Sequence[Any]) -> tuple[list[Any], list[Any]]:

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import math
+import random
 from pathlib import Path
+from typing import Any
 
+import pytest
 from smg_grpc_proto.generated import vllm_engine_pb2
 from tokenizers import Tokenizer
 
+from herdsman.sim.abort_log import AbortLog
 from herdsman.sim.cli import add_arguments
 from herdsman.sim.corpus import CORPUS
+from herdsman.sim.engine import SimEngine
 from herdsman.sim.logprobs import fill_output_logprobs
 from herdsman.sim.model_card import DEFAULT_MAX_CONTEXT, load_model_card
 from herdsman.sim.options import SimOptions
-from herdsman.sim.prefix_cache import BLOCK_SIZE, PrefixCache
+from herdsman.sim.prefix_cache import DEFAULT_BLOCK_SIZE as BLOCK_SIZE
+from herdsman.sim.prefix_cache import PrefixCache
+from herdsman.sim.sim_request import GenerationParams, RequestState, SimRequest
 from herdsman.sim.text_source import TextSource
 
 from .simproc import LLAMA3, QWEN3
@@ -104,3 +113,98 @@ def test_cli_defaults_round_trip() -> None:
     assert (options.itl_base_ms, options.itl_per_running_ms) == (10.0, 0.02)
     assert options.cache_blocks == 65536
     assert not (options.hang or options.reject_new)
+
+
+def _scheduler(tokenizer: Tokenizer, **overrides: Any) -> SimEngine:
+    settings: dict[str, Any] = {"ttft_base_ms": 5.0, "prefill_ms_per_1k": 100.0, **overrides}
+    options = SimOptions(model_path=QWEN3, **settings)
+    card = load_model_card(QWEN3, tokenizer)
+    return SimEngine(options, card, TextSource(tokenizer), AbortLog(None))
+
+
+def _params(request_id: str, prompt: list[int]) -> GenerationParams:
+    return GenerationParams(
+        request_id=request_id,
+        prompt_ids=prompt,
+        max_tokens=4,
+        min_tokens=0,
+        stop_token_ids=frozenset(),
+        ignore_eos=False,
+        n=1,
+        stream=True,
+        logprobs=None,
+        seed=None,
+    )
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_prefill_time_counts_uncached_tokens(qwen_tokenizer: Tokenizer, serial: bool) -> None:
+    engine = _scheduler(qwen_tokenizer, serial_prefill=serial)
+    first = [2000 + i for i in range(1000)]
+    engine.cache.insert(first)  # as if an earlier request had prefilled it
+    warm = engine.submit(_params("warm", first))
+    cold = engine.submit(_params("cold", [9000 + i for i in range(1000)]))
+    load = engine.load()
+    assert (load.running, load.waiting) == (0, 2)
+    assert load.waiting_uncached_tokens == 8 + 1000  # 992 of the first prompt are cached
+    assert load.prefill_pending_tokens == 2000
+
+    engine._admit(100.0)
+    # 5 ms base plus 0.1 ms per uncached token; serially, the cold one waits for the warm one.
+    assert warm.cached_tokens == 992
+    assert warm.ready_at == pytest.approx(100.0 + 0.005 + 0.0008)
+    cold_start = 100.0 + 0.0008 if serial else 100.0
+    assert cold.ready_at == pytest.approx(cold_start + 0.1 + 0.005)
+    load = engine.load()
+    assert (load.running, load.waiting, load.waiting_uncached_tokens) == (2, 0, 0)
+    assert load.used_tokens == 2000
+
+
+def _recount(engine: SimEngine) -> tuple[int, int, int]:
+    """(waiting uncached, prefill pending, used) tokens, counted the slow way."""
+    uncached = prefill = used = 0
+    for requests in engine._inflight.values():
+        for request in requests:
+            if request.state is RequestState.PENDING:
+                uncached += request.uncached_estimate
+                prefill += request.prompt_len
+            elif not request.done:
+                used += request.prompt_len + request.generated_tokens
+                if request.state is not RequestState.RUNNING:
+                    prefill += request.prompt_len
+    return uncached, prefill, used
+
+
+async def test_load_counters_match_a_recount(qwen_tokenizer: Tokenizer) -> None:
+    engine = _scheduler(
+        qwen_tokenizer, ttft_base_ms=0.0, prefill_ms_per_1k=0.0, itl_base_ms=0.0,
+        itl_per_running_ms=0.0, max_num_seqs=4, cache_blocks=64,
+    )  # fmt: skip
+    draws = random.Random(3)
+    engine.start()
+    live: list[SimRequest] = []
+    try:
+        for step in range(400):
+            if draws.random() < 0.3:
+                prompt = [5000 + draws.randrange(40) for _ in range(draws.randrange(1, 80))]
+                params = dataclasses.replace(
+                    _params(f"r{step}", prompt), max_tokens=draws.randrange(1, 30),
+                    n=draws.choice((1, 1, 2)),
+                )  # fmt: skip
+                live.append(engine.submit(params))
+            if live and draws.random() < 0.1:
+                victim = live.pop(draws.randrange(len(live)))
+                engine.release(victim, cancelled=True)
+            for request in [r for r in live if r.done]:
+                live.remove(request)
+                engine.release(request, cancelled=False)
+            await asyncio.sleep(0)  # one scheduler step
+            load = engine.load()
+            assert (
+                load.waiting_uncached_tokens,
+                load.prefill_pending_tokens,
+                load.used_tokens,
+            ) == _recount(engine)
+    finally:
+        await engine.stop()
+    assert engine.load().used_tokens >= 0

@@ -64,6 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="output length when a request sets no max tokens",
     )
+    model.add_argument(
+        "--data-parallel-size",
+        "--dp-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N independent DP ranks (each its own running set, queue, prefix cache, load "
+        "and KV events tagged dp_rank); a request's data_parallel_rank pins it to one, the "
+        "rest are spread round-robin",
+    )
     model.add_argument("--seed", type=int, default=0, help="varies which text requests get")
     model.add_argument(
         "--abort-log",
@@ -126,10 +136,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens batched per stream chunk (the first token is always sent at once)",
     )
     timing.add_argument(
+        "--serial-prefill",
+        action="store_true",
+        help="prefills share the engine's compute: each starts when the ones admitted before it "
+        "are done (default: every prefill runs on its own clock)",
+    )
+
+    cache = parser.add_argument_group("prefix cache and KV events")
+    cache.add_argument(
         "--cache-blocks",
         type=_non_negative_int,
         default=65536,
-        help="prefix-cache capacity in 16-token blocks (0 disables caching)",
+        help="prefix-cache capacity in blocks, per DP rank; least recently used blocks are "
+        "evicted first (0 disables caching)",
+    )
+    cache.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=16,
+        metavar="TOKENS",
+        help="tokens per cache block (GetServerInfo block_size / page_size, KV events)",
+    )
+    cache.add_argument(
+        "--no-kv-events",
+        action="store_true",
+        help="answer SubscribeKvEvents with UNIMPLEMENTED, like vLLM without "
+        "--kv-events-config (default: blocks stored/removed/cleared are published with each "
+        "rank's EngineLoad)",
+    )
+    cache.add_argument(
+        "--kv-history",
+        type=_positive_int,
+        default=4096,
+        metavar="BATCHES",
+        help="KV-event batches kept for subscribers resuming from a sequence number (fewer "
+        "when they hold more than twice the caches' blocks); an older cursor gets a snapshot",
+    )
+    cache.add_argument(
+        "--kv-heartbeat-ms",
+        type=_non_negative_float,
+        default=1000.0,
+        metavar="MS",
+        help="send a load_only batch for a rank the stream has said nothing about for this "
+        "long (0: only when its load changes)",
     )
 
     faults = parser.add_argument_group("behaviour and fault injection")

@@ -1,9 +1,16 @@
-"""The simulated engine's scheduler: one asyncio task stepping every running sequence.
+"""The simulated engine's scheduler (one per DP rank): one asyncio task stepping every sequence.
 
 Like a real engine's step loop, a single task advances the whole batch and then sleeps one
 inter-token latency, so the cost per token is a few attribute updates and no timer. Requests go
 PENDING (queued behind --max-num-seqs) -> PREFILL (waiting out their TTFT) -> RUNNING; the
 Generate handlers only drain what the loop appended and are woken through `SimRequest.wake`.
+
+Timing: TTFT is --ttft-base-ms plus --prefill-ms-per-1k per prompt token the prefix cache did not
+hold (with --serial-prefill, after the prefills admitted before it); each decode step takes
+--itl-base-ms plus --itl-per-running-ms per running sequence.
+
+The load counters are kept incrementally so a load record costs O(1), and the cache's changes go
+to the KV-event hub as one batch per step.
 """
 
 from __future__ import annotations
@@ -13,15 +20,15 @@ import contextlib
 import heapq
 import itertools
 import logging
-import random
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from herdsman.sim.abort_log import AbortLog
+from herdsman.sim.kv_events import KvEventHub
+from herdsman.sim.load_report import LoadSnapshot
 from herdsman.sim.model_card import ModelCard
 from herdsman.sim.options import SimOptions
-from herdsman.sim.prefix_cache import PrefixCache
+from herdsman.sim.prefix_cache import ROOT_KEY, PrefixCache
 from herdsman.sim.sim_request import GenerationParams, RequestState, SimRequest, SimSequence
 from herdsman.sim.text_source import TextSource
 
@@ -31,22 +38,6 @@ _NEVER = 1 << 62
 _THROUGHPUT_WINDOW_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class LoadSnapshot:
-    running: int
-    waiting: int
-    waiting_uncached_tokens: int
-    used_tokens: int
-    capacity_tokens: int
-    cache_hit_rate: float
-    gen_throughput: float
-    max_running: int
-
-    @property
-    def token_usage(self) -> float:
-        return min(self.used_tokens / self.capacity_tokens, 1.0) if self.capacity_tokens else 0.0
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -54,12 +45,23 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 class SimEngine:
     def __init__(
-        self, options: SimOptions, card: ModelCard, text: TextSource, abort_log: AbortLog
+        self,
+        options: SimOptions,
+        card: ModelCard,
+        text: TextSource,
+        abort_log: AbortLog,
+        *,
+        rank: int = 0,
+        hub: KvEventHub | None = None,
     ) -> None:
         self.options = options
         self.card = card
         self.abort_log = abort_log
-        self.cache = PrefixCache(options.cache_blocks)
+        self.rank = rank
+        self._hub = hub
+        self.cache = PrefixCache(
+            options.cache_blocks, options.block_size, record_events=hub is not None
+        )
         self._corpus = text.ids
         self._text = text
         self._eos_ids = frozenset(card.eos_token_ids)
@@ -81,12 +83,20 @@ class SimEngine:
         ]
         self._fault_at = min(fault_limits) if fault_limits else _NEVER
         self._hang_at = options.hang_after_tokens or _NEVER
-        self._busy_draws = random.Random(options.seed)
+        # Load counters. Uncached prompt tokens of PENDING requests; prompt tokens of requests
+        # with no output yet (PENDING, PREFILL, HUNG); prompt tokens of admitted unfinished
+        # requests (PREFILL, RUNNING, HUNG) and the tokens they generated so far.
+        self._pending_uncached = 0
+        self._prefill_tokens = 0
+        self._admitted_prompt_tokens = 0
+        self._live_generated = 0
+        # When the prefill of the last admitted request ends (--serial-prefill).
+        self._prefill_free_at = 0.0
+        # time.monotonic() of the last output while busy, for engine_silence_ms.
+        self._last_output = 0.0
+        self._load_signature: tuple[int, int, int] = (0, 0, 0)
         self.active_requests = 0
         self.total_generated = 0
-        self.started_monotonic = time.monotonic()
-        self.started_wall = time.time()
-        self.last_receive_timestamp = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._rate = 0.0
 
@@ -104,13 +114,6 @@ class SimEngine:
 
     # ---- requests --------------------------------------------------------------------------
 
-    def refuses_busy(self) -> bool:
-        """Whether the next Generate call is refused with RESOURCE_EXHAUSTED (--busy*)."""
-        opts = self.options
-        if opts.busy:
-            return True
-        return opts.busy_fraction > 0 and self._busy_draws.random() < opts.busy_fraction
-
     def submit(self, params: GenerationParams) -> SimRequest:
         """Register a Generate call; raises ValueError for requests a real engine would refuse."""
         prompt_len = len(params.prompt_ids)
@@ -127,6 +130,7 @@ class SimEngine:
         max_tokens = min(max_tokens, max_context - prompt_len)
         key = hash((opts.seed, -1 if params.seed is None else params.seed, *params.prompt_ids))
         request = SimRequest(params, key)
+        request.rank = self.rank
         eos_at = -1
         if opts.eos_after is not None and self._eos_token is not None and not params.ignore_eos:
             eos_at = max(opts.eos_after, params.min_tokens)
@@ -134,21 +138,37 @@ class SimEngine:
             cursor = self._text.start_for(hash((key, index)))
             request.sequences.append(SimSequence(request, index, cursor, max_tokens, eos_at))
 
+        if not self.busy:
+            # Silence counts from the moment the engine has work, not from its last output.
+            self._last_output = time.monotonic()
         self._inflight.setdefault(params.request_id, []).append(request)
         self.active_requests += 1
-        self.last_receive_timestamp = time.time()
+        self._prefill_tokens += prompt_len
         if opts.hang:
             request.state = RequestState.HUNG
             self._hung += 1
+            self._admitted_prompt_tokens += prompt_len
+            self._kick()
             return request
+        cache = self.cache
+        if cache.enabled:
+            keys = cache.keys(params.prompt_ids)
+            request.prompt_keys = keys
+            usable = keys[: (prompt_len - 1) // cache.block_size]
+            request.uncached_estimate = prompt_len - cache.cached_blocks(usable) * cache.block_size
         self._pending.append(request)
         self._pending_seqs += len(request.sequences)
+        self._pending_uncached += request.uncached_estimate
         self._kick()
         return request
 
+    @property
+    def busy(self) -> bool:
+        """Whether the rank holds any request (queued, prefilling, decoding or hung)."""
+        return bool(self._slots_used or self._hung or self._pending_seqs)
+
     def abort(self, request_id: str) -> int:
         """Explicit Abort RPC: ends every in-flight request with this id; returns how many."""
-        self.abort_log.record("abort", request_id)
         requests = self._inflight.get(request_id, ())
         for request in list(requests):
             self._end_early(request)
@@ -174,8 +194,14 @@ class SimEngine:
         request.state = RequestState.ABORTED
         if previous is RequestState.PENDING:
             self._pending_seqs -= len(request.sequences)
-        elif previous is RequestState.HUNG:
-            self._hung -= 1
+            self._pending_uncached -= request.uncached_estimate
+            self._prefill_tokens -= request.prompt_len
+        else:
+            if previous is not RequestState.RUNNING:  # PREFILL or HUNG: no output yet
+                self._prefill_tokens -= request.prompt_len
+            if previous is RequestState.HUNG:
+                self._hung -= 1
+            self._retire(request)
         for seq in request.sequences:
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
@@ -216,6 +242,8 @@ class SimEngine:
                 self._next_decode_at = now + itl_base + itl_per_running * len(self._running)
             self._admit(now)
             self._start_ready(now)
+            if self._hub is not None:
+                self._publish()
 
             deadline: float | None = None
             if self._running:
@@ -234,6 +262,7 @@ class SimEngine:
         pending = self._pending
         ttft_base = opts.ttft_base_ms / 1000.0
         prefill_per_token = opts.prefill_ms_per_1k / 1_000_000.0
+        serial = opts.serial_prefill
         while pending:
             request = pending[0]
             if request.state is not RequestState.PENDING:
@@ -245,10 +274,20 @@ class SimEngine:
                 break
             pending.popleft()
             self._pending_seqs -= n
+            self._pending_uncached -= request.uncached_estimate
             self._slots_used += n
-            cached = self.cache.lookup(request.params.prompt_ids)
+            self._admitted_prompt_tokens += request.prompt_len
+            cached = self.cache.lookup(request.params.prompt_ids, request.prompt_keys)
             request.cached_tokens = cached
-            request.ready_at = now + ttft_base + prefill_per_token * (request.prompt_len - cached)
+            # Prefill time is proportional to the tokens the cache did not hold.
+            prefill = prefill_per_token * (request.prompt_len - cached)
+            if serial:
+                # The engine's prefill compute is one resource: wait for the ones before.
+                done = max(now, self._prefill_free_at) + prefill
+                self._prefill_free_at = done
+            else:
+                done = now + prefill
+            request.ready_at = done + ttft_base
             request.state = RequestState.PREFILL
             heapq.heappush(self._prefill, (request.ready_at, next(self._prefill_order), request))
 
@@ -260,8 +299,10 @@ class SimEngine:
             if request.state is not RequestState.PREFILL:
                 continue
             request.state = RequestState.RUNNING
+            self._prefill_tokens -= request.prompt_len
             # Prompt blocks become reusable once prefill has computed them.
-            self.cache.insert(request.params.prompt_ids)
+            self.cache.insert(request.params.prompt_ids, request.prompt_keys)
+            self._last_output = time.monotonic()
             for seq in request.sequences:
                 if seq.finish_reason is not None:  # a sibling's injected fault ended it
                     continue
@@ -269,6 +310,7 @@ class SimEngine:
                     self._finish(seq, "length")
                     continue
                 self.total_generated += 1
+                self._live_generated += 1
                 if self._advance(seq):
                     self._running.append(seq)
             # The first token goes out at once whatever --tokens-per-message says: it is the TTFT.
@@ -288,6 +330,9 @@ class SimEngine:
             if advance(seq):
                 still_running.append(seq)
         self.total_generated += produced
+        self._live_generated += produced
+        if produced:
+            self._last_output = time.monotonic()
         self._running = still_running
 
     def _advance(self, seq: SimSequence) -> bool:
@@ -340,6 +385,7 @@ class SimEngine:
             if other.finish_reason is None:
                 return
         request.state = RequestState.FINISHED
+        self._retire(request)
         self._remember(request)
         self._kick()
 
@@ -356,6 +402,7 @@ class SimEngine:
             request.generated_tokens,
         )
         request.state = RequestState.FAILED
+        self._retire(request)
         for seq in request.sequences:
             if seq.finish_reason is None:
                 seq.finish_reason = "error"
@@ -363,12 +410,43 @@ class SimEngine:
         request.wake.set()
         self._kick()
 
+    def _retire(self, request: SimRequest) -> None:
+        """An admitted request ended: its tokens no longer occupy the KV cache."""
+        self._admitted_prompt_tokens -= request.prompt_len
+        self._live_generated -= request.generated_tokens
+
     def _remember(self, request: SimRequest) -> None:
         # Output blocks stay cached too, which is what makes a follow-up chat turn hit.
+        cache = self.cache
+        if not cache.enabled:
+            return
         prompt = request.params.prompt_ids
+        prompt_keys = request.prompt_keys
         for seq in request.sequences:
             if seq.output:
-                self.cache.insert(prompt + seq.output)
+                tokens = prompt + seq.output
+                # The prompt's full blocks are hashed already; chain the rest on from them.
+                keys = prompt_keys + cache.keys(
+                    tokens,
+                    start_block=len(prompt_keys),
+                    parent=prompt_keys[-1] if prompt_keys else ROOT_KEY,
+                )
+                cache.insert(tokens, keys)
+
+    def _publish(self) -> None:
+        """Hand this step's cache changes to the hub as one batch, or flag a load change."""
+        hub = self._hub
+        assert hub is not None
+        cache = self.cache
+        events = cache.events
+        signature = (self._slots_used + self._hung, self._pending_seqs, self._pending_uncached)
+        if events:
+            cache.events = []
+            hub.publish(self.rank, events)  # the batch carries the rank's load
+        elif signature != self._load_signature and hub.subscribed:
+            # An admission served from cache, a completion: the load moved without a KV event.
+            hub.load_changed(self.rank)
+        self._load_signature = signature
 
     # ---- observability ---------------------------------------------------------------------
 
@@ -382,25 +460,24 @@ class SimEngine:
         return self._rate
 
     def load(self) -> LoadSnapshot:
-        used = 0
-        waiting_uncached = 0
-        for requests in self._inflight.values():
-            for request in requests:
-                if request.state is RequestState.PENDING:
-                    waiting_uncached += request.prompt_len
-                elif not request.done:
-                    used += request.prompt_len + request.generated_tokens
+        silence_ms = None
+        if self.busy:
+            silence_ms = int((time.monotonic() - self._last_output) * 1000)
         return LoadSnapshot(
+            dp_rank=self.rank,
             running=self._slots_used + self._hung,
             waiting=self._pending_seqs,
-            waiting_uncached_tokens=waiting_uncached,
-            used_tokens=used,
+            waiting_uncached_tokens=self._pending_uncached,
+            used_tokens=self._admitted_prompt_tokens + self._live_generated,
             capacity_tokens=self.cache.capacity_tokens,
             cache_hit_rate=self.cache.hit_rate,
             gen_throughput=self.gen_throughput(),
             max_running=self.options.max_num_seqs,
+            prefill_pending_tokens=self._prefill_tokens,
+            silence_ms=silence_ms,
         )
 
-    @property
-    def uptime_seconds(self) -> float:
-        return time.monotonic() - self.started_monotonic
+    def flush_cache(self) -> None:
+        """Drop every cached block (FlushCache); the next step publishes the clear."""
+        self.cache.clear()
+        self._kick()

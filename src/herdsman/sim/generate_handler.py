@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.sim.engine import SimEngine
+from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.sim_request import RequestState, SimRequest
 from herdsman.sim.wire import ProtoWire
 
@@ -34,7 +34,7 @@ _EXIT_GRACE_S = 0.05
 
 
 async def run_generate(
-    engine: SimEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
+    engine: DataParallelEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
 ) -> None:
     if engine.options.reject_new:
         await context.abort(
@@ -66,7 +66,10 @@ async def run_generate(
 
 
 async def _ship(
-    engine: SimEngine, wire: ProtoWire, request: SimRequest, context: grpc.aio.ServicerContext
+    engine: DataParallelEngine,
+    wire: ProtoWire,
+    request: SimRequest,
+    context: grpc.aio.ServicerContext,
 ) -> None:
     # Headers go out before the first token, as vLLM's servicer does, so a client awaiting the
     # call object does not wait out the TTFT.

@@ -1,13 +1,41 @@
-"""GetLoads content shared by both protocols (their SchedulerLoad messages agree on core fields)."""
+"""Load reporting: one snapshot per DP rank, rendered as GetLoads' SchedulerLoad (both protocols
+agree on the core fields) and as the EngineLoad record of the KV-event stream, so the two always
+say the same thing."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from herdsman.sim.engine import LoadSnapshot
+from smg_grpc_proto.generated import common_pb2
 
 SIM_VERSION = "engine-sim-0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    dp_rank: int
+    running: int
+    waiting: int
+    waiting_uncached_tokens: int
+    used_tokens: int
+    capacity_tokens: int
+    cache_hit_rate: float
+    gen_throughput: float
+    max_running: int
+    # Prompt tokens of requests handed to the engine that have produced no output yet.
+    prefill_pending_tokens: int
+    # Milliseconds since the rank last produced output while it holds requests; None when idle.
+    silence_ms: int | None
+
+    @property
+    def token_usage(self) -> float:
+        return min(self.used_tokens / self.capacity_tokens, 1.0) if self.capacity_tokens else 0.0
+
+    @property
+    def utilization(self) -> float:
+        return min(self.running / self.max_running, 1.0) if self.max_running else 0.0
 
 
 def iso_timestamp() -> str:
@@ -16,7 +44,7 @@ def iso_timestamp() -> str:
 
 def scheduler_load(message_type: Any, snapshot: LoadSnapshot) -> Any:
     return message_type(
-        dp_rank=0,
+        dp_rank=snapshot.dp_rank,
         num_running_reqs=snapshot.running,
         num_waiting_reqs=snapshot.waiting,
         num_total_reqs=snapshot.running + snapshot.waiting,
@@ -25,14 +53,47 @@ def scheduler_load(message_type: Any, snapshot: LoadSnapshot) -> Any:
         token_usage=snapshot.token_usage,
         gen_throughput=snapshot.gen_throughput,
         cache_hit_rate=snapshot.cache_hit_rate,
-        utilization=min(snapshot.running / snapshot.max_running, 1.0)
-        if snapshot.max_running
-        else 0.0,
+        utilization=snapshot.utilization,
         max_running_requests=snapshot.max_running,
         num_waiting_uncached_tokens=snapshot.waiting_uncached_tokens,
     )
 
 
-def wants_rank_zero(request: Any) -> bool:
-    """The sim is a single DP rank: a filter naming another rank selects nothing."""
-    return not request.HasField("dp_rank") or request.dp_rank == 0
+def engine_load(
+    snapshot: LoadSnapshot, sample: int, *, load_only: bool, telemetry: bool
+) -> common_pb2.EngineLoad:
+    """The EngineLoad record of a KV-event batch.
+
+    The telemetry beyond the routing core (hit rate, token counts) rides on heartbeats and a
+    stream's first record only, as common.proto asks.
+    """
+    load = common_pb2.EngineLoad(
+        running_requests=snapshot.running,
+        waiting_requests=snapshot.waiting,
+        waiting_uncached_tokens=snapshot.waiting_uncached_tokens,
+        token_usage=snapshot.token_usage,
+        # The sim's usage counts the requests' own tokens only, never the retained prefix
+        # cache, so it is all non-evictable.
+        active_token_usage=snapshot.token_usage,
+        gen_throughput=snapshot.gen_throughput,
+        max_running_requests=snapshot.max_running,
+        age_ms=0,
+        sample=sample,
+        load_only=load_only,
+        prefill_pending_tokens=snapshot.prefill_pending_tokens,
+    )
+    if snapshot.silence_ms is not None:
+        load.engine_silence_ms = snapshot.silence_ms
+    if telemetry:
+        load.cache_hit_rate = snapshot.cache_hit_rate
+        load.num_used_tokens = snapshot.used_tokens
+        load.max_total_num_tokens = snapshot.capacity_tokens
+    return load
+
+
+def selected_ranks(request: Any, rank_count: int) -> range:
+    """The ranks a GetLoads request asks about: its `dp_rank` filter, or all of them."""
+    if not request.HasField("dp_rank"):
+        return range(rank_count)
+    rank = request.dp_rank
+    return range(rank, rank + 1) if 0 <= rank < rank_count else range(0)

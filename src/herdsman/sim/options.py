@@ -28,6 +28,15 @@ class SimOptions:
     itl_per_running_ms: float = 0.02
     tokens_per_message: int = 1
     cache_blocks: int = 65536
+    block_size: int = 16
+    # Prefills share the engine's compute: each waits for the ones admitted before it.
+    serial_prefill: bool = False
+    # Data parallelism: independent schedulers (running set, queue, prefix cache) in one process.
+    data_parallel_size: int = 1
+    # KV events on SubscribeKvEvents: history length in batches, idle heartbeat period.
+    kv_events: bool = True
+    kv_history: int = 4096
+    kv_heartbeat_ms: float = 1000.0
     # Behaviour and fault injection.
     eos_after: int | None = None
     # Every request answers exactly this text, then EOS: for testing output parsers end to end.
@@ -70,6 +79,12 @@ class SimOptions:
             itl_per_running_ms=args.itl_per_running_ms,
             tokens_per_message=args.tokens_per_message,
             cache_blocks=args.cache_blocks,
+            block_size=args.block_size,
+            serial_prefill=args.serial_prefill,
+            data_parallel_size=args.data_parallel_size,
+            kv_events=not args.no_kv_events,
+            kv_history=args.kv_history,
+            kv_heartbeat_ms=args.kv_heartbeat_ms,
             eos_after=args.eos_after,
             response_text=args.response_text,
             fail_after_tokens=args.fail_after_tokens,

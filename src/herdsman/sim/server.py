@@ -14,7 +14,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc, vllm_engine_pb2_
 from tokenizers import Tokenizer
 
 from herdsman.sim.abort_log import AbortLog
-from herdsman.sim.engine import SimEngine
+from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.model_card import load_model_card
 from herdsman.sim.options import SimOptions
 from herdsman.sim.sglang_servicer import SglangSimServicer
@@ -87,7 +87,7 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
             options = dataclasses.replace(options, eos_after=len(source.ids))
     else:
         source = TextSource(tokenizer)
-    engine = SimEngine(options, card, source, abort_log)
+    engine = DataParallelEngine(options, card, source, abort_log)
     bundle = LazyTokenizerBundle(model_dir)
 
     try:

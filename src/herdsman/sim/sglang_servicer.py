@@ -1,7 +1,7 @@
 """sglang.grpc.scheduler.SglangScheduler served by the simulated engine.
 
-RPCs not overridden here (Embed, FlushCache, profiling, SubscribeKvEvents, LoRA) keep the
-generated base class's UNIMPLEMENTED behaviour.
+RPCs not overridden here (Embed, profiling, LoRA) keep the generated base class's UNIMPLEMENTED
+behaviour; SubscribeKvEvents does too under --no-kv-events.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
 from tokenizers import Tokenizer
 
-from herdsman.sim.engine import SimEngine
+from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.generate_handler import run_generate
-from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, wants_rank_zero
-from herdsman.sim.prefix_cache import BLOCK_SIZE
+from herdsman.sim.kv_stream import serve_kv_events
+from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, selected_ranks
 from herdsman.sim.sglang_wire import SglangWire
 from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
 
@@ -31,7 +31,7 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
     def __init__(
-        self, engine: SimEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
+        self, engine: DataParallelEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
     ) -> None:
         self._engine = engine
         self._wire = SglangWire(engine.card, tokenizer)
@@ -99,15 +99,15 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
                     "served_model_name": card.served_model_name,
                     "context_length": card.max_context_length,
                     "max_running_requests": opts.max_num_seqs,
-                    "page_size": BLOCK_SIZE,
+                    "page_size": opts.block_size,
                     "tp_size": 1,
-                    "dp_size": 1,
+                    "dp_size": len(engine.ranks),
                     "dtype": card.dtype,
                 }
             ),
             scheduler_info=_struct(
                 {
-                    "max_total_num_tokens": engine.cache.capacity_tokens,
+                    "max_total_num_tokens": engine.capacity_tokens,
                     "aborted_requests": aborts.counts["abort"],
                     "cancelled_requests": aborts.counts["cancel"],
                     "recent_aborts": [f"{kind} {rid}" for kind, rid in aborts.recent],
@@ -120,31 +120,43 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
             sglang_version=SIM_VERSION,
             server_type=self._wire.server_type,
             start_time=start_time,
-            max_total_num_tokens=engine.cache.capacity_tokens,
+            max_total_num_tokens=engine.capacity_tokens,
         )
 
     async def GetLoads(
         self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoadsResponse:
-        loads = []
-        if wants_rank_zero(request):
-            loads.append(scheduler_load(pb.SchedulerLoad, self._engine.load()))
+        engine = self._engine
+        snapshots = engine.loads(selected_ranks(request, len(engine.ranks)))
+        loads = [scheduler_load(pb.SchedulerLoad, snapshot) for snapshot in snapshots]
         running = sum(load.num_running_reqs for load in loads)
         waiting = sum(load.num_waiting_reqs for load in loads)
+        count = len(loads) or 1
         return pb.GetLoadsResponse(
             timestamp=iso_timestamp(),
             version=SIM_VERSION,
-            dp_rank_count=1,
+            dp_rank_count=len(loads),
             loads=loads,
             aggregate=pb.AggregateMetrics(
                 total_running_reqs=running,
                 total_waiting_reqs=waiting,
                 total_reqs=running + waiting,
-                avg_token_usage=loads[0].token_usage if loads else 0.0,
-                avg_throughput=loads[0].gen_throughput if loads else 0.0,
-                avg_utilization=loads[0].utilization if loads else 0.0,
+                avg_token_usage=sum(load.token_usage for load in loads) / count,
+                avg_throughput=sum(load.gen_throughput for load in loads) / count,
+                avg_utilization=sum(load.utilization for load in loads) / count,
             ),
         )
+
+    async def SubscribeKvEvents(
+        self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await serve_kv_events(self._engine.hub, request, context)
+
+    async def FlushCache(
+        self, request: common_pb2.FlushCacheRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.FlushCacheResponse:
+        success, message = await self._engine.flush_cache(request.timeout_s)
+        return common_pb2.FlushCacheResponse(success=success, message=message)
 
     async def GetTokenizer(
         self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext

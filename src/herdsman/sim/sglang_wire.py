@@ -44,4 +44,7 @@ class SglangWire(ProtoWire):
                 if request.return_logprob and request.logprob_start_len == 0
                 else None
             ),
+            data_parallel_rank=(
+                request.data_parallel_rank if request.HasField("data_parallel_rank") else None
+            ),
         )

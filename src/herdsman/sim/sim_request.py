@@ -22,6 +22,8 @@ class GenerationParams:
     seed: int | None
     # Logprobs of the prompt's tokens with this many alternatives; None: not requested.
     prompt_logprobs: int | None = None
+    # The DP rank the request is pinned to; None lets the engine pick one.
+    data_parallel_rank: int | None = None
 
 
 class RequestState(Enum):
@@ -78,10 +80,13 @@ class SimRequest:
         "exit_now",
         "logprob_key",
         "params",
+        "prompt_keys",
         "prompt_len",
+        "rank",
         "ready_at",
         "sequences",
         "state",
+        "uncached_estimate",
         "wake",
     )
 
@@ -90,6 +95,12 @@ class SimRequest:
         self.sequences: list[SimSequence] = []
         self.prompt_len = len(params.prompt_ids)
         self.cached_tokens = 0
+        # Prefix-cache keys of the prompt's full blocks, computed once at submission.
+        self.prompt_keys: list[int] = []
+        # Prompt tokens the cache did not hold at submission: the queued work it adds.
+        self.uncached_estimate = self.prompt_len
+        # The DP rank serving it.
+        self.rank = 0
         self.ready_at = 0.0
         self.state = RequestState.PENDING
         self.logprob_key = key

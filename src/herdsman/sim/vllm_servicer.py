@@ -1,7 +1,7 @@
 """vllm.grpc.engine.VllmEngine served by the simulated engine.
 
-RPCs not overridden here (Embed, FlushCache, profiling, SubscribeKvEvents) keep the generated
-base class's UNIMPLEMENTED behaviour.
+RPCs not overridden here (Embed, profiling) keep the generated base class's UNIMPLEMENTED
+behaviour; SubscribeKvEvents does too under --no-kv-events.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import grpc
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2, vllm_engine_pb2_grpc
 from tokenizers import Tokenizer
 
-from herdsman.sim.engine import SimEngine
+from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.generate_handler import run_generate
-from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, wants_rank_zero
-from herdsman.sim.prefix_cache import BLOCK_SIZE
+from herdsman.sim.kv_stream import serve_kv_events
+from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, selected_ranks
 from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
 from herdsman.sim.vllm_wire import VllmWire
 
@@ -22,7 +22,7 @@ pb = vllm_engine_pb2
 
 class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
     def __init__(
-        self, engine: SimEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
+        self, engine: DataParallelEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
     ) -> None:
         self._engine = engine
         self._wire = VllmWire(engine.card, tokenizer)
@@ -80,9 +80,9 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
             last_receive_timestamp=engine.last_receive_timestamp,
             uptime_seconds=engine.uptime_seconds,
             server_type=self._wire.server_type,
-            data_parallel_size=1,
+            data_parallel_size=len(engine.ranks),
             kv_cache_dtype="auto",
-            block_size=BLOCK_SIZE,
+            block_size=engine.options.block_size,
             model_dtype=f"torch.{engine.card.dtype}",
             max_num_seqs=engine.options.max_num_seqs,
         )
@@ -90,12 +90,25 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
     async def GetLoads(
         self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoadsResponse:
-        loads = []
-        if wants_rank_zero(request):
-            loads.append(scheduler_load(pb.SchedulerLoad, self._engine.load()))
+        engine = self._engine
+        snapshots = engine.loads(selected_ranks(request, len(engine.ranks)))
         return pb.GetLoadsResponse(
-            timestamp=iso_timestamp(), version=SIM_VERSION, dp_rank_count=1, loads=loads
+            timestamp=iso_timestamp(),
+            version=SIM_VERSION,
+            dp_rank_count=len(snapshots),
+            loads=[scheduler_load(pb.SchedulerLoad, snapshot) for snapshot in snapshots],
         )
+
+    async def SubscribeKvEvents(
+        self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await serve_kv_events(self._engine.hub, request, context)
+
+    async def FlushCache(
+        self, request: common_pb2.FlushCacheRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.FlushCacheResponse:
+        success, message = await self._engine.flush_cache(request.timeout_s)
+        return common_pb2.FlushCacheResponse(success=success, message=message)
 
     async def GetTokenizer(
         self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext

@@ -47,4 +47,7 @@ class VllmWire(ProtoWire):
                 if sp.HasField("prompt_logprobs")
                 else None
             ),
+            data_parallel_rank=(
+                request.data_parallel_rank if request.HasField("data_parallel_rank") else None
+            ),
         )
