@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -168,7 +168,15 @@ def _rss(pid: int | None) -> dict[str, Any] | None:
     return {"total_kb": sum(int(p["rss_kb"]) for p in processes), "processes": processes}
 
 
-async def run_load(config: LoadConfig, driver: Driver, workload: Workload) -> dict[str, Any]:
+async def run_load(
+    config: LoadConfig,
+    driver: Driver,
+    workload: Workload,
+    on_window: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Warm up, then measure one window. ``on_window("start")`` and ``on_window("end")`` are
+    awaited at the window's edges, beside the CPU counters (the routing benchmark reads its
+    engines' counters there)."""
     warm = Window(config.max_tokens)
     measured = Window(config.max_tokens)
     current = warm
@@ -230,6 +238,8 @@ async def run_load(config: LoadConfig, driver: Driver, workload: Workload) -> di
         if config.warmup > 0 and config.warmup_requests > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(warm_done.wait(), config.warmup)
+        if on_window is not None:
+            await on_window("start")
         before = _snapshot(config)
         memory["rss_start"] = _rss(config.gateway_pid)
         current = measured
@@ -238,6 +248,8 @@ async def run_load(config: LoadConfig, driver: Driver, workload: Workload) -> di
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(measured_done.wait(), config.duration)
         after = _snapshot(config)
+        if on_window is not None:
+            await on_window("end")
         memory["rss_end"] = _rss(config.gateway_pid)
         memory["rss_samples_mb"] = rss_samples
         abandoned = in_flight

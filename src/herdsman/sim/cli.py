@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="append 'abort <id>' per Abort RPC id and 'cancel <id>' per client cancel",
     )
+    model.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        default=None,
+        help="write cumulative counters per rank (requests, prompt and cached tokens, generated "
+        "tokens) as JSON to FILE on SIGUSR1 and at exit",
+    )
     model.add_argument("--log-level", default="WARNING")
 
     server = parser.add_argument_group("gRPC server (for connection fault tests)")

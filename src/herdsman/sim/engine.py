@@ -96,6 +96,8 @@ class SimEngine:
         self._last_output = 0.0
         self._load_signature: tuple[int, int, int] = (0, 0, 0)
         self.active_requests = 0
+        # Generate calls accepted since start (--stats-file): how many a router sent here.
+        self.requests_received = 0
         self.total_generated = 0
         self._rate_mark = (time.monotonic(), 0)
         self._rate = 0.0
@@ -143,6 +145,7 @@ class SimEngine:
             self._last_output = time.monotonic()
         self._inflight.setdefault(params.request_id, []).append(request)
         self.active_requests += 1
+        self.requests_received += 1
         self._prefill_tokens += prompt_len
         if opts.hang:
             request.state = RequestState.HUNG

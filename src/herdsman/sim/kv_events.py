@@ -156,6 +156,10 @@ class KvEventHub:
     def subscribed(self) -> bool:
         return bool(self._subscribers)
 
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
     def publish(self, rank: int, events: list[CacheEvent]) -> None:
         self.seq += 1
         # The history's memory is the stored blocks' token ids.

@@ -52,6 +52,8 @@ class SimOptions:
     busy: bool = False
     busy_fraction: float = 0.0
     abort_log: Path | None = None
+    # Cumulative counters written here as JSON on SIGUSR1 and at exit (see sim/stats_file.py).
+    stats_file: Path | None = None
     # Server: TLS (PEM files; a client CA makes client certificates required), periodic GOAWAY
     # (grpc's max connection age and its grace), streams per connection.
     tls_cert: Path | None = None
@@ -95,6 +97,7 @@ class SimOptions:
             busy=args.busy,
             busy_fraction=args.busy_fraction,
             abort_log=Path(args.abort_log) if args.abort_log else None,
+            stats_file=Path(args.stats_file) if args.stats_file else None,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
             tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,

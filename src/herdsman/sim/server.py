@@ -18,6 +18,7 @@ from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.model_card import load_model_card
 from herdsman.sim.options import SimOptions
 from herdsman.sim.sglang_servicer import SglangSimServicer
+from herdsman.sim.stats_file import StatsFile
 from herdsman.sim.text_source import TextSource
 from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle
 from herdsman.sim.vllm_servicer import VllmSimServicer
@@ -118,6 +119,10 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    stats_file = None
+    if options.stats_file is not None:
+        stats_file = StatsFile(options.stats_file, engine)
+        loop.add_signal_handler(signal.SIGUSR1, stats_file.write)
 
     await server.start()
     engine.start()
@@ -138,6 +143,9 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         await server.stop(_SHUTDOWN_GRACE_S)
         await engine.stop()
         abort_log.close()
+        if stats_file is not None:
+            stats_file.write()
+            loop.remove_signal_handler(signal.SIGUSR1)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return 0
