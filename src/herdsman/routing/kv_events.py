@@ -67,7 +67,7 @@ class KvEventSubscriber:
     def __init__(
         self,
         engine: EngineClient,
-        index: KvIndex,
+        index: KvIndex | None,
         worker_id: WorkerIdOf,
         *,
         on_load: LoadSink | None = None,
@@ -79,8 +79,9 @@ class KvEventSubscriber:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``worker_id(engine, dp_rank)`` names the worker of each rank; ``on_load(worker_id,
-        load)`` is told every load record. ``slice_blocks``: blocks applied between yields to
-        the event loop."""
+        load)`` is told every load record. ``index`` None: only loads are wanted (the stream's
+        load records, or polling), its blocks are not indexed. ``slice_blocks``: blocks applied
+        between yields to the event loop."""
         self._engine = engine
         self._index = index
         self._worker_id = worker_id
@@ -153,7 +154,10 @@ class KvEventSubscriber:
         return {
             "mode": self.mode,
             "last_sequence": self._cursor,
-            "precise": {wid: self._index.is_precise(wid) for wid in self._ranks.values()},
+            "precise": {
+                wid: self._index is not None and self._index.is_precise(wid)
+                for wid in self._ranks.values()
+            },
             **self.counters,
         }
 
@@ -253,6 +257,9 @@ class KvEventSubscriber:
 
     async def _apply(self, batch: common_pb2.KvEventBatch) -> None:
         worker_id = self._wid(_rank(batch))
+        if self._index is None:
+            self.counters["batches"] += 1
+            return
         done = 0
         apply = self._index.apply_event
         for event in batch.events:
@@ -274,7 +281,8 @@ class KvEventSubscriber:
         if rank not in self._snapshot_ranks:
             # Its first chunk starts with a cleared event; reset anyway, whatever comes.
             self._snapshot_ranks.add(rank)
-            self._index.reset_worker(self._wid(rank))
+            if self._index is not None:
+                self._index.reset_worker(self._wid(rank))
             self._complete[rank] = False
             self._publish()
         await self._apply(batch)
@@ -287,13 +295,14 @@ class KvEventSubscriber:
             self._snapshot_ranks = None
             self._publish()
             # The resets' deferred cleanup: done now rather than on later requests' time.
-            while self._index.maintain(self._slice_blocks):
+            while self._index is not None and self._index.maintain(self._slice_blocks):
                 await asyncio.sleep(0)
 
     def _fresh_start(self, complete: bool) -> None:
         """What the workers held is unknown: start them empty."""
         for rank, worker_id in self._ranks.items():
-            self._index.reset_worker(worker_id)
+            if self._index is not None:
+                self._index.reset_worker(worker_id)
             self._complete[rank] = complete
         self._stream_complete = complete
         self._live = True
@@ -307,6 +316,8 @@ class KvEventSubscriber:
 
     def _publish(self) -> None:
         """Tell the index which of this engine's workers it knows exactly."""
+        if self._index is None:
+            return
         for rank, worker_id in self._ranks.items():
             self._index.set_precise(worker_id, self._live and self._complete.get(rank, False))
 
