@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench
 
-$(STAMP): pyproject.toml setup.py src/herdsman/multimodal/_resample.c
+$(STAMP): pyproject.toml setup.py src/herdsman/multimodal/_resample.c src/herdsman/routing/_kvhash.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

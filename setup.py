@@ -9,6 +9,12 @@ setup(
             sources=["src/herdsman/multimodal/_resample.c"],
             # No -march flags: SIMD kernels are selected at run time (__builtin_cpu_supports).
             extra_compile_args=["-O3"],
-        )
+        ),
+        # A prompt's KV block keys for cache-aware routing (kv_hash.py has the numpy fallback).
+        Extension(
+            "herdsman.routing._kvhash",
+            sources=["src/herdsman/routing/_kvhash.c"],
+            extra_compile_args=["-O3"],
+        ),
     ],
 )

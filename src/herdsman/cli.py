@@ -120,6 +120,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="...or within this factor of it",
     )
     routing.add_argument(
+        "--kv-index-max-blocks",
+        type=int,
+        default=262_144,
+        help="cache_aware: KV blocks (per worker) the prefix index of one model keeps in each "
+        "gateway process, ~220 bytes each; past it the deepest blocks of the fullest worker go",
+    )
+    routing.add_argument(
         "--worker-wait-timeout",
         type=float,
         default=30.0,
@@ -376,6 +383,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         prefix_hash_tokens=args.prefix_hash_tokens,
         cache_aware_balance_abs=args.cache_aware_balance_abs,
         cache_aware_balance_rel=args.cache_aware_balance_rel,
+        kv_index_max_blocks=args.kv_index_max_blocks,
         worker_wait_timeout=args.worker_wait_timeout,
         worker_startup_timeout=args.worker_startup_timeout,
         allow_private_image_urls=args.allow_private_image_urls,

@@ -227,3 +227,70 @@ def test_processes_route_the_same_prefix_alike() -> None:
         gw.stop()
         for e in engines:
             e.stop()
+
+
+def _turn(client: httpx.Client, base: str, messages: list[dict[str, str]]) -> tuple[str, int]:
+    """One chat turn: which engine answered, and how many prompt tokens it had cached."""
+    body = {"model": "qwen3", "messages": messages, "max_tokens": 8}
+    response = client.post(f"{base}/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    details = data["usage"].get("prompt_tokens_details") or {}
+    return data["choices"][0]["message"]["content"], details.get("cached_tokens", 0)
+
+
+def _cursors(client: httpx.Client, base: str) -> dict[str, object]:
+    workers = client.get(f"{base}/workers").json()["workers"]
+    return {w["id"]: (w.get("kv_cache") or {}).get("last_sequence") for w in workers}
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["kv-events", "approximate"])
+def test_cache_aware_keeps_conversations_where_their_prefix_is(events: bool) -> None:
+    flags = ("--block-size", "16") if events else ("--block-size", "16", "--no-kv-events")
+    engines = [sim(f"engine {i}", *flags) for i in range(3)]
+    # Approximate entries are this process's own record: one process, so that it sees all.
+    processes = 2 if events else 1
+    gw = gateway(
+        *(f"grpc://{e.address}" for e in engines),
+        flags=("--workers", str(processes), "--policy", "cache_aware"),
+    )
+    base = f"http://{gw.address}"
+    try:
+        clients = per_process(base, processes)
+        conversations: list[list[dict[str, str]]] = []
+        served: list[set[str]] = []
+        for c in range(6):
+            system = f"You are assistant number {c}, topic {c * 7919}. " * 30
+            messages = [{"role": "system", "content": system}]
+            client = clients[c % processes]  # a client keeps its connection: one process
+            engines_seen: set[str] = set()
+            for turn in range(3):
+                messages.append({"role": "user", "content": f"question {turn} of {c}"})
+                engine, cached = _turn(client, base, messages)
+                engines_seen.add(engine)
+                if turn:
+                    # The engine's own account: the conversation's prefix was in its cache.
+                    assert cached >= 16 * 20, (c, turn, cached)
+                messages.append({"role": "assistant", "content": engine})
+            served.append(engines_seen)
+            conversations.append(messages)
+        assert all(len(s) == 1 for s in served), served  # every turn where the prefix was
+        assert len(set().union(*served)) >= 2  # and the conversations spread
+
+        if events:
+            # Every process reads the same streams: once both have applied the same events
+            # (None: an engine that published none), they send a conversation's next turn to
+            # the same engine.
+            def agreed() -> bool:
+                views = [_cursors(c, base) for c in clients]
+                return views[0] == views[1]
+
+            assert wait_for(agreed, 30), [_cursors(c, base) for c in clients]
+            for messages, engines_seen in zip(conversations, served, strict=True):
+                messages.append({"role": "user", "content": "one more"})
+                answers = {_turn(c, base, messages)[0] for c in clients}
+                assert answers == engines_seen
+    finally:
+        gw.stop()
+        for e in engines:
+            e.stop()

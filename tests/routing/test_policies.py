@@ -9,9 +9,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pytest
+from tests.routing.kvsynth import SynthEngine
 
 from herdsman.engines import ModelInfo
 from herdsman.routing import RoutingRequest, Worker, WorkerLoad, make_policy
+from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.policies import CacheAwarePolicy
 
 
@@ -136,57 +138,105 @@ def test_prefix_hash_keys_on_the_leading_tokens() -> None:
     assert len(starts) == 4
 
 
-class FakeIndex:
-    """Cached prefix lengths set by the test; records what was routed."""
+def fleet_index(pool: Sequence[Worker], block_size: int = 16) -> tuple[KvIndex, list[SynthEngine]]:
+    """A real prefix index fed by the KV events of one synthetic engine cache per worker."""
+    index = KvIndex(block_size)
+    engines = [SynthEngine(block_size, salt=i) for i in range(len(pool))]
+    for worker in pool:
+        index.set_precise(worker.id, True)
+    return index, engines
 
-    def __init__(self, matches: dict[str, int] | None = None) -> None:
-        self.matches = matches or {}
-        self.routed: list[str] = []
 
-    def match(self, input_ids: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
-        return {w: self.matches.get(w, 0) for w in worker_ids}
-
-    def record_routed(self, worker_id: str, input_ids: Sequence[int]) -> None:
-        self.routed.append(worker_id)
+def run_on(index: KvIndex, engine: SynthEngine, worker: Worker, ids: Sequence[int]) -> None:
+    """The worker's engine ran ``ids``: its blocks are cached and announced."""
+    for event in engine.cache(ids):
+        index.apply_event(worker.id, event)
 
 
 def test_cache_aware_follows_the_longest_cached_prefix() -> None:
     pool = workers(3)
-    index = FakeIndex({pool[0].id: 32, pool[2].id: 320})
+    index, engines = fleet_index(pool)
+    prompt = list(range(400))
+    run_on(index, engines[0], pool[0], prompt[:40])  # two blocks
+    run_on(index, engines[2], pool[2], prompt[:330])  # twenty
     policy = CacheAwarePolicy(index)
-    assert policy.select(pool, req(range(400))) is pool[2]
-    assert index.routed == [pool[2].id]
+    request = req(prompt)
+    assert policy.select(pool, request) is pool[2]
+    # What the worker has to compute: counted in its prefill backlog until the first token.
+    assert request.prefill_tokens == 400 - 320
 
 
 def test_cache_aware_bounds_the_imbalance() -> None:
     pool = workers(3)
-    index = FakeIndex({pool[2].id: 320})
+    index, engines = fleet_index(pool)
+    prompt = list(range(400))
+    run_on(index, engines[2], pool[2], prompt)
     policy = CacheAwarePolicy(index, balance_abs=4, balance_rel=1.25)
     set_load(pool[0], 2)
     set_load(pool[1], 2)
     set_load(pool[2], 6)  # within 4 of the least loaded: still eligible for its cache
-    assert policy.select(pool, req(range(400))) is pool[2]
+    assert policy.select(pool, req(prompt)) is pool[2]
     set_load(pool[2], 7)  # beyond: the cache does not pile more onto it
-    assert policy.select(pool, req(range(400))) in (pool[0], pool[1])
+    assert policy.select(pool, req(prompt)) in (pool[0], pool[1])
+
+
+def test_cache_aware_weighs_a_cached_prefix_against_the_prefill_backlog() -> None:
+    pool = workers(2)
+    index, engines = fleet_index(pool)
+    prompt = list(range(1000))
+    run_on(index, engines[0], pool[0], prompt[:800])
+    policy = CacheAwarePolicy(index)
+    busy = WorkerLoad(running=1, waiting=1, updated_at=time.monotonic(), source="events")
+    busy.waiting_uncached_tokens = 500  # less than the 800 cached tokens save: stay
+    pool[0].update_load(busy)
+    set_load(pool[1], 1, 1)
+    assert policy.select(pool, req(prompt)) is pool[0]
+    busy.waiting_uncached_tokens = 2000  # longer than computing the whole prompt elsewhere
+    pool[0].update_load(busy)
+    assert policy.select(pool, req(prompt)) is pool[1]
 
 
 def test_cache_aware_sends_uncached_prompts_to_the_least_loaded() -> None:
     pool = workers(3)
+    index, _ = fleet_index(pool)
     set_load(pool[0], 3)
     set_load(pool[1], 0)
     set_load(pool[2], 3)
-    assert CacheAwarePolicy(FakeIndex()).select(pool, req(range(50))) is pool[1]
+    assert CacheAwarePolicy(index).select(pool, req(range(50))) is pool[1]
+
+
+def test_cache_aware_remembers_where_it_sent_prompts_of_workers_without_events() -> None:
+    pool = workers(4)
+    index = KvIndex(16)  # no worker publishes events: the index is approximate
+    policy = CacheAwarePolicy(index)
+    conversations = [list(range(1000 * c, 1000 * c + 200)) for c in range(8)]
+    first = []
+    for c in conversations:
+        request = req(c)
+        first.append(policy.select(pool, request))
+        first[-1].prefilling += request.prefill_tokens  # type: ignore[union-attr]
+    for worker in pool:
+        worker.prefilling = 0  # every prompt has been computed
+    again = [policy.select(pool, req([*c, 7, 7, 7])) for c in conversations]
+    assert again == first
+    assert len({w.id for w in first if w is not None}) == 4  # new prompts spread
 
 
 def test_cache_aware_ties_are_the_same_in_every_process() -> None:
-    pool = workers(4)
-    for worker in pool:
-        set_load(worker, 1)
+    # Two processes: their own Worker objects (same ids), listed in different orders.
     prompts = [list(range(i, i + 64)) for i in range(50)]
-    one = [CacheAwarePolicy(FakeIndex()).select(pool, req(p)) for p in prompts]
-    two = [CacheAwarePolicy(FakeIndex()).select(list(reversed(pool)), req(p)) for p in prompts]
-    assert one == two
-    assert len({w.id for w in one if w is not None}) == 4  # and they still spread
+    chosen = []
+    for order in (1, -1):
+        pool = workers(4)
+        policy = CacheAwarePolicy(fleet_index(pool)[0])
+        picks = []
+        for p in prompts:
+            for worker in pool:
+                set_load(worker, 1)  # the same engine records in both processes
+            picks.append(policy.select(pool[::order], req(p)).id)  # type: ignore[union-attr]
+        chosen.append(picks)
+    assert chosen[0] == chosen[1]
+    assert len(set(chosen[0])) == 4  # and they still spread
 
 
 @pytest.mark.parametrize("name", ["nope", ""])

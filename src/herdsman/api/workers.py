@@ -45,12 +45,32 @@ def worker_view(worker: Worker) -> dict[str, Any]:
     }
 
 
+def _kv_view(ctx: ServingContext, worker: Worker) -> dict[str, Any] | None:
+    """What cache_aware knows of the worker's KV cache, and how (events or approximate)."""
+    model = ctx.models.get(worker.model_name)
+    stream = ctx.kv_streams.get(worker.url)
+    if stream is None:
+        return None
+    view: dict[str, Any] = {"stream": stream.mode, "last_sequence": stream.last_sequence}
+    if model is not None and model.index is not None:
+        view.update(model.index.worker_stats(worker.id) or {"precise": False, "blocks": 0})
+    return view
+
+
+def describe_worker(ctx: ServingContext, worker: Worker) -> dict[str, Any]:
+    view = worker_view(worker)
+    kv = _kv_view(ctx, worker)
+    if kv is not None:
+        view["kv_cache"] = kv
+    return view
+
+
 def _pending_view(url: str) -> dict[str, Any]:
     return {"id": None, "url": url, "model": None, "status": "pending", "healthy": False}
 
 
 async def list_workers(ctx: ServingContext, request: Request) -> Response:
-    workers = [worker_view(w) for w in ctx.registry]
+    workers = [describe_worker(ctx, w) for w in ctx.registry]
     workers += [_pending_view(url) for url in sorted(ctx.pending)]
     return json_response({"object": "list", "workers": workers, "total": len(workers)})
 
@@ -64,7 +84,7 @@ def _worker(ctx: ServingContext, request: Request) -> Worker:
 
 
 async def get_worker(ctx: ServingContext, request: Request) -> Response:
-    return json_response(worker_view(_worker(ctx, request)))
+    return json_response(describe_worker(ctx, _worker(ctx, request)))
 
 
 async def add_worker(ctx: ServingContext, request: Request) -> Response:

@@ -6,10 +6,15 @@ Adapters translate these structs to and from one proto each. They are msgspec st
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+
+if TYPE_CHECKING:
+    from smg_grpc_proto.generated import common_pb2
+
+    from herdsman.routing.load import WorkerLoad
 
 
 class SamplingParams(msgspec.Struct, kw_only=True):
@@ -140,6 +145,15 @@ class EngineClient(Protocol):
 
     async def fetch_tokenizer(self) -> tuple[bytes, str]:
         """The worker's tokenizer directory as zip bytes, and the sha256 the engine announced."""
+        ...
+
+    def subscribe_kv_events(self, start_sequence: int) -> AsyncIterator[common_pb2.KvEventBatch]:
+        """The engine's KV-event stream from ``start_sequence`` (0: from its current state), with
+        no deadline. Raises EngineError(code="unimplemented") when the engine publishes none."""
+        ...
+
+    async def get_loads(self) -> list[tuple[int, WorkerLoad]]:
+        """The engine's load per data-parallel rank (GetLoads), as (dp_rank, load)."""
         ...
 
     async def close(self) -> None: ...

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 import grpc
@@ -22,6 +23,7 @@ from herdsman.engines.base import (
     TokenLogprobs,
 )
 from herdsman.engines.transport import RpcError, Transport
+from herdsman.routing.load import WorkerLoad
 
 
 def engine_error(exc: RpcError) -> EngineError:
@@ -61,6 +63,24 @@ def _prompt_logprobs(message: Any) -> PromptLogprobs | None:
     )
 
 
+def _scheduler_load(load: Any, now: float) -> WorkerLoad:
+    """One SchedulerLoad of GetLoads (same core fields in both protos) as a WorkerLoad."""
+    uncached: int | None = load.num_waiting_uncached_tokens
+    if not uncached and load.num_waiting_reqs:
+        # The field has no presence. A waiting request always has an uncached token (an engine
+        # recomputes a prompt's last token), so 0 beside waiting requests means "not reported".
+        uncached = None
+    return WorkerLoad(
+        running=load.num_running_reqs,
+        waiting=load.num_waiting_reqs,
+        waiting_uncached_tokens=uncached,
+        token_usage=load.token_usage,
+        max_running=load.max_running_requests,
+        updated_at=now,
+        source="poll",
+    )
+
+
 def _final_output(done: Any, take_ids: bool, want_prompt_logprobs: bool) -> EngineOutput:
     matched = done.WhichOneof("matched_stop")
     return EngineOutput(
@@ -96,6 +116,8 @@ class GrpcEngine:
                 "GetModelInfo",
                 "GetServerInfo",
                 "GetTokenizer",
+                "GetLoads",
+                "SubscribeKvEvents",
             )
         }
 
@@ -200,6 +222,34 @@ class GrpcEngine:
         if hashlib.sha256(data).hexdigest() != announced.lower():
             raise EngineError("tokenizer bundle from the engine failed its sha256 check")
         return data, announced
+
+    async def subscribe_kv_events(
+        self, start_sequence: int
+    ) -> AsyncIterator[common_pb2.KvEventBatch]:
+        # No deadline: the stream lives as long as the engine; keepalive PINGs still watch over
+        # the connection while it is silent.
+        batches = self._transport.stream(
+            self._methods["SubscribeKvEvents"],
+            common_pb2.SubscribeKvEventsRequest(
+                start_sequence_number=start_sequence, load_records_before_first_batch=True
+            ),
+            common_pb2.KvEventBatch,
+            timeout=None,
+        )
+        try:
+            async for batch in batches:
+                yield batch
+        except RpcError as exc:
+            raise engine_error(exc) from exc
+        finally:
+            await batches.aclose()
+
+    async def get_loads(self) -> list[tuple[int, WorkerLoad]]:
+        response = await self._unary(
+            "GetLoads", self.pb2.GetLoadsRequest(), self.pb2.GetLoadsResponse, 5.0
+        )
+        now = time.monotonic()
+        return [(load.dp_rank, _scheduler_load(load, now)) for load in response.loads]
 
     async def close(self) -> None:
         await self._transport.close()

@@ -93,6 +93,27 @@ class GatewayMetrics:
                 ["worker"],
             )
         )
+        self.kv_index_blocks: Gauge = r.add(
+            Gauge(
+                "herdsman_kv_index_blocks",
+                "(worker, KV block) pairs in cache_aware's prefix index, summed over processes",
+                ["model"],
+            )
+        )
+        self.kv_index_bytes: Gauge = r.add(
+            Gauge(
+                "herdsman_kv_index_bytes",
+                "estimated heap bytes of cache_aware's prefix index, summed over processes",
+                ["model"],
+            )
+        )
+        self.kv_precise: Gauge = r.add(
+            Gauge(
+                "herdsman_worker_kv_events_live",
+                "gateway processes that know the worker's KV cache from its live event stream",
+                ["worker"],
+            )
+        )
         self.circuit_opened: Counter = r.add(
             Counter(
                 "herdsman_worker_circuit_opened_total",

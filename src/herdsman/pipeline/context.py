@@ -13,6 +13,8 @@ from herdsman.pipeline.errors import ModelNotFound
 from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import RoundRobinPolicy, RoutingPolicy, WorkerRegistry
+from herdsman.routing.kv_events import KvEventSubscriber
+from herdsman.routing.kv_index import KvIndex
 from herdsman.tokenizer import ModelTokenizer
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ class ServedModel:
     images: ImageSupport | None = None
     # How a request for this model picks one of its workers.
     policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
+    # cache_aware: which of its workers hold which KV blocks (None for other policies).
+    index: KvIndex | None = None
+    # Policies that read the engines' loads get them from the engines' KV-event streams.
+    wants_loads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,8 @@ class ServingContext:
     fleet: FleetControl | None = None
     # Engines added but not answering yet (still loading): URL -> what is known.
     pending: set[str] = field(default_factory=set)
+    # Engine URL -> its KV-event stream's consumer (feeding loads and the model's index).
+    kv_streams: dict[str, KvEventSubscriber] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def served(self, name: str | None) -> ServedModel:

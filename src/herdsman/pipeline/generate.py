@@ -297,9 +297,15 @@ class Generation:
             )
             worker.circuit.on_attempt()
             worker.routed()
+            prefill = self._routing.prefill_tokens
+            self._routing.prefill_tokens = 0
+            worker.prefilling += prefill
             outputs = worker.engine.generate(request)
             try:
-                first = await anext(outputs, None)
+                try:
+                    first = await anext(outputs, None)
+                finally:
+                    worker.prefilling -= prefill
             except asyncio.CancelledError:
                 worker.circuit.record_neutral()
                 await outputs.aclose()
@@ -328,11 +334,17 @@ class Generation:
     async def _wait_for_worker(self) -> bool:
         """No worker of the model can take a request now, but one may soon (an engine still
         loading, restarting, or its circuit about to let trials through): wait for it, within
-        the worker wait and the request's deadline. True when one is available."""
+        the worker wait and the request's deadline. True when one is available. Workers that
+        health checks found down are not waited for: that is a 503 now, not in 30 s."""
+        registry, name = self._ctx.registry, self._model.name
+        coming = self._ctx.pending or any(
+            w.healthy and not w.available for w in registry.for_model(name)
+        )
+        if not coming:
+            return False
         if self._wait_end is None:
             limit = self._ctx.limits.worker_wait_timeout
             self._wait_end = min(time.perf_counter() + limit, self._deadline)
-        registry, name = self._ctx.registry, self._model.name
         while time.perf_counter() < self._wait_end:
             await asyncio.sleep(_WORKER_POLL_SECONDS)
             if registry.available(name):

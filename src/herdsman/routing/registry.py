@@ -47,6 +47,8 @@ class Worker:
     # The engine's own account of its load, and what this process sent since that record.
     load: WorkerLoad = field(default_factory=WorkerLoad)
     routed_since_record: int = 0
+    # Prompt tokens this process sent that the worker had not cached, until their first token.
+    prefilling: int = 0
     # This process's own record of how the worker serves its requests.
     circuit: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(CircuitConfig()))
     # Told about every health change this process decides itself (health checks).
@@ -71,6 +73,19 @@ class Worker:
         if load.updated_at and time.monotonic() - load.updated_at < _LOAD_FRESH_SECONDS:
             return load.running + load.waiting + self.routed_since_record
         return self.in_flight
+
+    def prefill_backlog(self) -> int:
+        """Prompt tokens waiting for prefill on the worker as far as this process can tell: the
+        engine's last count (every process's requests, when fresh), or this process's own
+        requests still prefilling there when they are more (sent after that record)."""
+        load = self.load
+        if (
+            load.waiting_uncached_tokens
+            and load.updated_at
+            and time.monotonic() - load.updated_at < _LOAD_FRESH_SECONDS
+        ):
+            return max(load.waiting_uncached_tokens, self.prefilling)
+        return self.prefilling
 
     def update_load(self, load: WorkerLoad) -> None:
         self.load = load

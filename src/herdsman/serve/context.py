@@ -29,9 +29,13 @@ from herdsman.routing import (
     CircuitState,
     PolicyOptions,
     Worker,
+    WorkerLoad,
     WorkerRegistry,
     make_policy,
+    worker_id,
 )
+from herdsman.routing.kv_events import KvEventSubscriber
+from herdsman.routing.kv_index import KvIndex
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
@@ -231,15 +235,33 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     )
     model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
     model.images = _image_support(config, tokenizer_dir, tokenizer)
-    model.policy = make_policy(policy_for(config, model.name), policy_options(config))
+    policy = policy_for(config, model.name)
+    if policy == "cache_aware":
+        model.index = KvIndex(
+            spec.block_size,
+            max_blocks=config.kv_index_max_blocks,
+            speculative_ttl=_SPECULATIVE_SECONDS,
+        )
+    model.policy = make_policy(policy, policy_options(config), model.index)
+    model.wants_loads = policy in _LOAD_POLICIES
     log.info(
-        "serving %r (context %d, tokenizer %s, policy %s)",
+        "serving %r (context %d, tokenizer %s, policy %s%s)",
         model.name,
         model.max_context_length,
         tokenizer_dir,
         model.policy.name,
+        f", KV block size {spec.block_size}" if model.index is not None else "",
     )
     return model
+
+
+# A prompt routed to a worker whose events are live is remembered there this long: the events of
+# the blocks it stores arrive a little after the request, and the conversation's next turn may
+# come first.
+_SPECULATIVE_SECONDS = 5.0
+
+# Policies that read the engines' loads (the rest never look at them).
+_LOAD_POLICIES = frozenset({"least_load", "power_of_two", "cache_aware"})
 
 
 async def add_worker(ctx: ServingContext, config: GatewayConfig, spec: WorkerSpec) -> list[Worker]:
@@ -265,6 +287,7 @@ async def add_worker(ctx: ServingContext, config: GatewayConfig, spec: WorkerSpe
     ]
     for worker in workers:
         ctx.registry.add(worker)
+    _follow_kv_events(ctx, ctx.models[spec.model_name], spec, engine)
     log.info(
         "worker %s (%s): %s backend, model %r%s",
         spec.url,
@@ -281,14 +304,58 @@ def remove_engine(ctx: ServingContext, url: str) -> list[Worker]:
     connection closes."""
     removed = [w for w in ctx.registry.by_url(url) if ctx.registry.remove(w.id)]
     if removed:
-        ctx.spawn(_close_when_idle(removed), name=f"retire {url}")
+        index = ctx.models[removed[0].model_name].index
+        if index is not None:
+            for worker in removed:
+                index.remove_worker(worker.id)
+        ctx.spawn(_close_when_idle(removed, ctx.kv_streams.pop(url, None)), name=f"retire {url}")
     return removed
 
 
-async def _close_when_idle(workers: list[Worker]) -> None:
+async def _close_when_idle(workers: list[Worker], stream: KvEventSubscriber | None) -> None:
+    if stream is not None:
+        await stream.stop()
     while any(w.in_flight for w in workers):
         await asyncio.sleep(0.1)
     await workers[0].engine.close()
+
+
+def _follow_kv_events(
+    ctx: ServingContext, model: ServedModel, spec: WorkerSpec, engine: EngineClient
+) -> None:
+    """Consume the engine's KV-event stream when the model's policy reads loads or blocks."""
+    if not model.wants_loads and model.index is None:
+        return
+    if model.index is not None and spec.block_size != model.index.block_size:
+        log.warning(
+            "worker %s caches KV in blocks of %d tokens, the model's other workers in %d: "
+            "its blocks are not indexed, cache_aware sees it as holding nothing",
+            spec.url,
+            spec.block_size,
+            model.index.block_size,
+        )
+    data_parallel = spec.dp_size > 1
+
+    def name(_engine: EngineClient, rank: int) -> str:
+        return worker_id(spec.url, rank if data_parallel else None)
+
+    def on_load(wid: str, load: WorkerLoad) -> None:
+        worker = ctx.registry.get(wid)
+        if worker is not None:
+            worker.update_load(load)
+
+    stream = KvEventSubscriber(
+        engine, model.index, name, on_load=on_load, dp_size=max(1, spec.dp_size)
+    )
+    ctx.kv_streams[spec.url] = stream
+    stream.start()
+
+
+async def stop_kv_streams(ctx: ServingContext) -> None:
+    streams = list(ctx.kv_streams.values())
+    ctx.kv_streams.clear()
+    for stream in streams:
+        await stream.stop()
 
 
 async def build_context(config: GatewayConfig, specs: list[WorkerSpec]) -> ServingContext:
@@ -327,6 +394,9 @@ async def probe_fleet(config: GatewayConfig) -> list[WorkerSpec]:
 class _ProbeIndex:
     """Stands in for a prefix index when a policy name is only being checked."""
 
+    def prompt_blocks(self, input_ids: object) -> object:
+        return input_ids
+
     def match(self, input_ids: object, worker_ids: object) -> dict[str, int]:
         return {}
 
@@ -346,5 +416,14 @@ def _watch(ctx: ServingContext) -> None:
         for worker in ctx.registry:
             state = worker.circuit.state
             METRICS.circuit_open.set(0.0 if state is CircuitState.CLOSED else 1.0, (worker.url,))
+        for model in ctx.models.values():
+            index = model.index
+            if index is None:
+                continue
+            stats = index.stats()
+            METRICS.kv_index_blocks.set(stats["blocks"], (model.name,))
+            METRICS.kv_index_bytes.set(stats["estimated_bytes"], (model.name,))
+            for wid in index.workers():
+                METRICS.kv_precise.set(1.0 if index.is_precise(wid) else 0.0, (wid,))
 
     METRICS.registry.collectors.append(collect)

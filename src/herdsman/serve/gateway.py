@@ -26,7 +26,7 @@ from herdsman.observability import METRICS
 from herdsman.pipeline.admission import SharedBoard
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
-from herdsman.serve.context import add_worker, build_context, remove_engine
+from herdsman.serve.context import add_worker, build_context, remove_engine, stop_kv_streams
 from herdsman.serve.control import (
     Activate,
     AdminReply,
@@ -142,6 +142,7 @@ class GatewayProcess:
 
     async def _close(self, ctx: ServingContext) -> None:
         self._control.stop()
+        await stop_kv_streams(ctx)
         await ctx.registry.close()
 
     def _suspect(self, worker: Worker, reason: str) -> None:

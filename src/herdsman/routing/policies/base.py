@@ -10,11 +10,14 @@ from typing import Protocol
 from herdsman.routing.registry import Worker
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class RoutingRequest:
     input_ids: Sequence[int]
     # A client-chosen key for sticky routing (X-Routing-Key, or SMG's X-SMG-Routing-Key).
     routing_key: str | None = None
+    # Set by the policy: prompt tokens the chosen worker has to compute (not cached there),
+    # counted in its prefill backlog until the request's first token (Worker.prefilling).
+    prefill_tokens: int = 0
 
 
 @dataclass(slots=True, frozen=True)

@@ -5,21 +5,26 @@ The prefix index (``routing.kv_index``) is built from the engines' own KV events
 each worker holds), or, for workers whose event stream is down or absent, from the requests this
 policy routed to them. For each request:
 
-1. the workers whose load is within ``balance_abs`` requests, or a factor ``balance_rel``, of the
-   least loaded worker's are eligible: cache affinity can never pile requests onto one worker
-   while others idle, nor starve one (a worker with nothing cached is still the least loaded
-   some of the time, and is chosen then);
-2. among them, the one holding the longest prefix of the prompt wins; ties go to the least
-   loaded, then to a hash of the prompt's start with each worker's id (rendezvous hashing), so
-   every gateway process makes the same choice for the same prefix;
-3. a prompt cached nowhere goes to the least loaded worker (the same tie-breaks).
+1. the workers whose load (running and waiting requests) is within ``balance_abs`` requests, or
+   a factor ``balance_rel``, of the least loaded worker's are eligible: cache affinity can never
+   pile requests onto one worker while others idle, nor starve one (a worker with nothing cached
+   is still the least loaded some of the time, and is chosen then);
+2. among them, the one where the prompt would start soonest wins: the fewest prompt tokens to
+   compute, its own uncached ones plus the prefill backlog queued ahead of it there (the
+   engine's ``waiting_uncached_tokens``, or this process's requests still prefilling there
+   when they are more). A long cached
+   prefix wins unless the worker holding it is busy computing other prompts for longer than the
+   prefix saves;
+3. ties go to the longer cached prefix, then to the least loaded, then to a hash of the prompt's
+   start with each worker's id (rendezvous hashing), so every gateway process makes the same
+   choice for the same prefix.
 """
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from herdsman.routing.policies.base import RoutingRequest
 from herdsman.routing.policies.hashing import hash64
@@ -27,11 +32,15 @@ from herdsman.routing.registry import Worker
 
 
 class PrefixIndex(Protocol):
-    def match(self, input_ids: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
+    def prompt_blocks(self, input_ids: Sequence[int]) -> Any:
+        """The prompt in the index's terms (its block keys), computed once per request."""
+        ...
+
+    def match(self, prompt: Any, worker_ids: Sequence[str]) -> dict[str, int]:
         """Leading prompt tokens each worker holds in its prefix cache."""
         ...
 
-    def record_routed(self, worker_id: str, input_ids: Sequence[int]) -> None:
+    def record_routed(self, worker_id: str, prompt: Any) -> None:
         """A prompt was sent to this worker (used where the worker publishes no events)."""
         ...
 
@@ -40,36 +49,51 @@ class CacheAwarePolicy:
     name = "cache_aware"
 
     def __init__(
-        self, index: PrefixIndex, balance_abs: float = 4.0, balance_rel: float = 1.25
+        self,
+        index: PrefixIndex,
+        balance_abs: float = 4.0,
+        balance_rel: float = 1.25,
+        backlog_weight: float = 1.0,
     ) -> None:
         self.index = index
         self._abs = balance_abs
         self._rel = balance_rel
+        self._backlog_weight = backlog_weight
 
     def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:
         if not workers:
             return None
         ids = request.input_ids
-        chosen = workers[0] if len(workers) == 1 else self._choose(workers, ids)
-        self.index.record_routed(chosen.id, ids)
+        prompt = self.index.prompt_blocks(ids)
+        if len(workers) == 1:
+            chosen, cached = workers[0], 0
+        else:
+            chosen, cached = self._choose(workers, ids, prompt)
+        request.prefill_tokens = max(len(ids) - cached, 0)
+        self.index.record_routed(chosen.id, prompt)
         return chosen
 
-    def _choose(self, workers: Sequence[Worker], ids: Sequence[int]) -> Worker:
+    def _choose(
+        self, workers: Sequence[Worker], ids: Sequence[int], prompt: Any
+    ) -> tuple[Worker, int]:
         loads = [w.load_score() for w in workers]
         least = min(loads)
         bound = max(least + self._abs, least * self._rel)
-        matched = self.index.match(ids, [w.id for w in workers])
+        matched = self.index.match(prompt, [w.id for w in workers])
         # The tie-break that does not depend on this process: rendezvous hashing of the prompt's
         # start with each worker's id (uniform over workers, the same in every process).
         anchor = array("I", ids[:16]).tobytes()
+        n = len(ids)
+        weight = self._backlog_weight
         best: Worker | None = None
-        best_key: tuple[int, float, int] | None = None
+        best_key: tuple[float, int, float, int] | None = None
         for worker, load in zip(workers, loads, strict=True):
             if load > bound:
                 continue
-            rendezvous = hash64(worker.id.encode() + anchor)
-            key = (matched.get(worker.id, 0), -load, rendezvous)
+            cached = matched.get(worker.id, 0)
+            cost = n - cached + (weight * worker.prefill_backlog() if weight else 0)
+            key = (-cost, cached, -load, hash64(worker.id.encode() + anchor))
             if best_key is None or key > best_key:
                 best, best_key = worker, key
-        assert best is not None  # the least loaded worker is always within the bound
-        return best
+        assert best is not None and best_key is not None  # the least loaded is within the bound
+        return best, best_key[1]
