@@ -336,6 +336,23 @@ def test_speculative_entries_for_precise_workers_expire_fast() -> None:
     assert index.match(tokens(9), ["w"]) == {"w": 0}
 
 
+def test_speculative_entries_are_found_by_later_turns_and_cost_one_entry() -> None:
+    clock = Clock()
+    index = KvIndex(BS, clock=clock, speculative_ttl=5.0)
+    for worker in ("a", "b"):
+        index.set_precise(worker, True)
+    turn = tokens(40)
+    index.record_routed("a", turn)
+    assert index.stats()["speculative_entries"] <= 2  # not one per block
+    assert index.match(turn, ["a", "b"]) == {"a": 36, "b": 0}  # the same prompt again
+    later = [*turn, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]  # the conversation's next turn
+    assert index.match(later, ["a", "b"]) == {"a": 40, "b": 0}
+    assert index.match([*tokens(20), 9, *tokens(30)], ["a", "b"]) == {"a": 0, "b": 0}
+    clock.now += 6
+    assert index.match(later, ["a", "b"]) == {"a": 0, "b": 0}
+    assert index.stats()["speculative_entries"] == 0
+
+
 def test_prompt_blocks_serve_match_and_record_alike() -> None:
     index = KvIndex(BS)
     blocks = index.prompt_blocks(tokens(12), kv_namespace("x"))

@@ -173,8 +173,9 @@ class KvIndex:
         of each worker's approximate entries (two generations of half of it each), which expire
         when nothing was routed to the worker for ``approx_ttl`` seconds. ``speculative_ttl``
         > 0 also records routed prompts for precise workers, for that long: the blocks a
-        request will store before its events arrive. ``kv_group``: the engine's KV cache group
-        to index (the full-attention one)."""
+        request will store before its events arrive (only a prompt's deepest block keys, so
+        recording is O(1); a later prompt extending it finds them by its own keys at that
+        depth). ``kv_group``: the engine's KV cache group to index (the full-attention one)."""
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
@@ -186,6 +187,10 @@ class KvIndex:
         self._clock = clock
         self._held: dict[int, int] = {}  # content key -> precise holder slots
         self._approx: dict[int, int] = {}  # content key -> approximate holder slots
+        # Speculative entries: a routed prompt's deepest key -> {worker id: expiry}, and the
+        # same in expiry order (one TTL for all, so insertion order is expiry order).
+        self._recent: dict[int, dict[str, float]] = {}
+        self._recent_order: deque[tuple[float, int, str]] = deque()
         self._workers: dict[str, _Worker] = {}
         self._free_slots: list[int] = []
         self._next_slot = 0
@@ -255,12 +260,16 @@ class KvIndex:
                     owners.append((bit, st, False))
                     use_approx = True
         if not alive:
+            if self._recent:
+                self._match_recent(keys, result)
             return result
         if bisect:
             ended = self._bisect(keys, alive, use_approx)
         else:
             ended = self._walk(keys, alive, use_approx)
         if len(ended) == len(owners) and not any(ended.values()):
+            if self._recent:
+                self._match_recent(keys, result)
             return result  # no worker holds even the first block
         depth = len(keys)
         bs = self.block_size
@@ -271,7 +280,35 @@ class KvIndex:
             tokens = blocks * bs
             if tokens > result[st.worker_id]:
                 result[st.worker_id] = tokens
+        if self._recent:
+            self._match_recent(keys, result)
         return result
+
+    def _match_recent(self, keys: list[int], result: dict[str, int]) -> None:
+        """Raise each worker's match to the deepest of the prompt's keys recently routed there
+        (a key is a hash of the whole prefix up to it, so that whole prefix was routed)."""
+        now = self._clock()
+        self._expire_recent(now)
+        recent = self._recent.get
+        bs = self.block_size
+        for depth in range(len(keys) - 1, -1, -1):
+            holders = recent(keys[depth])
+            if not holders:
+                continue
+            tokens = (depth + 1) * bs
+            for worker_id in holders:
+                if worker_id in result and tokens > result[worker_id]:
+                    result[worker_id] = tokens
+
+    def _expire_recent(self, now: float) -> None:
+        order, recent = self._recent_order, self._recent
+        while order and order[0][0] <= now:
+            expires, key, worker_id = order.popleft()
+            holders = recent.get(key)
+            if holders is not None and holders.get(worker_id) == expires:
+                del holders[worker_id]
+                if not holders:
+                    del recent[key]
 
     def _walk(self, keys: list[int], alive: int, use_approx: bool) -> dict[int, int]:
         """Per slot bit, the leading keys it holds: a linear walk, exact in every case."""
@@ -336,7 +373,9 @@ class KvIndex:
         """A prompt was sent to ``worker_id``: unless the worker's events are live and complete,
         remember its blocks there as approximate entries (the engine will have cached them)."""
         st = self._worker(worker_id)
-        if st.precise and self.speculative_ttl <= 0:
+        if st.precise:
+            if self.speculative_ttl > 0:
+                self._record_recent(worker_id, prompt, namespace)
             return
         if isinstance(prompt, PromptBlocks):
             keys = prompt.keys
@@ -369,9 +408,24 @@ class KvIndex:
             table[key] = get(key, 0) | bit
         self.maintain(_MAINTAIN_STEPS)
 
+    def _record_recent(self, worker_id: str, prompt: Prompt, namespace: str | None) -> None:
+        if isinstance(prompt, PromptBlocks):
+            keys = prompt.keys[-2:]
+        else:
+            n = len(prompt) // self.block_size
+            keys = prompt_keys(prompt, self.block_size, n, namespace_seed(namespace))[-2:]
+        now = self._clock()
+        self._expire_recent(now)
+        expires = now + self.speculative_ttl
+        # The last two: the same prompt sent again is matched one block short of its end
+        # when its length is a multiple of the block size (its last token is recomputed).
+        for key in keys:
+            self._recent.setdefault(key, {})[worker_id] = expires
+            self._recent_order.append((expires, key, worker_id))
+
     def _expire(self, st: _Worker, now: float) -> None:
         """Drop the generations nothing was recorded in for the TTL."""
-        ttl = self.speculative_ttl if st.precise else self.approx_ttl
+        ttl = self.approx_ttl
         old = st.old
         if old is not None and now - old.at > ttl:
             self._retire_generation(old)
@@ -746,6 +800,7 @@ class KvIndex:
             "distinct_blocks": len(self._held),
             "max_blocks": self.max_blocks,
             "approx_entries": approx_entries,
+            "speculative_entries": len(self._recent_order),
             "events_applied": self.events_applied,
             "blocks_stored": self.blocks_stored,
             "blocks_removed": self.blocks_removed,
