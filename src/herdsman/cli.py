@@ -120,6 +120,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="...or within this factor of it",
     )
     routing.add_argument(
+        "--cache-aware-prefill-weight",
+        type=float,
+        default=1.0,
+        help="cache_aware: weight of a worker's queued prefill tokens against the prompt tokens "
+        "it has cached (0: the longest cached prefix wins within the load bound)",
+    )
+    routing.add_argument(
         "--kv-index-max-blocks",
         type=int,
         default=262_144,
@@ -383,6 +390,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         prefix_hash_tokens=args.prefix_hash_tokens,
         cache_aware_balance_abs=args.cache_aware_balance_abs,
         cache_aware_balance_rel=args.cache_aware_balance_rel,
+        cache_aware_prefill_weight=args.cache_aware_prefill_weight,
         kv_index_max_blocks=args.kv_index_max_blocks,
         worker_wait_timeout=args.worker_wait_timeout,
         worker_startup_timeout=args.worker_startup_timeout,

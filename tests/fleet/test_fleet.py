@@ -294,3 +294,29 @@ def test_cache_aware_keeps_conversations_where_their_prefix_is(events: bool) -> 
         gw.stop()
         for e in engines:
             e.stop()
+
+
+def test_data_parallel_ranks_are_workers_each_with_its_cache() -> None:
+    engine = sim("dp engine", "--dp-size", "2", "--block-size", "16")
+    gw = gateway(f"grpc://{engine.address}", flags=("--policy", "cache_aware"))
+    base = f"http://{gw.address}"
+    try:
+        listed = httpx.get(f"{base}/workers", timeout=10).json()["workers"]
+        assert sorted(w["dp_rank"] for w in listed) == [0, 1]
+        assert len({w["id"] for w in listed}) == 2
+        client = httpx.Client(timeout=30)
+        for c in range(4):
+            messages = [{"role": "system", "content": f"Rank test {c}, topic {c * 31}. " * 30}]
+            for turn in range(3):
+                messages.append({"role": "user", "content": f"question {turn}"})
+                _, cached = _turn(client, base, messages)
+                if turn:
+                    # Ranks cache apart: a hit means the turn ran on the rank of the last one.
+                    assert cached >= 16 * 20, (c, turn, cached)
+                messages.append({"role": "assistant", "content": "dp engine"})
+        ranks = httpx.get(f"{base}/workers", timeout=10).json()["workers"]
+        assert all(w["kv_cache"]["stream"] == "events" for w in ranks), ranks
+        assert sum(w["kv_cache"]["blocks"] for w in ranks) > 0, ranks
+    finally:
+        gw.stop()
+        engine.stop()

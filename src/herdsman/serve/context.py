@@ -197,6 +197,7 @@ def policy_options(config: GatewayConfig) -> PolicyOptions:
         prefix_tokens=config.prefix_hash_tokens,
         balance_abs=config.cache_aware_balance_abs,
         balance_rel=config.cache_aware_balance_rel,
+        prefill_weight=config.cache_aware_prefill_weight,
     )
 
 

@@ -29,7 +29,9 @@ def make_policy(
     if name == "cache_aware":
         if index is None:
             raise ValueError("cache_aware needs a prefix index")
-        return CacheAwarePolicy(index, options.balance_abs, options.balance_rel)
+        return CacheAwarePolicy(
+            index, options.balance_abs, options.balance_rel, options.prefill_weight
+        )
     if name not in POLICIES:
         known = ", ".join(sorted([*POLICIES, "cache_aware"]))
         raise ValueError(f"unknown policy {name!r}; choose from {known}")

@@ -28,6 +28,8 @@ class PolicyOptions:
     # balance_abs requests, or a factor balance_rel, of the least loaded worker's.
     balance_abs: float = 4.0
     balance_rel: float = 1.25
+    # cache_aware: weight of queued prefill tokens against cached prompt tokens.
+    prefill_weight: float = 1.0
     # Virtual nodes per worker on the consistent-hash ring.
     ring_replicas: int = 160
     extra: dict[str, object] = field(default_factory=dict)

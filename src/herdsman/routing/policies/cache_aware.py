@@ -53,12 +53,12 @@ class CacheAwarePolicy:
         index: PrefixIndex,
         balance_abs: float = 4.0,
         balance_rel: float = 1.25,
-        backlog_weight: float = 1.0,
+        prefill_weight: float = 1.0,
     ) -> None:
         self.index = index
         self._abs = balance_abs
         self._rel = balance_rel
-        self._backlog_weight = backlog_weight
+        self._prefill_weight = prefill_weight
 
     def select(self, workers: Sequence[Worker], request: RoutingRequest) -> Worker | None:
         if not workers:
@@ -84,7 +84,7 @@ class CacheAwarePolicy:
         # start with each worker's id (uniform over workers, the same in every process).
         anchor = array("I", ids[:16]).tobytes()
         n = len(ids)
-        weight = self._backlog_weight
+        weight = self._prefill_weight
         best: Worker | None = None
         best_key: tuple[float, int, float, int] | None = None
         for worker, load in zip(workers, loads, strict=True):
