@@ -122,7 +122,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     routing.add_argument(
         "--cache-aware-prefill-weight",
         type=float,
-        default=1.0,
+        default=0.0,
         help="cache_aware: weight of a worker's queued prefill tokens against the prompt tokens "
         "it has cached (0: the longest cached prefix wins within the load bound)",
     )

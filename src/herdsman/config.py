@@ -32,7 +32,7 @@ class GatewayConfig:
     cache_aware_balance_abs: float = 4.0
     cache_aware_balance_rel: float = 1.25
     # cache_aware: how much a worker's queued prefill counts against its cached prefix.
-    cache_aware_prefill_weight: float = 1.0
+    cache_aware_prefill_weight: float = 0.0
     # cache_aware: (worker, block) pairs the prefix index of one model keeps (~220 bytes each).
     kv_index_max_blocks: int = 262_144
     # Seconds a request waits for a worker of its model when none is available.

@@ -185,7 +185,7 @@ def test_cache_aware_weighs_a_cached_prefix_against_the_prefill_backlog() -> Non
     index, engines = fleet_index(pool)
     prompt = list(range(1000))
     run_on(index, engines[0], pool[0], prompt[:800])
-    policy = CacheAwarePolicy(index)
+    policy = CacheAwarePolicy(index, prefill_weight=1.0)
     busy = WorkerLoad(running=1, waiting=1, updated_at=time.monotonic(), source="events")
     busy.waiting_uncached_tokens = 500  # less than the 800 cached tokens save: stay
     pool[0].update_load(busy)
@@ -208,7 +208,7 @@ def test_cache_aware_sends_uncached_prompts_to_the_least_loaded() -> None:
 def test_cache_aware_remembers_where_it_sent_prompts_of_workers_without_events() -> None:
     pool = workers(4)
     index = KvIndex(16)  # no worker publishes events: the index is approximate
-    policy = CacheAwarePolicy(index)
+    policy = CacheAwarePolicy(index, prefill_weight=1.0)  # new prompts spread by their prefill
     conversations = [list(range(1000 * c, 1000 * c + 200)) for c in range(8)]
     first = []
     for c in conversations:

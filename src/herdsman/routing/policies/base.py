@@ -29,7 +29,7 @@ class PolicyOptions:
     balance_abs: float = 4.0
     balance_rel: float = 1.25
     # cache_aware: weight of queued prefill tokens against cached prompt tokens.
-    prefill_weight: float = 1.0
+    prefill_weight: float = 0.0
     # Virtual nodes per worker on the consistent-hash ring.
     ring_replicas: int = 160
     extra: dict[str, object] = field(default_factory=dict)

@@ -9,12 +9,12 @@ policy routed to them. For each request:
    a factor ``balance_rel``, of the least loaded worker's are eligible: cache affinity can never
    pile requests onto one worker while others idle, nor starve one (a worker with nothing cached
    is still the least loaded some of the time, and is chosen then);
-2. among them, the one where the prompt would start soonest wins: the fewest prompt tokens to
-   compute, its own uncached ones plus the prefill backlog queued ahead of it there (the
-   engine's ``waiting_uncached_tokens``, or this process's requests still prefilling there
-   when they are more). A long cached
-   prefix wins unless the worker holding it is busy computing other prompts for longer than the
-   prefix saves;
+2. among them, the one holding the longest cached prefix of the prompt wins; with
+   ``prefill_weight`` > 0, the prefill queued there counts against it: the score is the prompt
+   tokens left to compute plus that weight times the worker's prefill backlog (the engine's
+   ``waiting_uncached_tokens``, or this process's requests still prefilling there when they are
+   more). Off by default: on the routing benchmark (docs/benchmarks-routing.md) moving turns
+   away from a busy cache cost more hit rate than the queue it avoided;
 3. ties go to the longer cached prefix, then to the least loaded, then to a hash of the prompt's
    start with each worker's id (rendezvous hashing), so every gateway process makes the same
    choice for the same prefix.
@@ -53,7 +53,7 @@ class CacheAwarePolicy:
         index: PrefixIndex,
         balance_abs: float = 4.0,
         balance_rel: float = 1.25,
-        prefill_weight: float = 1.0,
+        prefill_weight: float = 0.0,
     ) -> None:
         self.index = index
         self._abs = balance_abs
