@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -691,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         "--smg", default=str(Path.home() / ".cache/herdsman-bench/smg-venv/bin/smg")
     )
     parser.add_argument("--processes", type=int, default=1, help="herdsman gateway processes")
+    parser.add_argument(
+        "--herdsman-flags", default="", help="extra flags for every herdsman gateway (tuning)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--request-timeout", type=float, default=120.0)
     parser.add_argument("--docs", default=str(DOCS))
@@ -702,6 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     workload_names = [w for w in args.workloads.split(",") if w]
     only = {t.strip() for t in args.targets.split(",") if t.strip()}
     targets = [t for t in all_targets() if not only or t.name in only or t.kind in only]
+    extra = tuple(args.herdsman_flags.split())
+    if extra:
+        targets = [
+            dataclasses.replace(t, flags=(*t.flags, *extra)) if t.kind == "herdsman" else t
+            for t in targets
+        ]
     if not targets:
         parser.error(f"no target matches {args.targets!r}")
     if any(t.kind == "smg" for t in targets) and not Path(args.smg).exists():
