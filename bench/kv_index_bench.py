@@ -311,8 +311,9 @@ def render(result: dict[str, object]) -> str:
         f" the run, {os.cpu_count()} CPUs).",
         f"- Memory: {heap / stats['blocks']:.0f} bytes per indexed block (tracemalloc,"
         f" {heap / 2**20:.1f} MiB for {stats['blocks']:,}); `stats()['estimated_bytes']` said"
-        f" {stats['estimated_bytes'] / 2**20:.1f} MiB. The default cap, 1M blocks, is about"
-        f" {heap / stats['blocks'] * 1e6 / 2**20:.0f} MiB per gateway process.",
+        f" {stats['estimated_bytes'] / 2**20:.1f} MiB. The gateway's default cap"
+        " (`--kv-index-max-blocks` 262,144) is about"
+        f" {heap / stats['blocks'] * 262_144 / 2**20:.0f} MiB per model and gateway process.",
         f"- Applying stored events: {result['apply_blocks_per_s'] / 1000:.0f}k blocks/s"
         f" ({result['apply_blocks']:,} blocks in turn-sized events of about 19).",
         f"- A {snap['blocks']:,}-block snapshot (one event per block): {snap['seconds']:.2f} s,"

@@ -287,16 +287,14 @@ class KvIndex:
     def _match_recent(self, keys: list[int], result: dict[str, int]) -> None:
         """Raise each worker's match to the deepest of the prompt's keys recently routed there
         (a key is a hash of the whole prefix up to it, so that whole prefix was routed)."""
-        now = self._clock()
-        self._expire_recent(now)
-        recent = self._recent.get
+        self._expire_recent(self._clock())
+        common = self._recent.keys() & keys  # one pass in C; rarely more than a key or two
+        if not common:
+            return
         bs = self.block_size
-        for depth in range(len(keys) - 1, -1, -1):
-            holders = recent(keys[depth])
-            if not holders:
-                continue
-            tokens = (depth + 1) * bs
-            for worker_id in holders:
+        for key in common:
+            tokens = (keys.index(key) + 1) * bs
+            for worker_id in self._recent[key]:
                 if worker_id in result and tokens > result[worker_id]:
                     result[worker_id] = tokens
 
