@@ -312,7 +312,7 @@ def test_data_parallel_ranks_are_workers_each_with_its_cache() -> None:
                 _, cached = _turn(client, base, messages)
                 if turn:
                     # Ranks cache apart: a hit means the turn ran on the rank of the last one.
-                    assert cached >= 16 * 20, (c, turn, cached)
+                    assert cached >= 16 * 12, (c, turn, cached)
                 messages.append({"role": "assistant", "content": "dp engine"})
         ranks = httpx.get(f"{base}/workers", timeout=10).json()["workers"]
         assert all(w["kv_cache"]["stream"] == "events" for w in ranks), ranks

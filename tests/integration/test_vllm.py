@@ -145,7 +145,8 @@ def test_auto_backend_and_tokenizer_from_engine(
     )
     try:
         text = gateway.log_text()
-        assert re.search(rf"worker grpc://{vllm_server.address}: vllm backend", text), text
+        worker = rf"worker grpc://{vllm_server.address} \(w-\w+\): vllm backend"
+        assert re.search(worker, text), text
         assert re.search(rf"tokenizer from {vllm_server.address} unpacked to {cache}", text), text
         assert "Receive GetTokenizer request" in vllm_server.log_text()
         unpacked = list(cache.rglob("tokenizer.json"))

@@ -13,6 +13,8 @@ from tests.parsers.vectors import TOOLS
 from herdsman.api.errors import APIError
 from herdsman.api.parse import parse_function_call, parse_reasoning
 from herdsman.http import Request
+from herdsman.pipeline.context import ServingContext
+from herdsman.routing import WorkerRegistry
 
 
 def _model(**fields: Any) -> SimpleNamespace:
@@ -20,8 +22,13 @@ def _model(**fields: Any) -> SimpleNamespace:
     return SimpleNamespace(**{"reasoning_parser": None, "tool_call_parser": None, **fields})
 
 
+def _ctx(**model: Any) -> ServingContext:
+    """A serving context with one model (the handlers' default when a request names none)."""
+    return ServingContext(models={"m": _model(**model)}, registry=WorkerRegistry())  # type: ignore[dict-item]
+
+
 def _call(handler: Any, payload: object, **model: Any) -> dict[str, Any]:
-    ctx: Any = SimpleNamespace(model=_model(**model))
+    ctx = _ctx(**model)
     request = Request("POST", "/parse", "", {}, json.dumps(payload).encode())
     response = asyncio.run(handler(ctx, request))
     assert response.status == 200
@@ -79,7 +86,7 @@ def test_parse_function_call() -> None:
     ],
 )
 def test_bad_requests(handler: Any, payload: object, param: str | None) -> None:
-    ctx: Any = SimpleNamespace(model=_model())
+    ctx = _ctx()
     request = Request("POST", "/parse", "", {}, json.dumps(payload).encode())
     with pytest.raises(APIError) as info:
         asyncio.run(handler(ctx, request))
