@@ -10,11 +10,12 @@ module-scoped: they are gone once their test module ends instead of idling throu
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def engine_port(taken: Collection[int] = ()) -> int:
+    """A free port below the kernel's ephemeral range. vLLM binds its gRPC port only at the end
+    of its start, a minute or more after the port is picked; the ports other processes take
+    meanwhile (port 0 binds, outgoing connections, the other engine's own sockets) all come from
+    the ephemeral range, and did take one picked there (free_port)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.SystemRandom()
+    for _ in range(100 if low > 11024 else 0):
+        port = rng.randrange(low - 10000, low)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 @dataclass
 class VllmServer:
     process: subprocess.Popen[bytes]
@@ -121,7 +145,7 @@ def vllm_server(
     vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VllmServer]:
     log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    port = free_port()
+    port = engine_port()
     argv = [
         str(vllm_python),
         "-m",

@@ -31,7 +31,6 @@ import os
 import queue
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -52,7 +51,7 @@ from .conftest import (
     Gateway,
     VllmServer,
     _health_serving,
-    free_port,
+    engine_port,
     start_gateway_logged,
     wait_for,
 )
@@ -105,29 +104,6 @@ def _kv_events_config(socket_dir: Path, index: int) -> str:
             "replay_endpoint": f"ipc://{socket_dir}/kv-{index}.replay",
         }
     )
-
-
-def _grpc_port(taken: set[int]) -> int:
-    """A free port below the kernel's ephemeral range. vLLM binds its gRPC port only at the end
-    of its start, a minute or more after the port is picked; the ports other processes take
-    meanwhile (port 0 binds, outgoing connections, the other engine's own sockets) all come from
-    the ephemeral range, and did take one picked there (free_port)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    rng = random.SystemRandom()
-    for _ in range(100 if low > 11024 else 0):
-        port = rng.randrange(low - 10000, low)
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    return free_port()
 
 
 def _start_engine(
@@ -189,7 +165,7 @@ def fleet(
     workdir = tmp_path_factory.mktemp("vllm-fleet")
     ports: set[int] = set()
     while len(ports) < ENGINES:
-        ports.add(_grpc_port(ports))
+        ports.add(engine_port(ports))
     launched = [
         _start_engine(vllm_python, tiny_model, workdir, i, port)
         for i, port in enumerate(sorted(ports))
