@@ -71,7 +71,7 @@ class SimProcess:
             return []
         return self.abort_log.read_text().splitlines()
 
-    def wait_for_log_line(self, line: str, timeout: float = 5.0) -> bool:
+    def wait_for_log_line(self, line: str, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if line in self.abort_log_lines():

@@ -11,14 +11,16 @@ from typing import Any
 from .simproc import FAST_TIMING, SimFactory, generate_request, split_responses
 
 
-def _read_after(path: Path, sequence: int, timeout: float = 5.0) -> dict[str, Any]:
-    """The file once its sequence has passed `sequence`."""
+def _read_after(path: Path, sequence: int, timeout: float = 30.0) -> dict[str, Any]:
+    """The file once its sequence has passed `sequence` (a generous deadline: a busy machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
+        try:
             stats = json.loads(path.read_text())
-            if stats["sequence"] > sequence:
-                return stats
+        except (OSError, ValueError):
+            stats = None  # not written yet, or caught mid-write
+        if stats is not None and stats["sequence"] > sequence:
+            return stats
         time.sleep(0.02)
     raise AssertionError(f"no stats write past sequence {sequence}")
 
