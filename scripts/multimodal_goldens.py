@@ -12,6 +12,11 @@ re-runs itself inside it to:
 2. run transformers' own (slow, torch-free) image processors with the configs in
    tests/multimodal/configs/ over them, and store the outputs in tests/multimodal/goldens/.
 
+Then, because Llama 4's image processor exists only as a torchvision processor, it creates a
+second venv (~/.cache/herdsman-goldens/venv-torch: the same pins plus torch 2.13.0 CPU and
+torchvision 0.28.0) and re-runs itself there with --llama4 to add the Llama 4 goldens
+(tests/multimodal/goldens/llama4/ and llama4_decisions.json).
+
 Goldens are stored losslessly but compactly: every processor output is a per-channel function of
 uint8 pixels, so a tensor has at most a few hundred distinct float32 values; we store those values
 and a uint16 index array (np.unique), which deflates far better than raw float32.
@@ -23,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 import venv
 from pathlib import Path
 
@@ -34,6 +40,9 @@ CONFIGS = TESTS / "configs"
 GOLDENS = TESTS / "goldens"
 VENV = Path.home() / ".cache" / "herdsman-goldens" / "venv"
 PINS = ["transformers==4.57.6", "pillow==13.0.0", "numpy==2.4.6"]
+# Llama 4 only: another venv, so that the other goldens keep coming from torch-free transformers.
+VENV_TORCH = Path.home() / ".cache" / "herdsman-goldens" / "venv-torch"
+TORCH_PINS = ["torch==2.13.0", "torchvision==0.28.0", *PINS]
 
 # name -> (source, how to derive, file format); "large" images get shape/decision goldens only.
 # No 1x1 (or any image whose height or width is 1 or 3 with a dimension <= 3): transformers infers
@@ -56,18 +65,20 @@ TENSOR_IMAGES = [
 SHAPE_IMAGES = ["large_4000x3000.jpg", "very_tall_60x1400.png", "very_wide_1400x60.png"]
 
 
-def ensure_venv() -> Path:
-    py = VENV / "bin" / "python"
+def ensure_venv(where: Path = VENV, pins: list[str] = PINS) -> Path:
+    py = where / "bin" / "python"
     if not py.exists():
-        venv.create(VENV, with_pip=True)
+        venv.create(where, with_pip=True)
+    # importlib.metadata, not `import torchvision`: see import_torchvision below.
+    names = [p.split("==")[0] for p in pins]
     check = (
-        "import transformers, PIL, numpy;"
-        "print(transformers.__version__, PIL.__version__, numpy.__version__)"
+        "import importlib.metadata as m;"
+        f"print(' '.join(m.version(n).split('+')[0] for n in {names!r}))"
     )
-    want = " ".join(p.split("==")[1] for p in PINS)
+    want = " ".join(p.split("==")[1] for p in pins)
     got = subprocess.run([py, "-c", check], capture_output=True, text=True).stdout.strip()
     if got != want:
-        subprocess.run([py, "-m", "pip", "install", "-q", *PINS], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", *pins], check=True)
     return py
 
 
@@ -134,6 +145,22 @@ def qwen_tokenizer_dir() -> Path:
     return Path(os.environ.get("HERDSMAN_QWEN2_5_VL_DIR", "/work/shared/fixtures/qwen2_5_vl"))
 
 
+def record(summary: dict, family: str, processor_call, names, tensors_too: bool) -> None:
+    """Run `processor_call` on each named test image; store its tensors (or, without
+    `tensors_too`, only its integer outputs) and its metadata."""
+    from transformers.image_utils import load_image
+
+    for name in names:
+        img = load_image(str(IMAGES / name))
+        tensors, meta = processor_call(img)
+        meta["image_size_hw"] = [img.height, img.width]
+        if not tensors_too:
+            tensors = {k: v for k, v in tensors.items() if v.dtype.kind != "f"}
+            meta["pixel_values_shape"] = meta.get("pixel_values_shape")
+        save_golden(family, name, tensors, meta)
+        summary.setdefault(family, {})[name] = meta
+
+
 def generate() -> None:
     import numpy as np
     from transformers import (
@@ -145,7 +172,6 @@ def generate() -> None:
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
     )
-    from transformers.image_utils import load_image
     from transformers.processing_utils import ProcessorMixin
 
     # The Qwen processors insist on a video processor, and 4.57's needs torchvision; images never
@@ -155,15 +181,7 @@ def generate() -> None:
     summary: dict = {}
 
     def run(family, processor_call, names, tensors_too):
-        for name in names:
-            img = load_image(str(IMAGES / name))
-            tensors, meta = processor_call(img)
-            meta["image_size_hw"] = [img.height, img.width]
-            if not tensors_too:
-                tensors = {k: v for k, v in tensors.items() if v.dtype.kind != "f"}
-                meta["pixel_values_shape"] = meta.get("pixel_values_shape")
-            save_golden(family, name, tensors, meta)
-            summary.setdefault(family, {})[name] = meta
+        record(summary, family, processor_call, names, tensors_too)
 
     for family in ("qwen2_5_vl", "qwen3_vl"):
         cfg = json.loads((CONFIGS / family / "preprocessor_config.json").read_text())
@@ -249,7 +267,14 @@ def generate() -> None:
     run("llava_next", llava_next, [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES, False)
     generate_pixtral_gemma3(ltok, run)
     generate_mllama(run)
-    generate_llama4(run)
+    # Llama 4 is added by the --llama4 pass (another venv); keep what it last wrote.
+    old = GOLDENS / "summary.json"
+    if old.exists() and "llama4" in json.loads(old.read_text()):
+        summary["llama4"] = json.loads(old.read_text())["llama4"]
+    write_summary(summary)
+
+
+def write_summary(summary: dict) -> None:
     (GOLDENS / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
 
 
@@ -356,45 +381,121 @@ def generate_mllama(run) -> None:
     run("mllama", mllama, [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES, False)
 
 
-def generate_llama4(run) -> None:
-    """Only where torch and torchvision are installed (not on the machines this was written on):
-    Llama4ImageProcessorFast exists only as a torchvision processor."""
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError:
-        print("llama4: torch/torchvision not installed; no goldens (see test_llama4.py)")
-        return
-    import numpy as np
-    from transformers import Llama4ImageProcessorFast
+def import_torchvision() -> None:
+    """PyPI's torchvision wheels are CUDA builds; next to a CPU torch their C++ ops (nms,
+    roi_align, ...) do not load, and `import torchvision` then fails registering fake kernels for
+    those ops. The transforms the Llama 4 processor uses are plain torch, so skip that module."""
+    name = "torchvision._meta_registrations"
+    sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision  # noqa: F401
 
+
+# (height, width) of synthetic images for Llama 4's tiling decision: every branch of get_best_fit
+# (smallest upscale, ties broken by area, largest downscale) and both resize floors. No 1x1: see
+# TENSOR_IMAGES.
+LLAMA4_DECISION_SIZES = [
+    (96, 96), (136, 48), (1400, 60), (60, 1400), (337, 337), (336, 672), (1080, 1920),
+    (3000, 4000), (336, 336), (337, 336), (5000, 100), (100, 5000), (700, 2100),
+]  # fmt: skip
+
+
+def generate_llama4() -> None:
+    """Llama4ImageProcessorFast (torchvision) and Llama4Processor's prompt expansion; run in
+    VENV_TORCH by `--llama4`."""
+    import_torchvision()
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoTokenizer, Llama4ImageProcessorFast, Llama4Processor
+    from transformers.models.llama4 import image_processing_llama4_fast as fast
+
+    torch.set_num_threads(1)
     cfg = json.loads((CONFIGS / "llama4" / "preprocessor_config.json").read_text())
-    keep = ("size", "max_patches", "resize_to_max_canvas", "image_mean", "image_std", "resample")
-    lip = Llama4ImageProcessorFast(**{k: v for k, v in cfg.items() if k in keep})
+    drop = ("image_processor_type", "processor_class")
+    lip = Llama4ImageProcessorFast(**{k: v for k, v in cfg.items() if k not in drop})
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    specials = ["<|image|>", "<|image_start|>", "<|image_end|>", "<|patch|>",
+                "<|tile_x_separator|>", "<|tile_y_separator|>"]  # fmt: skip
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    # meta-llama/Llama-4-Scout-17B-16E-Instruct: vision_config patch_size 14,
+    # pixel_shuffle_ratio 0.5 (see PROVENANCE.md).
+    proc = Llama4Processor(
+        image_processor=lip, tokenizer=tok, patch_size=14, pixel_shuffle_ratio=0.5
+    )
+    # The Qwen tokenizer adds no BOS: every id of "<|image|>"'s expansion is a placeholder.
+    assert tok("x")["input_ids"] == tok("x", add_special_tokens=False)["input_ids"]
 
     def llama4(img):
         out = lip(images=[img], return_tensors="pt")
         pv = out["pixel_values"].float().numpy()
         ratios = out["aspect_ratios"].numpy().astype(np.int64)
+        ids = proc(text=["<|image|>"], images=[img], return_tensors="pt")["input_ids"][0]
         return {"pixel_values": pv, "aspect_ratios": ratios}, {
+            "num_placeholders": len(ids),
             "pixel_values_shape": list(pv.shape),
-            # torchvision resamples differently from Pillow: compared with a tolerance.
-            "tolerance": 0.04,
+            # torchvision's antialiased bilinear resize against Pillow's (see llama4.py).
+            "tolerance": LLAMA4_TOLERANCE,
         }
 
-    few = ["wide.png", "odd_333x217.jpg"]
-    run("llama4", llama4, few, True)
-    run("llama4", llama4, [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES, False)
+    summary = json.loads((GOLDENS / "summary.json").read_text())
+    summary.pop("llama4", None)
+    # Tensors for a one-tile image and for one with two tiles plus the global tile.
+    few = ["wide.png", "odd_333x217.jpg", "pan_600x280.jpg"]
+    record(summary, "llama4", llama4, few, True)
+    rest = [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES
+    record(summary, "llama4", llama4, rest, False)
+    write_summary(summary)
+
+    # The decision as Llama4ImageProcessorFast._preprocess takes it, with the same torch types
+    # (its float32 arithmetic decides some resize floors).
+    tile = cfg["size"]["height"]
+    resolutions = torch.tensor(
+        fast.find_supported_resolutions(cfg["max_patches"], fast.SizeDict(**cfg["size"]))
+    )
+    decisions = {"supported_resolutions": resolutions.tolist(), "cases": {}}
+    for h, w in LLAMA4_DECISION_SIZES:
+        img = Image.new("RGB", (w, h), (255, 255, 255))
+        tensors, meta = llama4(img)
+        size = torch.Size([h, w])
+        canvas = fast.get_best_fit(size, resolutions, cfg["resize_to_max_canvas"])
+        # Upscaling is capped at one tile (resize_to_max_canvas is false).
+        target = (min(max(h, tile), canvas[0]), min(max(w, tile), canvas[1]))
+        resized = fast.get_max_res_without_distortion(size, target)
+        resized = (max(int(resized[0]), 1), max(int(resized[1]), 1))
+        decisions["cases"][f"{h}x{w}"] = {
+            "canvas": [int(x) for x in canvas],
+            "resized": list(resized),
+            "aspect_ratio": tensors["aspect_ratios"][0].tolist(),
+            "num_tiles": meta["pixel_values_shape"][0],
+            "num_placeholders": meta["num_placeholders"],
+        }
+        if (h, w) == (1400, 60):
+            # White, 60 of 336 columns used: the padding and the global tile.
+            save_golden("llama4", "white_1400x60.png", tensors, meta)
+    path = GOLDENS / "llama4_decisions.json"
+    path.write_text(json.dumps(decisions, indent=1) + "\n")
+
+
+# torchvision's resampling differs from Pillow's by a level or two of uint8 in a few pixels
+# (largest difference seen: 0.0117 after normalisation, 1.5 bfloat16 steps near 1.0).
+LLAMA4_TOLERANCE = 0.02
 
 
 def main() -> None:
     if os.environ.get("HERDSMAN_GOLDENS_INNER") != "1":
-        py = ensure_venv()
         env = dict(os.environ, HERDSMAN_GOLDENS_INNER="1")
-        raise SystemExit(subprocess.run([py, __file__, *sys.argv[1:]], env=env).returncode)
+        if "--llama4" not in sys.argv:
+            rc = subprocess.run([ensure_venv(), __file__], env=env).returncode
+            if rc:
+                raise SystemExit(rc)
+        py = ensure_venv(VENV_TORCH, TORCH_PINS)
+        raise SystemExit(subprocess.run([py, __file__, "--llama4"], env=env).returncode)
     GOLDENS.mkdir(parents=True, exist_ok=True)
-    derive_images()
-    generate()
+    if "--llama4" in sys.argv:
+        generate_llama4()
+    else:
+        derive_images()
+        generate()
     print(f"wrote {GOLDENS}")
 
 

@@ -1,27 +1,15 @@
-"""Llama 4: no transformers reference without torchvision, so the tiling decisions and shapes are
-checked against values worked out by hand from `image_processing_llama4_fast.py` (336 tiles, at
-most 16, 144 tokens per tile = (336/14)^2 / 4 after pixel shuffle 0.5).
+"""Llama 4 against transformers 4.57.6's own Llama4ImageProcessorFast (torchvision) and
+Llama4Processor, from goldens made by `scripts/multimodal_goldens.py --llama4`:
+`goldens/llama4_decisions.json` holds, for synthetic images of the sizes below, transformers'
+supported resolutions, the canvas (`get_best_fit`), the resized size
+(`get_max_res_without_distortion` after the one-tile upscaling cap), the aspect ratio, the number
+of tiles and the prompt expansion's length; `goldens/llama4/white_1400x60.npz` the tiles of a
+white 1400x60 image (padding and global tile). The photographs' tensors are checked in
+test_goldens.py.
 
-Worked cases (h x w -> canvas, resized size, tiles):
-- 96x96: every canvas upscales; the smallest upscale is 336x336 (3.5x) -> one tile. Upscaling
-  is capped at one tile: target (max(96,336), max(96,336)) = 336x336 -> resized 336x336.
-  One tile, no global tile; tokens 1 + 1 + 144 + 1 = 147.
-- 136x48 (tall): 336x336 (scale min(7, 2.47) = 2.47 is the smallest upscale); target
-  (336, 336); scale_w = 7 > scale_h = 2.47 -> height 336, width floor(48 * 2.4705882) = 118.
-- 1400x60: canvases >= 1400 high: 1680x336, 1680x672, 1680x1008 all scale 1.2 (height-bound);
-  smallest area 1680x336 -> 5x1 tiles; target (min(1400,1680), min(336,336)) = 1400x336, scale_h
-  = 1.0 < scale_w -> 1400x60 (no resize, only padding). 5 tiles + global; tokens
-  147 + 5 * 144 + 5 row separators = 872.
-- 337x337: nothing upscales at 336 width; 672x672 and 672x1008 tie at scale 1.994; smaller area
-  672x672 -> 2x2 + global = 5 tiles; image kept at 337x337; tokens 147 + 4 * 144 + 2 x-seps +
-  2 y-seps = 727.
-- 1080x1920: nothing fits; the largest downscale is 1008x1680 (min(0.875, 0.933) = 0.875) -> 3x5
-  tiles + global = 16; resized 945x1680 (floor(1080 * 0.875)); tokens
-  147 + 15 * 144 + 3 * 4 + 3 = 2322.
-- 3000x4000: 1008x1344, 1008x1680 and 1344x1344 tie at 0.336; smallest area 1008x1344 -> 3x4 + 1
-  = 13 tiles. The resize floor must be float32, as torch's: 4000 x float32(0.336) rounds to
-  1344.0 (float64 gives 1343.99... and a 1343-wide image) -> 1008x1344; tokens
-  147 + 12 * 144 + 3 * 3 + 3 = 1887.
+Among the cases: 3000x4000, where the resize floor must be float32, as torch's (4000 x
+float32(0.336) rounds to 1344.0, float64 gives 1343.99... and a 1343-wide image), and 337x337,
+where 672x672 and 672x1008 tie and the smaller area wins.
 """
 
 from __future__ import annotations
@@ -40,17 +28,12 @@ CONFIG = json.loads(
     (Path(__file__).parent / "configs" / "llama4" / "preprocessor_config.json").read_text()
 )
 
-CASES = [
-    # (h, w), canvas, resized, (tiles_h, tiles_w), tiles incl. global, placeholders
-    ((96, 96), (336, 336), (336, 336), (1, 1), 1, 147),
-    ((136, 48), (336, 336), (336, 118), (1, 1), 1, 147),
-    ((1400, 60), (1680, 336), (1400, 60), (5, 1), 6, 872),
-    ((60, 1400), (336, 1680), (60, 1400), (1, 5), 6, 872),
-    ((337, 337), (672, 672), (337, 337), (2, 2), 5, 727),
-    ((336, 672), (336, 672), (336, 672), (1, 2), 3, 437),
-    ((1080, 1920), (1008, 1680), (945, 1680), (3, 5), 16, 2322),
-    ((3000, 4000), (1008, 1344), (1008, 1344), (3, 4), 13, 1887),
-]
+GOLDENS = Path(__file__).parent / "goldens"
+DECISIONS = json.loads((GOLDENS / "llama4_decisions.json").read_text())
+CASES = [(tuple(int(x) for x in hw.split("x")), case) for hw, case in DECISIONS["cases"].items()]
+IDS = list(DECISIONS["cases"])
+# The shape test preprocesses: only the cases with few tiles.
+SMALL = [(hw, case) for hw, case in CASES if case["num_tiles"] <= 6]
 
 
 def proc() -> Llama4Processor:
@@ -61,41 +44,37 @@ def proc() -> Llama4Processor:
 
 def test_supported_resolutions() -> None:
     res = supported_resolutions(16, 336)
+    assert [list(r) for r in res] == DECISIONS["supported_resolutions"]  # order decides ties
     assert len(res) == len(set(res)) == 50  # every (h, w) with h * w <= 16
-    assert all(h * w <= 16 * 336 * 336 for h, w in res)
-    assert res[0] == (336, 5376)  # 1x16 first: transformers' dict order decides ties
 
 
-@pytest.mark.parametrize(("hw", "canvas", "resized", "ratio", "tiles", "tokens"), CASES)
-def test_tiling_decisions(
-    hw: tuple[int, int],
-    canvas: tuple[int, int],
-    resized: tuple[int, int],
-    ratio: tuple[int, int],
-    tiles: int,
-    tokens: int,
-) -> None:
+@pytest.mark.parametrize(("hw", "case"), CASES, ids=IDS)
+def test_tiling_decisions(hw: tuple[int, int], case: dict) -> None:
     p = proc()
-    assert p.layout(*hw) == (canvas, resized)
-    assert p.aspect_ratio(*hw) == ratio
-    assert p.num_tiles(*hw) == tiles
-    assert p.num_placeholders_for(*hw) == tokens
+    assert p.layout(*hw) == (tuple(case["canvas"]), tuple(case["resized"]))
+    assert list(p.aspect_ratio(*hw)) == case["aspect_ratio"]
+    assert p.num_tiles(*hw) == case["num_tiles"]
+    assert p.num_placeholders_for(*hw) == case["num_placeholders"]
 
 
-@pytest.mark.parametrize(("hw", "ratio", "tiles"), [(c[0], c[3], c[4]) for c in CASES[:7]])
-def test_shapes(hw: tuple[int, int], ratio: tuple[int, int], tiles: int) -> None:
-    img = Image.new("RGB", (hw[1], hw[0]), (255, 0, 128))
+@pytest.mark.parametrize(("hw", "case"), SMALL, ids=[f"{h}x{w}" for (h, w), _ in SMALL])
+def test_shapes(hw: tuple[int, int], case: dict) -> None:
+    img = Image.new("RGB", (hw[1], hw[0]), (255, 255, 255))
     out = proc().preprocess([img])
-    assert out.pixel_values.shape == (tiles, 3, 336, 336)
-    assert out.model_specific["aspect_ratios"].tolist() == [list(ratio)]
+    assert out.pixel_values.shape == (case["num_tiles"], 3, 336, 336)
+    assert out.model_specific["aspect_ratios"].tolist() == [case["aspect_ratio"]]
+    assert out.num_placeholders == [case["num_placeholders"]]
 
 
 def test_padding_and_global_tile_values() -> None:
-    img = Image.new("RGB", (60, 1400), (255, 255, 255))  # 5 tiles high, 60 of 336 columns used
-    out = proc().preprocess([img]).pixel_values
-    assert out.shape == (6, 3, 336, 336)
-    # White -> 1.0, the zero padding -> (0 - 0.5) / 0.5 = -1.0 (bf16-exact).
-    canvas = out[:5].transpose(1, 0, 2, 3).reshape(3, 1680, 336)  # tiles stacked top to bottom
+    with np.load(GOLDENS / "llama4" / "white_1400x60.npz") as z:
+        want = z["pixel_values.values"][z["pixel_values.index"].astype(np.int64)]
+        want = want.reshape(tuple(z["pixel_values.shape"]))
+    out = proc().preprocess([Image.new("RGB", (60, 1400), (255, 255, 255))]).pixel_values
+    assert out.shape == want.shape == (6, 3, 336, 336)
+    np.testing.assert_array_equal(out, want)  # no resize: exact
+    # White -> 1.0, the zero padding -> (0 - 0.5) / 0.5 = -1.0; tiles stacked top to bottom.
+    canvas = out[:5].transpose(1, 0, 2, 3).reshape(3, 1680, 336)
     assert np.all(canvas[:, :1400, :60] == 1.0)
     assert np.all(canvas[:, 1400:, :] == -1.0) and np.all(canvas[:, :, 60:] == -1.0)
     assert np.all(out[-1] == 1.0)  # the global tile is the whole image squashed
