@@ -2,13 +2,13 @@
 of up to `max_patches` 336x336 tiles, zero-padded right and bottom, split into tiles; when there
 is more than one tile a global tile (the whole image squashed to 336x336) follows them.
 
-A port of transformers 4.57 `image_processing_llama4_fast.py` (torch and torchvision; its goldens
-come from a separate venv, see tests/multimodal/PROVENANCE.md). Faithful in the tiling decision, including
-its float32 arithmetic (torch divides int64 tensors into float32, and the resize-size floor
-depends on it: 4000 x float32(1344/4000) is 1344.0, in float64 1343.99...), and in the
-normalisation, which torch does in bfloat16; the only known difference is resampling, which is
-Pillow's bilinear here and torchvision's antialiased bilinear there (a Pillow port; uint8 results
-can differ by one level).
+A port of transformers 4.57 `image_processing_llama4_fast.py` (torch and torchvision; its
+goldens come from a separate venv, see tests/multimodal/PROVENANCE.md). Faithful in the tiling
+decision, including its float32 arithmetic (torch divides int64 tensors into float32, and the
+resize-size floor depends on it: 4000 x float32(1344/4000) is 1344.0, in float64 1343.99...),
+and in the normalisation, which torch does in bfloat16; the only known difference is
+resampling, which is Pillow's bilinear here and torchvision's antialiased bilinear there (a
+Pillow port; uint8 results can differ by one level).
 """
 
 from __future__ import annotations
