@@ -132,6 +132,15 @@ def test_stop_string_trims_and_reports(base_url: str) -> None:
     assert choice["message"]["content"] == expected
     assert choice["finish_reason"] == "stop"
     assert choice["stop_reason"] == stop
+    # Tokens counted up to the one that completes the stop string (vLLM's count), not what the
+    # engine produced before it was stopped: the shortest max_tokens whose output holds it.
+    shortest = next(
+        k
+        for k in range(1, 61)
+        if stop
+        in chat(base_url, **{**body, "max_tokens": k}).json()["choices"][0]["message"]["content"]
+    )
+    assert data["usage"]["completion_tokens"] == shortest
     events = stream_sse(
         f"{base_url}/v1/chat/completions",
         {

@@ -12,11 +12,11 @@ from herdsman.tokenizer import StopChecker
 
 def reference(text: str, stops: list[str]) -> tuple[str, str | None]:
     """Read the text one character at a time and cut at the first stop string that completes
-    (when several complete at once, the longest: the one that starts first)."""
+    (when several complete at once, the first in the list: vLLM's ``check_stop_strings``)."""
     for end in range(1, len(text) + 1):
         done = [stop for stop in stops if text.endswith(stop, 0, end)]
         if done:
-            stop = max(done, key=len)
+            stop = done[0]
             return text[: end - len(stop)], stop
     return text, None
 
@@ -63,6 +63,14 @@ def test_a_stop_completed_first_wins_over_a_longer_one_started_earlier() -> None
         checker = StopChecker(["aba", "b"])
         assert "".join(checker.feed(p) for p in pieces) + checker.flush() == "a"
         assert checker.matched == "b"
+
+
+def test_stops_completing_together_go_by_list_order() -> None:
+    # "ab" and "b" both complete at the "b": vLLM takes the one listed first.
+    for stops, out in ((["b", "ab"], "a"), (["ab", "b"], "")):
+        checker = StopChecker(stops)
+        assert checker.feed("ab") + checker.flush() == out
+        assert checker.matched == stops[0]
 
 
 def test_holds_back_partial_match_and_releases_it() -> None:

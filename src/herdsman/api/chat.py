@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from herdsman.api.logprobs import chat_logprobs
+from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
 from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import (
     LogprobsFormat,
@@ -18,6 +18,7 @@ from herdsman.api.responses import (
     usage_of,
 )
 from herdsman.api.sse import ChunkFrames, encode_json
+from herdsman.engines import TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
@@ -45,12 +46,13 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         frames = ChunkFrames(plan.request_id, created, model.name, chat=True)
         top_n = plan.sampling.logprobs
-        tokenizer = model.tokenizer
-        logprobs = (
-            None
-            if top_n is None
-            else lambda _choice, run: {"content": chat_logprobs(tokenizer, [run], top_n)}
-        )
+        logprobs: LogprobsFormat | None = None
+        if top_n is not None:
+            formatters = {c.index: ChatLogprobs(model.tokenizer, top_n) for c in generation.choices}
+
+            def logprobs(choice: ChoiceOutput, run: TokenLogprobs) -> object:
+                return {"content": formatters[choice.index].content([run])}
+
         if plan.parsers is not None:
             events = _stream_parsed(frames, generation, plan.parsers, include_usage, logprobs)
         else:

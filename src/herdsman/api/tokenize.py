@@ -53,7 +53,8 @@ async def tokenize(ctx: ServingContext, request: Request) -> Response:
         text = body.prompt
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
     tokens = await model.tokenizer.encode_async(text, add_special_tokens=add_special)
-    strs = [model.tokenizer.token_text(t) for t in tokens] if body.return_token_strs else None
+    # The vocabulary's pieces ("Ġhello"), as vLLM's convert_ids_to_tokens gives them.
+    strs = [model.tokenizer.token_piece(t) for t in tokens] if body.return_token_strs else None
     return json_response(
         {
             "count": len(tokens),

@@ -116,6 +116,7 @@ class Generation:
                 keep_text=not plan.stream,
                 keep_stop=plan.include_stop_str_in_output,
                 hidden_ids=plan.hidden_ids,
+                min_tokens=plan.sampling.min_tokens,
             )
             for i in range(plan.sampling.n)
         ]
@@ -217,9 +218,12 @@ class Generation:
                 if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
                     choice.prompt_logprobs = out.prompt_logprobs
                 if not choice.done:
+                    before = choice.token_count
                     text = choice.push(out.token_ids) if out.token_ids else ""
                     logprobs = out.logprobs
                     if logprobs is not None:
+                        if choice.done:  # a stop string: the tokens after it are not output
+                            logprobs = _first_logprobs(logprobs, choice.token_count - before)
                         choice.keep_logprobs(logprobs)
                     if out.finish_reason is not None and not choice.done:
                         text += choice.finish(_finish_reason(out), out.matched_token_id)
@@ -290,7 +294,9 @@ class Generation:
                 request_id=request_id,
                 input_ids=plan.input_ids,
                 sampling=plan.sampling,
-                stream=plan.stream,
+                # Stop strings are found here, not by the engine: it streams even to a client
+                # that does not, so that it is stopped where the stop string ends.
+                stream=plan.stream or bool(plan.stops),
                 images=plan.images,
                 timeout=time_left,
                 data_parallel_rank=worker.dp_rank,
@@ -425,6 +431,13 @@ def _failure_kind(exc: EngineError) -> str:
     if exc.code in _CLIENT_CODES:
         return "rejected"
     return "internal"
+
+
+def _first_logprobs(logprobs: TokenLogprobs, count: int) -> TokenLogprobs:
+    if count >= len(logprobs.token_ids):
+        return logprobs
+    ids, values, top = logprobs.token_ids, logprobs.logprobs, logprobs.top
+    return TokenLogprobs(ids[:count], values[:count], top[:count])
 
 
 def _finish_reason(out: EngineOutput) -> str:

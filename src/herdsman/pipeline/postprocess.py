@@ -16,6 +16,7 @@ class ChoiceOutput:
         "_hidden",
         "_keep_stop",
         "_keep_text",
+        "_min_tokens",
         "_skip_special",
         "_stop",
         "_stops",
@@ -39,8 +40,11 @@ class ChoiceOutput:
         keep_text: bool,
         keep_stop: bool = False,
         hidden_ids: frozenset[int] = frozenset(),
+        min_tokens: int = 0,
     ) -> None:
         self._hidden = hidden_ids
+        # Stop strings cannot end within the first min_tokens tokens' text (vLLM's rule).
+        self._min_tokens = min_tokens
         self.index = index
         self._tokenizer = tokenizer
         self._stops = stops
@@ -66,17 +70,36 @@ class ChoiceOutput:
         return self.finish_reason is not None
 
     def push(self, token_ids: Sequence[int]) -> str:
-        """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string."""
-        self.token_count += len(token_ids)
-        if self._hidden:
-            token_ids = [t for t in token_ids if t not in self._hidden]
-        text = self._detok.push(token_ids)
-        if self._stop is not None and text:
-            text = self._stop.feed(text)
-            if self._stop.matched is not None:
+        """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string.
+
+        With stop strings, ids go through one at a time, so that a stop completed by the k-th
+        id of a batch counts k ids: the tokens after it are not output (vLLM's accounting), even
+        when the engine sent them in the same message or ran ahead before its abort landed.
+        """
+        stop = self._stop
+        if stop is None:
+            self.token_count += len(token_ids)
+            if self._hidden:
+                token_ids = [t for t in token_ids if t not in self._hidden]
+            return self._keep(self._detok.push(token_ids))
+        pieces: list[str] = []
+        hidden, detok = self._hidden, self._detok
+        for token_id in token_ids:
+            self.token_count += 1
+            if token_id in hidden:
+                continue
+            text = detok.push((token_id,))
+            if not text:
+                continue
+            if self.token_count <= self._min_tokens:
+                pieces.append(stop.hold(text))
+                continue
+            pieces.append(stop.feed(text))
+            if stop.matched is not None:
                 self.finish_reason = "stop"
-                self.matched_stop = self._stop.matched
-        return self._keep(text)
+                self.matched_stop = stop.matched
+                break
+        return self._keep("".join(pieces))
 
     def finish(self, reason: str, matched_token_id: int | None = None) -> str:
         """The engine ended this choice: release what the detokenizer and the stop check held."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -60,6 +61,9 @@ def _content_of(content: Any, index: int) -> str | list[dict[str, Any]] | None:
 
 
 def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation the template sees, built field by field as vLLM's renderer builds it
+    (``parse_chat_messages``): a template must get the same prompt from herdsman as from vLLM's
+    own server, so fields vLLM drops are dropped here too, and tool-call arguments are objects."""
     if not messages:
         raise InvalidRequest("messages must not be empty", "messages")
     out: list[dict[str, Any]] = []
@@ -73,16 +77,51 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             value = message.get(key)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequest(f"'{key}' must be a string", f"messages[{i}].{key}")
-        if message.get("tool_calls") is not None:
-            _check_tool_calls(message["tool_calls"], f"messages[{i}].tool_calls")
-        normalised = dict(message)
-        normalised["content"] = _content_of(message.get("content"), i)
+        content = _content_of(message.get("content"), i)
+        # No content is an empty text, as vLLM renders it for text templates.
+        normalised: dict[str, Any] = {"role": role, "content": "" if content is None else content}
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if calls is not None:
+                _check_tool_calls(calls, f"messages[{i}].tool_calls")
+                if calls:  # an empty list keeps the template on its plain-answer path
+                    normalised["tool_calls"] = [_with_object_arguments(c) for c in calls]
+            # `reasoning_content` is the older name of `reasoning`; templates read either.
+            reasoning = message.get("reasoning")
+            if reasoning is None:
+                reasoning = message.get("reasoning_content")
+            if reasoning is not None:
+                normalised["reasoning"] = reasoning
+                normalised["reasoning_content"] = reasoning
+        elif role == "tool" and "tool_call_id" in message:
+            normalised["tool_call_id"] = message["tool_call_id"]
+        if isinstance(message.get("name"), str):
+            normalised["name"] = message["name"]
+        if isinstance(message.get("task"), str):
+            normalised["task"] = message["task"]
+        if role == "developer":
+            normalised["tools"] = message.get("tools")
         out.append(normalised)
     return out
 
 
 # Message fields that templates treat as text.
 _STRING_FIELDS = ("name", "tool_call_id", "reasoning_content", "reasoning")
+
+
+def _with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call whose arguments are a mapping, as tool-use templates expect (Transformers'
+    convention, and what vLLM does): a JSON string is parsed; empty, malformed or non-object
+    arguments become ``{}`` so an earlier turn's bad call cannot break every later turn."""
+    arguments = call["function"].get("arguments")
+    if isinstance(arguments, str) and arguments:
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        arguments = {}
+    return {**call, "function": {**call["function"], "arguments": arguments}}
 
 
 def _check_tool_calls(calls: Any, param: str) -> None:
@@ -93,6 +132,8 @@ def _check_tool_calls(calls: Any, param: str) -> None:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise InvalidRequest("each tool call needs a function with a name", f"{param}[{j}]")
+        if call.get("type", "function") != "function":
+            raise InvalidRequest("tool calls must be of type 'function'", f"{param}[{j}].type")
         arguments = function.get("arguments")
         if arguments is not None and not isinstance(arguments, (str, dict)):
             raise InvalidRequest(

@@ -27,21 +27,32 @@ class StopChecker:
         """Return the text that is safe to emit; set ``matched`` when a stop string appears."""
         if self.matched is not None:
             return ""
+        held = len(self._held)
         buffer = self._held + text
-        # Only the window that could contain a new match needs scanning.
-        window_start = max(0, len(self._held) - self._max_len + 1)
-        # The stop that is complete first wins (on a tie, the one that starts first), as if the
-        # text came one character at a time: the result must not depend on how it is chunked.
+        # The stop that is complete first wins (on a tie, the first in the request's list, as
+        # vLLM decides), as if the text came one character at a time: the result must not
+        # depend on how it is chunked. A match must end in the new text: one that ends in the
+        # held text lies in text where no stop may end (``hold``).
         first_at = first_end = -1
         for stop in self._stops:
-            at = buffer.find(stop, window_start)
+            at = buffer.find(stop, max(0, held - len(stop) + 1))
             end = at + len(stop)
-            if at >= 0 and (first_at < 0 or (end, at) < (first_end, first_at)):
+            if at >= 0 and (first_at < 0 or end < first_end):
                 first_at, first_end, self.matched = at, end, stop
         if first_at >= 0:
             self._held = ""
             assert self.matched is not None
             return buffer[: first_at + len(self.matched)] if self._keep else buffer[:first_at]
+        keep = self._partial_suffix_len(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def hold(self, text: str) -> str:
+        """Like ``feed``, for text in which no stop may end (the first ``min_tokens`` tokens'):
+        a stop may still start in it and end in later text, so its tail is held as usual."""
+        if self.matched is not None:
+            return ""
+        buffer = self._held + text
         keep = self._partial_suffix_len(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]

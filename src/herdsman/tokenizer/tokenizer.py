@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class ModelTokenizer:
     # A faster encoder proven to give the same ids (see fast_backend); None: use ``tokenizer``.
     fast_encode: Callable[[str, bool], list[int]] | None = None
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
+    _space_marker: str | bool | None = field(default=False, repr=False)  # False: not looked up
     cache: TokenizationCache | None = None
     tokenizer_file: Path | None = None
     _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned
@@ -105,13 +107,76 @@ class ModelTokenizer:
         return IncrementalDetokenizer(self.tokenizer, skip_special_tokens=skip_special_tokens)
 
     def token_text(self, token_id: int) -> str:
-        """One token decoded on its own (as logprobs report it), cached per id."""
+        """One token decoded on its own, as vLLM reports it in logprobs (cached per id).
+
+        SentencePiece-style decoders drop the leading space of a text's first piece; a token
+        shown alone keeps it, as vLLM restores it (``convert_ids_list_to_tokens``).
+        """
         text = self._token_texts.get(token_id)
         if text is None:
-            text = self._token_texts[token_id] = self.tokenizer.decode(
-                [token_id], skip_special_tokens=False
-            )
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            marker = self._leading_space_marker()
+            if marker is not None:
+                raw = self.tokenizer.id_to_token(token_id) or ""
+                markers = len(raw) - len(raw.lstrip(marker))
+                missing = markers - (len(text) - len(text.lstrip(" ")))
+                if missing > 0:
+                    text = " " * missing + text
+            self._token_texts[token_id] = text
         return text
+
+    def token_text_in_context(self, token_id: int, context: Sequence[int]) -> str:
+        """A token's logprob text given the up to four tokens sampled before it, as vLLM
+        renders it (``_correct_decoded_token``): alone, a piece of a multi-byte character
+        decodes to U+FFFD; with its predecessors it may complete the character, and then it
+        is shown as the text it completes (the predecessors that were pieces too showed "").
+        Still incomplete after four: "".
+        """
+        text = self.token_text(token_id)
+        if not text.endswith("\ufffd"):
+            return text
+        decode = self.tokenizer.decode
+        for n in range(1, min(len(context), 4) + 1):
+            window = list(context[-n:])
+            full = decode([*window, token_id], skip_special_tokens=False)
+            if full.endswith("\ufffd"):
+                continue
+            clean_end = len(window)
+            while clean_end > 0 and self.token_text(window[clean_end - 1]).endswith("\ufffd"):
+                clean_end -= 1
+            prefix = decode(window[:clean_end], skip_special_tokens=False) if clean_end else ""
+            if full.startswith(prefix):
+                return full[len(prefix) :]
+            common = 0
+            for a, b in zip(prefix, full, strict=False):
+                if a != b:
+                    break
+                common += 1
+            return full[common:]
+        return ""
+
+    def token_piece(self, token_id: int) -> str | None:
+        """The vocabulary's own string for an id ("Ġhello", "▁hello"), as vLLM's /tokenize
+        returns ``token_strs``."""
+        return self.tokenizer.id_to_token(token_id)
+
+    def _leading_space_marker(self) -> str | None:
+        """The Metaspace replacement character when the pre-tokenizer is Metaspace (alone or in a
+        sequence), else None: the only pre-tokenizer whose decode strips a leading space."""
+        marker = self._space_marker
+        if marker is False:
+            marker = None
+            try:
+                pre = json.loads(self.tokenizer.to_str()).get("pre_tokenizer") or {}
+            except ValueError:
+                pre = {}
+            subs = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
+            for sub in subs:
+                if isinstance(sub, dict) and sub.get("type") == "Metaspace":
+                    marker = sub.get("replacement", "\u2581")
+                    break
+            self._space_marker = marker
+        return marker if isinstance(marker, str) else None
 
     def token_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)
