@@ -157,6 +157,35 @@ def test_stop_string_trims_and_reports(base_url: str) -> None:
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def test_return_token_ids(base_url: str, tokenizer: Tokenizer) -> None:
+    """vLLM's ``return_token_ids``: the prompt's ids and each choice's output ids, which decode
+    (tokenizers, the reference) to the text; after a stop string, up to the token completing it."""
+    body = {"max_tokens": 40, "seed": 3, "temperature": 0, "return_token_ids": True}
+    data = chat(base_url, **body).json()
+    [choice] = data["choices"]
+    messages = [{"role": "user", "content": "Tell me about gateways."}]
+    tokenized = httpx.post(f"{base_url}/v1/tokenize", json={"messages": messages}).json()
+    assert data["prompt_token_ids"] == tokenized["tokens"]
+    assert len(choice["token_ids"]) == data["usage"]["completion_tokens"] == 40
+    assert tokenizer.decode(choice["token_ids"]) == choice["message"]["content"]
+    stop = " " + choice["message"]["content"].split()[3]
+    stopped = chat(base_url, stop=stop, **body).json()
+    [cut] = stopped["choices"]
+    ids = cut["token_ids"]
+    assert len(ids) == stopped["usage"]["completion_tokens"]
+    assert stop in tokenizer.decode(ids) and stop not in tokenizer.decode(ids[:-1])
+    assert tokenizer.decode(ids).startswith(cut["message"]["content"] + stop)
+    assert "token_ids" not in chat(base_url, max_tokens=2).json()["choices"][0]
+    completion = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": MODEL, "prompt": "Gateways are", **body},
+        timeout=30,
+    ).json()
+    [choice] = completion["choices"]
+    assert choice["prompt_token_ids"] == tokenizer.encode("Gateways are").ids
+    assert tokenizer.decode(choice["token_ids"]) == choice["text"]
+
+
 def test_stop_string_kept_when_asked(base_url: str) -> None:
     body = {"max_tokens": 60, "seed": 3, "temperature": 0}
     full = chat(base_url, **body).json()["choices"][0]["message"]["content"]

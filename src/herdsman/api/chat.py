@@ -86,6 +86,7 @@ def _choice(model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput) -> d
         "logprobs": _choice_logprobs(model, plan, choice),
         "finish_reason": finish_reason,
         "stop_reason": choice.matched_stop,
+        **({"token_ids": choice.token_ids} if choice.token_ids is not None else {}),
     }
 
 
@@ -161,5 +162,6 @@ async def _complete(
             "model": model.name,
             "choices": choices,
             "usage": usage_of(generation),
+            **({"prompt_token_ids": plan.input_ids} if plan.return_token_ids else {}),
         }
     )

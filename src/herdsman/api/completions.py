@@ -64,6 +64,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
         )
         return StreamingResponse(events)
     await run_to_end(group)
+    prompts = {c.index: g.plan.input_ids for g in group.generations for c in g.choices}
     choices = [
         {
             "index": c.index,
@@ -71,6 +72,11 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             "logprobs": _choice_logprobs(formatters[c.index], c) if formatters else None,
             "finish_reason": c.finish_reason,
             "stop_reason": c.matched_stop,
+            **(
+                {"prompt_token_ids": prompts[c.index], "token_ids": c.token_ids}
+                if c.token_ids is not None
+                else {}
+            ),
         }
         for c in group.choices
     ]

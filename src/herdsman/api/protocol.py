@@ -53,6 +53,8 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     no_stop_trim: bool = False  # SGLang's name for include_stop_str_in_output
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
+    # vLLM's extension: the prompt's and each choice's token ids in the response.
+    return_token_ids: bool = False
 
 
 class ChatCompletionRequest(_SamplingFields, kw_only=True):

@@ -56,6 +56,8 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     stops: list[str]
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Keep each choice's output ids for the response (non-streamed only).
+    return_token_ids: bool = False
     stream: bool = True
     # Batched completion prompts number their choices on from one prompt to the next.
     first_index: int = 0
@@ -114,6 +116,7 @@ class Generation:
                 plan.stops,
                 skip_special_tokens=plan.skip_special_tokens,
                 keep_text=not plan.stream,
+                keep_ids=plan.return_token_ids and not plan.stream,
                 keep_stop=plan.include_stop_str_in_output,
                 hidden_ids=plan.hidden_ids,
                 min_tokens=plan.sampling.min_tokens,

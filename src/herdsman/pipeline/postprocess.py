@@ -14,6 +14,7 @@ class ChoiceOutput:
     __slots__ = (
         "_detok",
         "_hidden",
+        "_keep_ids",
         "_keep_stop",
         "_keep_text",
         "_min_tokens",
@@ -28,6 +29,7 @@ class ChoiceOutput:
         "prompt_logprobs",
         "text",
         "token_count",
+        "token_ids",
     )
 
     def __init__(
@@ -39,6 +41,7 @@ class ChoiceOutput:
         skip_special_tokens: bool,
         keep_text: bool,
         keep_stop: bool = False,
+        keep_ids: bool = False,
         hidden_ids: frozenset[int] = frozenset(),
         min_tokens: int = 0,
     ) -> None:
@@ -51,6 +54,7 @@ class ChoiceOutput:
         self._skip_special = skip_special_tokens
         self._keep_stop = keep_stop
         self._keep_text = keep_text
+        self._keep_ids = keep_ids
         self.restart()
 
     def restart(self) -> None:
@@ -64,6 +68,8 @@ class ChoiceOutput:
         # Non-streamed responses accumulate here; streamed ones hand each delta straight on.
         self.text: list[str] | None = [] if self._keep_text else None
         self.logprobs: list[TokenLogprobs] | None = [] if self._keep_text else None
+        # The ids output (every one counted, EOS too: vLLM's ``token_ids``), when asked for.
+        self.token_ids: list[int] | None = [] if self._keep_ids else None
 
     @property
     def done(self) -> bool:
@@ -79,13 +85,18 @@ class ChoiceOutput:
         stop = self._stop
         if stop is None:
             self.token_count += len(token_ids)
+            if self.token_ids is not None:
+                self.token_ids.extend(token_ids)
             if self._hidden:
                 token_ids = [t for t in token_ids if t not in self._hidden]
             return self._keep(self._detok.push(token_ids))
         pieces: list[str] = []
         hidden, detok = self._hidden, self._detok
+        kept = self.token_ids
         for token_id in token_ids:
             self.token_count += 1
+            if kept is not None:
+                kept.append(token_id)
             if token_id in hidden:
                 continue
             text = detok.push((token_id,))

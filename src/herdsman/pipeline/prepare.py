@@ -272,6 +272,7 @@ async def prepare_chat(
         sampling=sampling,
         stops=_stops(req),
         include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
+        return_token_ids=req.return_token_ids,
         # Parsers that read special-token markers see them; EOS and stop ids still stay hidden.
         skip_special_tokens=req.skip_special_tokens and not keep_special,
         hidden_ids=frozenset(sampling.stop_token_ids) if keep_special else frozenset(),
@@ -351,6 +352,7 @@ async def prepare_completion(
             sampling=_sampling(model, req, len(input_ids), req.max_tokens, req.logprobs),
             stops=_stops(req),
             include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
+            return_token_ids=req.return_token_ids,
             skip_special_tokens=req.skip_special_tokens,
             stream=req.stream,
             first_index=i * req.n,
