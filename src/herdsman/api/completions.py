@@ -34,7 +34,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
     group = GenerationGroup([Generation(ctx, model, plan, request.received_at) for plan in plans])
     await group.start()
     created = int(time.time())
-    top_n = plans[0].sampling.logprobs
+    top_n = body.logprobs
     formatters = {
         c.index: CompletionLogprobs(model.tokenizer, top_n)
         for c in group.choices

@@ -75,6 +75,17 @@ def chat_logprobs(
     return ChatLogprobs(tokenizer, top_n).content(runs)
 
 
+def _sampled_and_best(
+    sampled: int, logprob: float, entries: list[tuple[int, float]], top_n: int
+) -> list[tuple[int, float]]:
+    """A completions position's `top_logprobs` as vLLM builds them: the sampled token first,
+    then the ``top_n`` best tokens in rank order (one fewer when the sampled token is one of
+    them), from an engine list that holds at least ``top_n`` tokens besides the sampled one."""
+    ranked = sorted((e for e in entries if e[0] != sampled), key=lambda e: -e[1])
+    better = sum(1 for _, lp in ranked if lp > logprob)
+    return [(sampled, logprob), *ranked[: top_n - 1 if better < top_n else top_n]]
+
+
 class CompletionLogprobs:
     """Completions-style logprobs; keeps the running text offset of one choice across chunks."""
 
@@ -105,7 +116,8 @@ class CompletionLogprobs:
                     token_logprobs.append(None)
                 else:
                     text = context.text(token_id)
-                    alternatives = run.top[i][: self._top_n] if i < len(run.top) else []
+                    entries = run.top[i] if i < len(run.top) else []
+                    alternatives = _sampled_and_best(token_id, logprob, entries, self._top_n)
                     top.append({context.text(t): _clamp(lp) for t, lp in alternatives})
                     token_logprobs.append(_clamp(logprob))
                     context.advance(token_id)

@@ -75,14 +75,23 @@ class ChoiceOutput:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token_ids: Sequence[int]) -> str:
+    def push(self, token_ids: Sequence[int], *, stop_terminated: bool = False) -> str:
         """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string.
+
+        ``stop_terminated``: the engine ended the choice on the last of these ids (EOS or a stop
+        token id); it counts, but its text is not shown unless the stop is to be kept (vLLM).
 
         With stop strings, ids go through one at a time, so that a stop completed by the k-th
         id of a batch counts k ids: the tokens after it are not output (vLLM's accounting), even
         when the engine sent them in the same message or ran ahead before its abort landed.
         """
         stop = self._stop
+        if stop_terminated and not self._keep_stop and token_ids:
+            hidden = token_ids[-1]
+            if self.token_ids is not None:
+                self.token_ids.append(hidden)
+            self.token_count += 1
+            token_ids = token_ids[:-1]
         if stop is None:
             self.token_count += len(token_ids)
             if self.token_ids is not None:
@@ -113,15 +122,14 @@ class ChoiceOutput:
         return self._keep("".join(pieces))
 
     def finish(self, reason: str, matched_token_id: int | None = None) -> str:
-        """The engine ended this choice: release what the detokenizer and the stop check held."""
-        text = self._detok.flush()
-        stop = self._stop
-        if stop is not None:
-            text = stop.feed(text) if text else ""
-            if stop.matched is not None:  # the very last characters completed a stop string
-                self.finish_reason, self.matched_stop = "stop", stop.matched
-                return self._keep(text)
-            text += stop.flush()
+        """The engine ended this choice: release what the stop check held.
+
+        Ids the detokenizer still holds are the start of a character the output never completes:
+        they are dropped, not shown as U+FFFD, as vLLM's detokenizer leaves them.
+        """
+        self._detok.discard()
+        # What the stop check held back never became a stop string: it is output after all.
+        text = self._stop.flush() if self._stop is not None else ""
         self.finish_reason = reason
         if matched_token_id is not None:
             self.matched_stop = matched_token_id

@@ -21,6 +21,8 @@ from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.tokenizer import ChatTemplateError
 
+# The most logprobs per position an engine serves (vLLM's default max_logprobs).
+MAX_LOGPROBS = 20
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -344,12 +346,16 @@ async def prepare_completion(
         )
     prompts = [await _completion_ids(model, p) for p in given]
     METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
+    # Completions show the sampled token plus the `logprobs` best (OpenAI's definition, and
+    # vLLM's). The engine's list starts with the sampled token and holds `logprobs` entries in
+    # all, so it is asked for one more; vLLM's servers cap a request at 20.
+    engine_logprobs = None if req.logprobs is None else min(req.logprobs + 1, MAX_LOGPROBS)
     request_id = new_request_id("cmpl")
     plans = [
         GenerationPlan(
             request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
             input_ids=input_ids,
-            sampling=_sampling(model, req, len(input_ids), req.max_tokens, req.logprobs),
+            sampling=_sampling(model, req, len(input_ids), req.max_tokens, engine_logprobs),
             stops=_stops(req),
             include_stop_str_in_output=req.include_stop_str_in_output or req.no_stop_trim,
             return_token_ids=req.return_token_ids,
@@ -363,7 +369,7 @@ async def prepare_completion(
     if req.echo and req.logprobs is not None:
         # The echoed prompt comes with its tokens' logprobs, as the engine computes them.
         for plan in plans:
-            plan.sampling.prompt_logprobs = req.logprobs
+            plan.sampling.prompt_logprobs = engine_logprobs
     return request_id, plans
 
 

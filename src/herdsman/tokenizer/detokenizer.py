@@ -41,6 +41,10 @@ class IncrementalDetokenizer:
             return ""
         return out[0] if len(out) == 1 else "".join(out)
 
+    def discard(self) -> None:
+        """Forget the held-back ids (the output ends inside a character)."""
+        self._pending.clear()
+
     def flush(self) -> str:
         """At the end of generation: what the held-back ids decode to (with U+FFFD for bytes
         that never completed a character), so that all text equals one decode of all ids."""
