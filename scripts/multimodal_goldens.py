@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the multimodal test images and the golden tensors from transformers.
 
-    python scripts/multimodal_goldens.py
+    python scripts/multimodal_goldens.py [--chat-prompts]
 
 Creates (once) a venv under ~/.cache/herdsman-goldens/ with transformers==4.57.6 and the same
 Pillow and numpy as the project (resampling must be the same code for outputs to be equal), then
@@ -267,11 +267,46 @@ def generate() -> None:
     run("llava_next", llava_next, [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES, False)
     generate_pixtral_gemma3(ltok, run)
     generate_mllama(run)
+    summary[CHAT_KEY] = chat_prompts()
     # Llama 4 is added by the --llama4 pass (another venv); keep what it last wrote.
     old = GOLDENS / "summary.json"
     if old.exists() and "llama4" in json.loads(old.read_text()):
         summary["llama4"] = json.loads(old.read_text())["llama4"]
     write_summary(summary)
+
+
+# Whole prompts, for the gateway's image tests: a chat with images rendered by the Qwen2.5-VL
+# processor's own chat template and expanded by its own call (what vLLM's server sends).
+CHAT_KEY = "qwen2_5_vl_chat"
+CHAT_QUESTION = "What is in this picture?"
+CHAT_IMAGES = {"one": ["gray.png"], "two": ["gray.png", "wide.png"]}
+BUNDLED_VL = ROOT / "models" / "qwen2_5_vl"
+
+
+def chat_prompts() -> dict:
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.image_utils import load_image
+    from transformers.processing_utils import ProcessorMixin
+
+    ProcessorMixin.check_argument_for_proper_class = lambda self, name, arg: None  # type: ignore
+    cfg = json.loads((BUNDLED_VL / "preprocessor_config.json").read_text())
+    cfg.pop("image_processor_type", None)
+    cfg.pop("processor_class", None)
+    template = json.loads((BUNDLED_VL / "chat_template.json").read_text())["chat_template"]
+    proc = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**cfg),
+        tokenizer=AutoTokenizer.from_pretrained(BUNDLED_VL),
+        chat_template=template,
+    )
+    out = {}
+    for case, names in CHAT_IMAGES.items():
+        parts = [{"type": "image"} for _ in names] + [{"type": "text", "text": CHAT_QUESTION}]
+        messages = [{"role": "user", "content": parts}]
+        text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [load_image(str(IMAGES / name)) for name in names]
+        ids = proc(text=[text], images=images, return_tensors="np")["input_ids"][0]
+        out[case] = {"images": names, "input_ids": [int(i) for i in ids]}
+    return out
 
 
 def write_summary(summary: dict) -> None:
@@ -484,6 +519,9 @@ LLAMA4_TOLERANCE = 0.02
 def main() -> None:
     if os.environ.get("HERDSMAN_GOLDENS_INNER") != "1":
         env = dict(os.environ, HERDSMAN_GOLDENS_INNER="1")
+        if "--chat-prompts" in sys.argv:
+            argv = [ensure_venv(), __file__, "--chat-prompts"]
+            raise SystemExit(subprocess.run(argv, env=env).returncode)
         if "--llama4" not in sys.argv:
             rc = subprocess.run([ensure_venv(), __file__], env=env).returncode
             if rc:
@@ -491,7 +529,11 @@ def main() -> None:
         py = ensure_venv(VENV_TORCH, TORCH_PINS)
         raise SystemExit(subprocess.run([py, __file__, "--llama4"], env=env).returncode)
     GOLDENS.mkdir(parents=True, exist_ok=True)
-    if "--llama4" in sys.argv:
+    if "--chat-prompts" in sys.argv:  # only these, into the existing summary
+        summary = json.loads((GOLDENS / "summary.json").read_text())
+        summary[CHAT_KEY] = chat_prompts()
+        write_summary(summary)
+    elif "--llama4" in sys.argv:
         generate_llama4()
     else:
         derive_images()

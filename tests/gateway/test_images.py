@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,42 +18,39 @@ from herdsman.engines import EngineRequest, SamplingParams
 from herdsman.engines.sglang import SglangScheduler
 from herdsman.engines.transport import NativeTransport
 from herdsman.engines.vllm import VllmEngine
-from herdsman.multimodal.registry import load_processor
 from herdsman.pipeline.images import ImageInputs
-from herdsman.tokenizer import load_model_tokenizer
 
 VL = MODELS / "qwen2_5_vl"
 IMAGES = Path(__file__).resolve().parent.parent / "multimodal" / "images"
-IMAGE = sorted(IMAGES.glob("*.png"))[0]
+GOLDENS = IMAGES.parent / "goldens"
+IMAGE = IMAGES / "gray.png"  # the image of the golden prompt "one"
 DATA_URL = "data:image/png;base64," + base64.b64encode(IMAGE.read_bytes()).decode()
 MODEL = "qwen2_5_vl"
 
 
-def _messages(url: str) -> list[dict]:
+def _data_url(path: Path) -> str:
+    kind = "png" if path.suffix == ".png" else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _messages(*urls: str) -> list[dict]:
+    parts: list[dict] = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
     return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": "What is in this picture?"},
-            ],
-        }
+        {"role": "user", "content": [*parts, {"type": "text", "text": "What is in this picture?"}]}
     ]
 
 
-def _expected_prompt_tokens(images: int) -> int:
-    """Text tokens of the rendered prompt, plus each image's expansion, computed independently."""
-    from PIL import Image
+def _golden_prompt(case: str) -> list[int]:
+    """The whole prompt of a chat with images as transformers makes it: the Qwen2.5-VL
+    processor's chat template and its own placeholder expansion (scripts/multimodal_goldens.py
+    --chat-prompts), for ``_messages`` with the images the golden names."""
+    summary = json.loads((GOLDENS / "summary.json").read_text())
+    return summary["qwen2_5_vl_chat"][case]["input_ids"]
 
-    tokenizer = load_model_tokenizer(VL)
-    assert tokenizer.chat_template is not None
-    text = tokenizer.chat_template.render(
-        _messages("x") if images else [{"role": "user", "content": "What is in this picture?"}]
-    )
-    base = len(tokenizer.encode(text, add_special_tokens=False))
-    with Image.open(IMAGE) as img:
-        count = load_processor(VL).num_placeholders_for(img.height, img.width)
-    return base + images * (count - 1)
+
+def _expected_prompt_tokens(images: int) -> int:
+    assert images == 1
+    return len(_golden_prompt("one"))
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +62,20 @@ def vl_gateway(backend: str) -> Iterator[str]:
     finally:
         gateway.stop()
         sim.stop()
+
+
+@pytest.mark.parametrize("case", ["one", "two"])
+def test_prompt_with_images_is_transformers(vl_gateway: str, case: str) -> None:
+    """The prompt the engine gets, image placeholders expanded, equals transformers' own."""
+    names = json.loads((GOLDENS / "summary.json").read_text())["qwen2_5_vl_chat"][case]["images"]
+    messages = _messages(*(_data_url(IMAGES / name) for name in names))
+    data = httpx.post(
+        f"{vl_gateway}/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": messages, "max_tokens": 3, "return_token_ids": True},
+    ).json()
+    assert data["prompt_token_ids"] == _golden_prompt(case)
+    assert data["usage"]["prompt_tokens"] == len(_golden_prompt(case))
 
 
 def test_image_expands_to_its_placeholder_count(vl_gateway: str) -> None:
