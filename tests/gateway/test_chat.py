@@ -197,6 +197,43 @@ def test_return_token_ids(base_url: str, tokenizer: Tokenizer) -> None:
     assert tokenizer.decode(choice["token_ids"]) == choice["text"]
 
 
+@pytest.mark.parametrize("stop", [None, "cut"])
+def test_return_token_ids_streamed(base_url: str, tokenizer: Tokenizer, stop: str | None) -> None:
+    """Streamed, each chunk carries its own ids (vLLM's shape): joined, they are the
+    non-streamed response's ids; the prompt's ids come once (chat: on the first chunk)."""
+    body = {"max_tokens": 30, "seed": 5, "temperature": 0, "return_token_ids": True, "n": 2}
+    whole = chat(base_url, **body).json()
+    if stop is not None:
+        stop = " " + whole["choices"][0]["message"]["content"].split()[3]
+        body["stop"] = stop
+        whole = chat(base_url, **body).json()
+    messages = [{"role": "user", "content": "Tell me about gateways."}]
+    events = stream_sse(
+        f"{base_url}/v1/chat/completions",
+        {"model": MODEL, "messages": messages, "stream": True, **body},
+    )
+    assert events[0]["prompt_token_ids"] == whole["prompt_token_ids"]
+    assert all("prompt_token_ids" not in e for e in events[1:])
+    for choice in whole["choices"]:
+        chunks = [c for e in events for c in e["choices"] if c["index"] == choice["index"]]
+        streamed = [i for c in chunks for i in c.get("token_ids") or []]
+        assert streamed == choice["token_ids"]
+        assert (
+            "".join(c["delta"].get("content") or "" for c in chunks) == choice["message"]["content"]
+        )
+    prompt_ids = tokenizer.encode("Gateways are").ids
+    request = {"model": MODEL, "prompt": "Gateways are", **body}
+    complete = httpx.post(f"{base_url}/v1/completions", json=request, timeout=30).json()
+    events = stream_sse(f"{base_url}/v1/completions", {**request, "stream": True})
+    for choice in complete["choices"]:
+        chunks = [c for e in events for c in e["choices"] if c["index"] == choice["index"]]
+        assert chunks[0]["prompt_token_ids"] == prompt_ids
+        assert all("prompt_token_ids" not in c for c in chunks[1:])
+        streamed = [i for c in chunks for i in c["token_ids"]]
+        assert streamed == choice["token_ids"]
+        assert "".join(c["text"] for c in chunks) == choice["text"]
+
+
 def test_stop_string_kept_when_asked(base_url: str) -> None:
     body = {"max_tokens": 60, "seed": 3, "temperature": 0}
     full = chat(base_url, **body).json()["choices"][0]["message"]["content"]

@@ -9,6 +9,7 @@ from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
 from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import (
     LogprobsFormat,
+    StreamedIds,
     decode_body,
     json_response,
     routing_key,
@@ -53,8 +54,11 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
             def logprobs(choice: ChoiceOutput, run: TokenLogprobs) -> object:
                 return {"content": formatters[choice.index].content([run])}
 
+        ids = None
+        if plan.return_token_ids:
+            ids = StreamedIds({c.index: plan.input_ids for c in generation.choices})
         if plan.parsers is not None:
-            events = _stream_parsed(frames, generation, plan.parsers, include_usage, logprobs)
+            events = _stream_parsed(frames, generation, plan.parsers, include_usage, logprobs, ids)
         else:
             events = stream_events(
                 frames,
@@ -62,6 +66,7 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
                 include_usage=include_usage,
                 announce_role=True,
                 logprobs=logprobs,
+                ids=ids,
             )
         return StreamingResponse(events)
     return await _complete(model, plan, generation, created)
@@ -105,8 +110,9 @@ def _stream_parsed(
     setup: ParserSetup,
     include_usage: bool,
     logprobs: LogprobsFormat | None,
+    ids: StreamedIds | None,
 ) -> AsyncIterator[bytes]:
-    events = _parsed_frames(frames, generation, setup, logprobs)
+    events = _parsed_frames(frames, generation, setup, logprobs, ids)
     return sse_body(frames, generation, events, include_usage=include_usage)
 
 
@@ -115,11 +121,12 @@ async def _parsed_frames(
     generation: Generation,
     setup: ParserSetup,
     logprobs: LogprobsFormat | None,
+    ids: StreamedIds | None,
 ) -> AsyncIterator[bytes]:
     """Each choice's text split into reasoning, content and tool calls as it streams."""
     parsers = {c.index: setup.for_choice() for c in generation.choices}
-    for choice in generation.choices:
-        yield frames.role(choice.index)
+    for n, choice in enumerate(generation.choices):
+        yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
     async for choice, text, token_logprobs, finish_reason in generation.run():
         parser = parsers[choice.index]
         delta = parser.feed(text)
@@ -133,10 +140,11 @@ async def _parsed_frames(
         lp = b"null"
         if logprobs is not None and token_logprobs is not None:
             lp = encode_json(logprobs(choice, token_logprobs))
-        if not (delta or finish_reason or token_logprobs):
+        if not (delta or finish_reason or token_logprobs or ids):
             continue
+        extra = ids.chunk(choice) if ids is not None else b""
         if not delta.reasoning and not delta.tool_calls and finish_reason is None:
-            yield frames.text(choice.index, delta.content, lp)
+            yield frames.text(choice.index, delta.content, lp, extra)
             continue
         body: dict[str, object] = {}
         if delta.reasoning:
@@ -146,7 +154,7 @@ async def _parsed_frames(
         if delta.tool_calls:
             body["tool_calls"] = delta.tool_calls
         finish = (finish_reason, choice.matched_stop) if finish_reason else None
-        yield frames.delta(choice.index, body, lp, finish)
+        yield frames.delta(choice.index, body, lp, finish, extra)
 
 
 async def _complete(

@@ -7,6 +7,7 @@ import time
 from herdsman.api.logprobs import CompletionLogprobs
 from herdsman.api.protocol import CompletionRequest
 from herdsman.api.responses import (
+    StreamedIds,
     decode_body,
     json_response,
     routing_key,
@@ -41,6 +42,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
         if top_n is not None
     }
     echoes = {c.index: g.plan.echo for g in group.generations for c in g.choices}
+    prompts = {c.index: g.plan.input_ids for g in group.generations for c in g.choices}
     if plans[0].stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         frames = ChunkFrames(request_id, created, model.name, chat=False)
@@ -61,10 +63,10 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             logprobs=logprobs if formatters else None,
             echo=echoes if body.echo else None,
             echo_logprobs=echo_logprobs if body.echo and formatters else None,
+            ids=StreamedIds(prompts) if body.return_token_ids else None,
         )
         return StreamingResponse(events)
     await run_to_end(group)
-    prompts = {c.index: g.plan.input_ids for g in group.generations for c in g.choices}
     choices = [
         {
             "index": c.index,

@@ -73,6 +73,30 @@ def usage_of(generation: Generation | GenerationGroup) -> dict[str, object]:
 LogprobsFormat = Callable[[ChoiceOutput, TokenLogprobs], object]
 
 
+class StreamedIds:
+    """vLLM's ``return_token_ids`` on a stream: each chunk of a choice carries the ids output
+    since its last chunk; the prompt's ids go out once per choice (completions, in the choice)
+    or once per response (chat, beside the choices of the first chunk)."""
+
+    __slots__ = ("_prompts", "_sent")
+
+    def __init__(self, prompts: dict[int, list[int]]) -> None:
+        self._prompts = prompts
+        self._sent: dict[int, int] = {}
+
+    def chunk(self, choice: ChoiceOutput, *, with_prompt: bool = False) -> bytes:
+        ids = choice.token_ids or []
+        start = self._sent.get(choice.index)
+        self._sent[choice.index] = len(ids)
+        extra = b',"token_ids":' + encode_json(ids[start or 0 :])
+        if with_prompt and start is None:
+            extra = b',"prompt_token_ids":' + encode_json(self._prompts[choice.index]) + extra
+        return extra
+
+    def top(self, index: int) -> bytes:
+        return b',"prompt_token_ids":' + encode_json(self._prompts[index])
+
+
 async def sse_body(
     frames: ChunkFrames,
     generation: Generation | GenerationGroup,
@@ -104,13 +128,14 @@ def stream_events(
     logprobs: LogprobsFormat | None = None,
     echo: dict[int, str] | None = None,
     echo_logprobs: Callable[[ChoiceOutput], object] | None = None,
+    ids: StreamedIds | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a streamed chat or completion whose text is sent as it comes.
 
     With `echo_logprobs`, a choice's echoed prompt waits for its first step: the prompt's
     logprobs arrive with the engine's first output.
     """
-    events = _text_frames(frames, generation, announce_role, logprobs, echo, echo_logprobs)
+    events = _text_frames(frames, generation, announce_role, logprobs, echo, echo_logprobs, ids)
     return sse_body(frames, generation, events, include_usage=include_usage)
 
 
@@ -121,11 +146,12 @@ async def _text_frames(
     logprobs: LogprobsFormat | None,
     echo: dict[int, str] | None,
     echo_logprobs: Callable[[ChoiceOutput], object] | None,
+    ids: StreamedIds | None,
 ) -> AsyncIterator[bytes]:
     pending_echo: set[int] = set()
-    for choice in generation.choices:
+    for n, choice in enumerate(generation.choices):
         if announce_role:
-            yield frames.role(choice.index)
+            yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
         if echo and echo.get(choice.index):
             if echo_logprobs is not None:
                 pending_echo.add(choice.index)
@@ -140,10 +166,11 @@ async def _text_frames(
         lp = b"null"
         if logprobs is not None and token_logprobs is not None:
             lp = encode_json(logprobs(choice, token_logprobs))
+        extra = ids.chunk(choice, with_prompt=not announce_role) if ids is not None else b""
         if finish_reason is None:
-            yield frames.text(choice.index, text, lp)
+            yield frames.text(choice.index, text, lp, extra)
         else:
-            yield frames.finish(choice.index, text, finish_reason, choice.matched_stop, lp)
+            yield frames.finish(choice.index, text, finish_reason, choice.matched_stop, lp, extra)
 
 
 async def run_to_end(generation: Generation | GenerationGroup) -> None:

@@ -48,12 +48,13 @@ class ChunkFrames:
             head = self._heads[index] = self._open + b"%d," % index + self._text_key
         return head
 
-    def text(self, index: int, text: str, logprobs: bytes = b"null") -> bytes:
+    def text(self, index: int, text: str, logprobs: bytes = b"null", extra: bytes = b"") -> bytes:
+        """``extra``: more fields of the choice, already encoded (``,"token_ids":[...]``)."""
         return (
             self._head(index)
             + _encode(text)
             + self._close
-            + b',"logprobs":%b,"finish_reason":null}]}\n\n' % logprobs
+            + b',"logprobs":%b,"finish_reason":null%b}]}\n\n' % (logprobs, extra)
         )
 
     def finish(
@@ -63,13 +64,14 @@ class ChunkFrames:
         reason: str,
         stop_reason: str | int | None,
         logprobs: bytes = b"null",
+        extra: bytes = b"",
     ) -> bytes:
         return (
             self._head(index)
             + _encode(text)
             + self._close
-            + b',"logprobs":%b,"finish_reason":%b,"stop_reason":%b}]}\n\n'
-            % (logprobs, _encode(reason), _encode(stop_reason))
+            + b',"logprobs":%b,"finish_reason":%b,"stop_reason":%b%b}]}\n\n'
+            % (logprobs, _encode(reason), _encode(stop_reason), extra)
         )
 
     def delta(
@@ -78,21 +80,24 @@ class ChunkFrames:
         delta: dict[str, object],
         logprobs: bytes = b"null",
         finish: tuple[str, str | int | None] | None = None,
+        extra: bytes = b"",
     ) -> bytes:
         """A chat frame with any delta (reasoning_content, tool_calls); built per call."""
         reason, stop_reason = finish if finish is not None else (None, None)
-        return self._open + b'%d,"delta":%b,"logprobs":%b,"finish_reason":%b%b}]}\n\n' % (
+        return self._open + b'%d,"delta":%b,"logprobs":%b,"finish_reason":%b%b%b}]}\n\n' % (
             index,
             _encode(delta),
             logprobs,
             _encode(reason),
             b',"stop_reason":' + _encode(stop_reason) if finish is not None else b"",
+            extra,
         )
 
-    def role(self, index: int) -> bytes:
+    def role(self, index: int, top: bytes = b"") -> bytes:
+        """A choice's first chat frame; ``top``: fields of the chunk itself, already encoded."""
         return self._open + (
-            b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
-            b"\n\n" % index
+            b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+            b"%b}\n\n" % (index, top)
         )
 
     def usage(self, usage: dict[str, object]) -> bytes:

@@ -56,7 +56,7 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
     stops: list[str]
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
-    # Keep each choice's output ids for the response (non-streamed only).
+    # Keep each choice's output ids for the response (vLLM's return_token_ids).
     return_token_ids: bool = False
     stream: bool = True
     # Batched completion prompts number their choices on from one prompt to the next.
@@ -116,7 +116,7 @@ class Generation:
                 plan.stops,
                 skip_special_tokens=plan.skip_special_tokens,
                 keep_text=not plan.stream,
-                keep_ids=plan.return_token_ids and not plan.stream,
+                keep_ids=plan.return_token_ids,
                 keep_stop=plan.include_stop_str_in_output,
                 hidden_ids=plan.hidden_ids,
                 min_tokens=plan.sampling.min_tokens,

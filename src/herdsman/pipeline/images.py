@@ -37,6 +37,9 @@ class ImageInputs(msgspec.Struct, kw_only=True):
     placeholders: list[tuple[int, int]] = msgspec.field(default_factory=list)
     hashes: list[str] = msgspec.field(default_factory=list)
     counts: list[Any] = msgspec.field(default_factory=list)
+    # The processor's uint8 -> float table (ImageProcessor.lut, (3, 256)): an engine that
+    # normalizes on device (vLLM's mm_device_do_normalize) is sent the raw values through it.
+    pixel_lut: Any = None
 
 
 def image_urls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -90,6 +93,7 @@ async def load_images(
         image_token_id=support.image_token_id,
         hashes=[hashlib.blake2b(d, digest_size=16).hexdigest() for d in data],
         counts=counts,
+        pixel_lut=getattr(support.preprocessor.processor, "lut", None),
     )
 
 

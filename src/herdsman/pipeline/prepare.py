@@ -215,6 +215,13 @@ def _sampling(
     )
 
 
+def _stop_ids_hidden(sampling: SamplingParams, *, keep: bool) -> frozenset[int]:
+    """Ids whose text is never shown: the engine ends a choice on the first of them it emits
+    (and cannot emit one before min_tokens), so it is the choice's last token, which vLLM leaves
+    out of the text unless the stop is to be kept in the output."""
+    return frozenset() if keep else frozenset(sampling.stop_token_ids)
+
+
 def _logit_bias(model: ServedModel, bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None
@@ -268,6 +275,7 @@ async def prepare_chat(
     keep_special = parsers is not None and any(
         cls is not None and cls.needs_special_tokens for cls in (parsers.reasoning, parsers.tools)
     )
+    keep_stop = req.include_stop_str_in_output or req.no_stop_trim
     return GenerationPlan(
         request_id=new_request_id("chatcmpl"),
         input_ids=input_ids,
@@ -277,7 +285,7 @@ async def prepare_chat(
         return_token_ids=req.return_token_ids,
         # Parsers that read special-token markers see them; EOS and stop ids still stay hidden.
         skip_special_tokens=req.skip_special_tokens and not keep_special,
-        hidden_ids=frozenset(sampling.stop_token_ids) if keep_special else frozenset(),
+        hidden_ids=_stop_ids_hidden(sampling, keep=keep_stop and not keep_special),
         stream=req.stream,
         parsers=parsers,
         images=images,
@@ -366,6 +374,9 @@ async def prepare_completion(
         )
         for i, (prompt, input_ids) in enumerate(zip(given, prompts, strict=True))
     ]
+    keep_stop = req.include_stop_str_in_output or req.no_stop_trim
+    for plan in plans:
+        plan.hidden_ids = _stop_ids_hidden(plan.sampling, keep=keep_stop)
     if req.echo and req.logprobs is not None:
         # The echoed prompt comes with its tokens' logprobs, as the engine computes them.
         for plan in plans:
