@@ -68,6 +68,8 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # OpenAI's reasoning switch; the template sees it (and enable_thinking follows it).
+    reasoning_effort: str | None = None
     # False: the reasoning stays in `content` (SGLang's and SMG's request option).
     separate_reasoning: bool = True
     # Structured-output extensions of vLLM and SGLang.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -15,6 +14,7 @@ from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
 from herdsman.pipeline.context import ServedModel
+from herdsman.pipeline.conversation import build_conversation, template_tools, template_variables
 from herdsman.pipeline.errors import InvalidRequest
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.pipeline.images import ImageInputs
@@ -23,127 +23,10 @@ from herdsman.tokenizer import ChatTemplateError
 
 # The most logprobs per position an engine serves (vLLM's default max_logprobs).
 MAX_LOGPROBS = 20
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def _content_of(content: Any, index: int) -> str | list[dict[str, Any]] | None:
-    """Message content as the template sees it.
-
-    Text-only content becomes one string (text parts joined by newlines), which is what
-    text-model templates expect; content with images stays a list of parts for the vision
-    template to place its image tokens (the image stage has already checked the model takes them).
-    """
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list) and any(
-        isinstance(p, dict) and p.get("type") == "image_url" for p in content
-    ):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequest(
-            "content must be a string or a list of parts", f"messages[{index}].content"
-        )
-    texts: list[str] = []
-    for part in content:
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise InvalidRequest("each content part needs a 'type'", f"messages[{index}].content")
-        if part["type"] != "text":
-            raise InvalidRequest(
-                f"content parts of type {part['type']!r} are not supported by this model",
-                f"messages[{index}].content",
-            )
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest("a text part needs a string 'text'", f"messages[{index}].content")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation the template sees, built field by field as vLLM's renderer builds it
-    (``parse_chat_messages``): a template must get the same prompt from herdsman as from vLLM's
-    own server, so fields vLLM drops are dropped here too, and tool-call arguments are objects."""
-    if not messages:
-        raise InvalidRequest("messages must not be empty", "messages")
-    out: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise InvalidRequest(f"unknown role {role!r}", f"messages[{i}].role")
-        if "content" not in message and not message.get("tool_calls"):
-            raise InvalidRequest("a message needs 'content'", f"messages[{i}].content")
-        for key in _STRING_FIELDS:
-            value = message.get(key)
-            if value is not None and not isinstance(value, str):
-                raise InvalidRequest(f"'{key}' must be a string", f"messages[{i}].{key}")
-        content = _content_of(message.get("content"), i)
-        # No content is an empty text, as vLLM renders it for text templates.
-        normalised: dict[str, Any] = {"role": role, "content": "" if content is None else content}
-        if role == "assistant":
-            calls = message.get("tool_calls")
-            if calls is not None:
-                _check_tool_calls(calls, f"messages[{i}].tool_calls")
-                if calls:  # an empty list keeps the template on its plain-answer path
-                    normalised["tool_calls"] = [_with_object_arguments(c) for c in calls]
-            # `reasoning_content` is the older name of `reasoning`; templates read either.
-            reasoning = message.get("reasoning")
-            if reasoning is None:
-                reasoning = message.get("reasoning_content")
-            if reasoning is not None:
-                normalised["reasoning"] = reasoning
-                normalised["reasoning_content"] = reasoning
-        elif role == "tool" and "tool_call_id" in message:
-            normalised["tool_call_id"] = message["tool_call_id"]
-        if isinstance(message.get("name"), str):
-            normalised["name"] = message["name"]
-        if isinstance(message.get("task"), str):
-            normalised["task"] = message["task"]
-        if role == "developer":
-            normalised["tools"] = message.get("tools")
-        out.append(normalised)
-    return out
-
-
-# Message fields that templates treat as text.
-_STRING_FIELDS = ("name", "tool_call_id", "reasoning_content", "reasoning")
-
-
-def _with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
-    """A tool call whose arguments are a mapping, as tool-use templates expect (Transformers'
-    convention, and what vLLM does): a JSON string is parsed; empty, malformed or non-object
-    arguments become ``{}`` so an earlier turn's bad call cannot break every later turn."""
-    arguments = call["function"].get("arguments")
-    if isinstance(arguments, str) and arguments:
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            arguments = None
-    if not isinstance(arguments, dict):
-        arguments = {}
-    return {**call, "function": {**call["function"], "arguments": arguments}}
-
-
-def _check_tool_calls(calls: Any, param: str) -> None:
-    """An assistant message's tool calls, in OpenAI's shape: what templates index into."""
-    if not isinstance(calls, list):
-        raise InvalidRequest("tool_calls must be a list", param)
-    for j, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise InvalidRequest("each tool call needs a function with a name", f"{param}[{j}]")
-        if call.get("type", "function") != "function":
-            raise InvalidRequest("tool calls must be of type 'function'", f"{param}[{j}].type")
-        arguments = function.get("arguments")
-        if arguments is not None and not isinstance(arguments, (str, dict)):
-            raise InvalidRequest(
-                "a tool call's arguments must be a JSON string or an object",
-                f"{param}[{j}].function.arguments",
-            )
-        if call.get("id") is not None and not isinstance(call["id"], str):
-            raise InvalidRequest("a tool call's id must be a string", f"{param}[{j}].id")
 
 
 def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
@@ -157,14 +40,18 @@ def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
         )
     try:
         return template.render(
-            _normalise_messages(req.messages),
-            tools=req.tools,
+            build_conversation(req.messages, template),
+            tools=template_tools(req.tools),
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
-            extra=req.chat_template_kwargs,
+            extra=_template_variables(req),
         )
     except ChatTemplateError as exc:
         raise InvalidRequest(str(exc), "messages") from exc
+
+
+def _template_variables(req: ChatCompletionRequest) -> dict[str, Any]:
+    return template_variables(req.chat_template_kwargs, req.reasoning_effort)
 
 
 def _sampling(
@@ -329,7 +216,7 @@ def _parser_setup(
         reasoning=reasoning,
         tools=tools,
         tool_specs=req.tools,
-        thinking=thinking_flag(req.chat_template_kwargs),
+        thinking=thinking_flag(_template_variables(req)),
         prompt_in_reasoning=reasoning.prompt_in_reasoning(prompt) if reasoning else False,
         constrained=constrained,
         function=named,

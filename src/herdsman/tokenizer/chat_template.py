@@ -16,6 +16,8 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from herdsman.tokenizer.content_format import ContentFormat, detect_content_format
+
 
 class ChatTemplateError(ValueError):
     """The template refused the conversation (``raise_exception``) or failed to render it."""
@@ -64,10 +66,16 @@ class ChatTemplate:
     ) -> None:
         self.source = source
         self._special_tokens = dict(special_tokens)
+        env = _make_environment(now)
         try:
-            self._template = _make_environment(now).from_string(source)
+            self._template = env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
+        # Whether messages' content is given as a string or as a list of parts (see
+        # content_format.py), and whether the template knows a "developer" role (vLLM's test:
+        # the word appears quoted in it); both decide the conversation the template is given.
+        self.content_format: ContentFormat = detect_content_format(env, source)
+        self.supports_developer = '"developer"' in source or "'developer'" in source
 
     def render(
         self,
