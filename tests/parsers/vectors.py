@@ -587,6 +587,13 @@ REASONING_VECTORS: list[ReasoningVector] = [
         "step3-basic", "step3", "step reasons</think>step answers", "step reasons", "step answers"
     ),
     ReasoningVector(
+        "step3-explicit-think",
+        "step3",
+        "<think>step reasons</think>step answers",
+        "step reasons",
+        "step answers",
+    ),
+    ReasoningVector(
         "cohere_cmd-basic",
         "cohere_cmd",
         "<|START_THINKING|>I should greet.<|END_THINKING|><|START_RESPONSE|>Hello!<|END_RESPONSE|>",
