@@ -321,3 +321,36 @@ def test_models_and_health(base_url: str) -> None:
     health = httpx.get(f"{base_url}/health")
     assert health.status_code == 200
     assert health.json()["healthy_workers"] == 1
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_chat_echo_starts_with_the_continued_message(
+    base_url: str, add_generation_prompt: bool
+) -> None:
+    """vLLM's chat ``echo``: continuing an assistant turn, the answer starts with its text."""
+    messages = [
+        {"role": "user", "content": "Tell me about gateways."},
+        {"role": "assistant", "content": "Sure, here"},
+    ]
+    body = {
+        "messages": messages,
+        "max_tokens": 8,
+        "temperature": 0,
+        "seed": 1,
+        "add_generation_prompt": add_generation_prompt,
+        "continue_final_message": not add_generation_prompt,
+    }
+    plain = chat(base_url, **body).json()["choices"][0]["message"]["content"]
+    echoed = chat(base_url, echo=True, **body).json()["choices"][0]["message"]["content"]
+    assert echoed == "Sure, here" + plain
+    events = stream_sse(
+        f"{base_url}/v1/chat/completions", {"model": MODEL, "stream": True, "echo": True, **body}
+    )
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    streamed = "".join(d.get("content") or "" for d in deltas)
+    assert streamed == echoed
+    # A last message of another role is not echoed when the answer is the assistant's.
+    asked = [{"role": "user", "content": "Tell me about gateways."}]
+    data = chat(base_url, messages=asked, echo=True, max_tokens=4, temperature=0, seed=1).json()
+    again = chat(base_url, messages=asked, max_tokens=4, temperature=0, seed=1).json()
+    assert data["choices"][0]["message"]["content"] == again["choices"][0]["message"]["content"]

@@ -39,6 +39,7 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
         fetch_timeout=ctx.limits.image_fetch_timeout,
     )
     plan = await prepare_chat(model, body, images, ctx.limits.max_choices)
+    echo = _echoed(body)
     plan.routing_key = routing_key(request)
     generation = Generation(ctx, model, plan, request.received_at)
     await generation.start()
@@ -58,7 +59,9 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
         if plan.return_token_ids:
             ids = StreamedIds({c.index: plan.input_ids for c in generation.choices})
         if plan.parsers is not None:
-            events = _stream_parsed(frames, generation, plan.parsers, include_usage, logprobs, ids)
+            events = _stream_parsed(
+                frames, generation, plan.parsers, include_usage, logprobs, ids, echo
+            )
         else:
             events = stream_events(
                 frames,
@@ -66,13 +69,30 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
                 include_usage=include_usage,
                 announce_role=True,
                 logprobs=logprobs,
+                echo={c.index: echo for c in generation.choices} if echo else None,
                 ids=ids,
             )
         return StreamingResponse(events)
-    return await _complete(model, plan, generation, created)
+    return await _complete(model, plan, generation, created, echo)
 
 
-def _choice(model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput) -> dict[str, object]:
+def _echoed(body: ChatCompletionRequest) -> str:
+    """With ``echo``, the text the answer starts with: the last message's, when its role is the
+    answer's (the assistant's, or the last message's own without a generation prompt)."""
+    if not body.echo or not body.messages:
+        return ""
+    last = body.messages[-1]
+    if not body.add_generation_prompt or last.get("role") == "assistant":
+        content = last.get("content")
+        if isinstance(content, list):
+            return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return content if isinstance(content, str) else ""
+    return ""
+
+
+def _choice(
+    model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput, echo: str = ""
+) -> dict[str, object]:
     """One choice of a non-streamed response, its text parsed when the request asks for it."""
     text = "".join(choice.text or ())
     finish_reason = choice.finish_reason
@@ -85,6 +105,8 @@ def _choice(model: ServedModel, plan: GenerationPlan, choice: ChoiceOutput) -> d
         message = parser.message()
         if parser.calls and finish_reason == "stop":
             finish_reason = "tool_calls"
+    if echo:
+        message["content"] = echo + str(message.get("content") or "")
     return {
         "index": choice.index,
         "message": message,
@@ -111,8 +133,9 @@ def _stream_parsed(
     include_usage: bool,
     logprobs: LogprobsFormat | None,
     ids: StreamedIds | None,
+    echo: str,
 ) -> AsyncIterator[bytes]:
-    events = _parsed_frames(frames, generation, setup, logprobs, ids)
+    events = _parsed_frames(frames, generation, setup, logprobs, ids, echo)
     return sse_body(frames, generation, events, include_usage=include_usage)
 
 
@@ -122,11 +145,14 @@ async def _parsed_frames(
     setup: ParserSetup,
     logprobs: LogprobsFormat | None,
     ids: StreamedIds | None,
+    echo: str,
 ) -> AsyncIterator[bytes]:
     """Each choice's text split into reasoning, content and tool calls as it streams."""
     parsers = {c.index: setup.for_choice() for c in generation.choices}
     for n, choice in enumerate(generation.choices):
         yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
+        if echo:
+            yield frames.text(choice.index, echo)
     async for choice, text, token_logprobs, finish_reason in generation.run():
         parser = parsers[choice.index]
         delta = parser.feed(text)
@@ -158,10 +184,10 @@ async def _parsed_frames(
 
 
 async def _complete(
-    model: ServedModel, plan: GenerationPlan, generation: Generation, created: int
+    model: ServedModel, plan: GenerationPlan, generation: Generation, created: int, echo: str
 ) -> Response:
     await run_to_end(generation)
-    choices = [_choice(model, plan, c) for c in generation.choices]
+    choices = [_choice(model, plan, c, echo) for c in generation.choices]
     return json_response(
         {
             "id": plan.request_id,

@@ -70,6 +70,9 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     # OpenAI's reasoning switch; the template sees it (and enable_thinking follows it).
     reasoning_effort: str | None = None
+    # vLLM's extension: the answer starts with the last message's text when that message has
+    # the answer's role (continuing an assistant turn).
+    echo: bool = False
     # False: the reasoning stays in `content` (SGLang's and SMG's request option).
     separate_reasoning: bool = True
     # Structured-output extensions of vLLM and SGLang.
