@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,7 @@ class VllmServer:
     address: str
     log: Path
     startup_seconds: float
+    started: float = 0.0  # time.monotonic() at launch
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -140,20 +141,65 @@ def _health_serving(address: str) -> bool:
             return False
 
 
-@pytest.fixture(scope="module")
-def vllm_server(
-    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    port = engine_port()
-    argv = [
+def vllm_env(**extra: str) -> dict[str, str]:
+    """The environment every vLLM process of this tier runs in (offline, small KV cache)."""
+    return dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        VLLM_CPU_KVCACHE_SPACE="1",  # GiB; the default (4) is more than a 2-core CI box spares
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        **extra,
+    )
+
+
+def launch_vllm(argv: list[str], log: Path, address: str, env: dict[str, str]) -> VllmServer:
+    """Start a vLLM process (its output in ``log``); ``wait_vllm_ready`` waits for it."""
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    return VllmServer(process, address, log, 0.0, started)
+
+
+def wait_vllm_ready(server: VllmServer, ready: Callable[[str], bool]) -> None:
+    """Poll ``ready(address)`` until it holds; stops the server and raises on exit or timeout."""
+    deadline = server.started + VLLM_START_TIMEOUT
+    try:
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"vLLM exited with {server.process.returncode} before it was ready; "
+                    f"log {server.log}:\n" + server.log_tail()
+                )
+            if ready(server.address):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"vLLM not ready after {VLLM_START_TIMEOUT:.0f}s; log {server.log}:\n"
+                    + server.log_tail()
+                )
+            time.sleep(1.0)
+    except BaseException:
+        server.stop()
+        raise
+    server.startup_seconds = time.monotonic() - server.started
+    print(f"\nvLLM ready in {server.startup_seconds:.1f}s (log: {server.log})", file=sys.stderr)
+
+
+def grpc_server_argv(
+    vllm_python: Path, model: Path, served_name: str, port: int, *extra: str
+) -> list[str]:
+    """vLLM's gRPC servicer (the VllmEngine service herdsman talks to) for ``model``."""
+    return [
         str(vllm_python),
         "-m",
         "vllm.entrypoints.launchers.grpc_server",
         "--model",
-        str(tiny_model),
+        str(model),
         "--served-model-name",
-        SERVED_NAME,
+        served_name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -166,43 +212,28 @@ def vllm_server(
         str(MAX_MODEL_LEN),
         "--seed",
         "0",
+        *extra,
+    ]
+
+
+# One engine for the session: test_vllm.py and the differential tier both talk to it (a vLLM
+# start is the tier's largest cost), each through gateways of its own.
+@pytest.fixture(scope="session")
+def vllm_server(
+    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
+    port = engine_port()
+    argv = grpc_server_argv(
+        vllm_python,
+        tiny_model,
+        SERVED_NAME,
+        port,
         # "Added request X." / "Aborted request(s) X." lines: the abort test reads them.
         "--enable-log-requests",
-    ]
-    env = dict(
-        os.environ,
-        PYTHONUNBUFFERED="1",
-        VLLM_CPU_KVCACHE_SPACE="1",  # GiB; the default (4) is more than a 2-core CI box spares
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
     )
-    started = time.monotonic()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = VllmServer(process, f"127.0.0.1:{port}", log, 0.0)
-    deadline = started + VLLM_START_TIMEOUT
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM exited with {process.returncode} before it was ready; log {log}:\n"
-                    + server.log_tail()
-                )
-            if _health_serving(server.address):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"vLLM not ready after {VLLM_START_TIMEOUT:.0f}s; log {log}:\n"
-                    + server.log_tail()
-                )
-            time.sleep(1.0)
-    except BaseException:
-        server.stop()
-        raise
-    server.startup_seconds = time.monotonic() - started
-    print(f"\nvLLM ready in {server.startup_seconds:.1f}s (log: {log})", file=sys.stderr)
+    server = launch_vllm(argv, log, f"127.0.0.1:{port}", vllm_env())
+    wait_vllm_ready(server, _health_serving)
     yield server
     server.stop()
 

@@ -50,6 +50,7 @@ from .conftest import (
     Gateway,
     VllmServer,
     engine_port,
+    start_gateway_logged,
 )
 
 TIMEOUT = 120.0
@@ -121,14 +122,9 @@ EXPECTED_VLLM_DIFFERENCES: list[tuple[str, dict[str, Any], str, str]] = []
 
 
 @pytest.fixture(scope="module")
-def vllm_transport() -> str:
-    """One transport is enough here (test_vllm.py covers both)."""
-    return "native"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The conftest's tiny Llama, its chat template swapped for the tool-capable one."""
+def tools_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The conftest's tiny Llama, its chat template swapped for the tool-capable one. The weights
+    are the same, so the session's gRPC engine (which never renders a template) serves it."""
     out = tmp_path_factory.mktemp("tiny-llama-tools")
     for item in tiny_model.iterdir():
         shutil.copyfile(item, out / item.name)
@@ -137,6 +133,19 @@ def tiny_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     config["chat_template"] = TOOL_TEMPLATE
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
     return out
+
+
+@pytest.fixture(scope="module")
+def vllm_gateway(
+    vllm_server: VllmServer, tools_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """herdsman (native transport: test_vllm.py covers both) with the tool template."""
+    log = tmp_path_factory.mktemp("gateway-differential") / "gateway.log"
+    gateway = start_gateway_logged(
+        vllm_server.address, log, "--model-path", str(tools_model), "--grpc-transport", "native"
+    )
+    yield gateway
+    gateway.stop()
 
 
 @dataclass
@@ -162,7 +171,7 @@ class OpenAIServer:
 
 @pytest.fixture(scope="module")
 def vllm_openai_launched(
-    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+    vllm_python: Path, tools_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OpenAIServer]:
     """vLLM's OpenAI server, launched (not yet ready: it loads while the gRPC engine does)."""
     log = tmp_path_factory.mktemp("vllm-openai-log") / "vllm-openai.log"
@@ -171,7 +180,7 @@ def vllm_openai_launched(
         str(vllm_python),
         "-m",
         "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model),
+        "--model", str(tools_model),
         "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1",
         "--port", str(port),

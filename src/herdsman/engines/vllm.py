@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
-from herdsman.engines.base import EngineError, EngineRequest
+from herdsman.engines.base import EngineError, EngineOutput, EngineRequest
 from herdsman.engines.grpc_engine import GrpcEngine
 
 
@@ -98,10 +99,48 @@ def _vllm_layout(pixel_values: Any, tensors: dict[str, Any]) -> _Layout:
     return _Layout(pixel_values, tensors, batched=("pixel_values",))
 
 
-def _mm_inputs(images: Any) -> vllm_engine_pb2.MultimodalInputs:
+def _raw_pixels(pixel_values: Any, lut: Any) -> Any:
+    """Normalized pixels back to the uint8 values they were looked up from (exactly).
+
+    vLLM normalizes on device for some models (``mm_device_do_normalize``, on by default for
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Mistral 3 and others in vLLM 0.32): it takes raw uint8
+    pixels and applies ``x * rescale / std - mean / std`` in its vision tower, so normalized
+    pixels would be normalized twice. Every value the processors write is ``lut[c][v]`` for the
+    pixel's uint8 value v (base.normalize_lut), and each channel's table is strictly increasing,
+    so a sorted search finds v. The channel is the axis of size 3 right after the image axes:
+    rows of (channel, temporal, patch, patch) for the Qwen family, (channel, h, w) images else.
+    """
+    if lut is None:
+        raise MediaLayoutError(
+            "this vLLM engine normalizes pixels on device (mm_device_do_normalize) and the "
+            "model's image processor has no uint8 table to send it raw pixels from"
+        )
+    values = np.asarray(pixel_values)
+    channels = lut.shape[0]
+    leading = values.shape[0] if values.ndim == 2 else int(np.prod(values.shape[:-3]))
+    if values.shape[1] % channels if values.ndim == 2 else values.shape[-3] != channels:
+        raise MediaLayoutError(f"pixel tensor of shape {values.shape}: no channel axis")
+    grouped = values.reshape(leading, channels, -1)
+    raw = np.empty(grouped.shape, dtype=np.uint8)
+    for c in range(grouped.shape[1]):
+        table = lut[c]
+        found = np.searchsorted(table, grouped[:, c, :]).clip(0, 255)
+        if not np.array_equal(table[found], grouped[:, c, :]):
+            raise MediaLayoutError(
+                "pixel values that are not the image processor's table values (padding?) "
+                "cannot be sent raw to an engine that normalizes on device"
+            )
+        raw[:, c, :] = found
+    return raw.reshape(values.shape)
+
+
+def _mm_inputs(images: Any, raw_pixels: bool = False) -> vllm_engine_pb2.MultimodalInputs:
     """Processed images in vllm_engine.proto's fields, laid out as the model's vLLM code splits
-    them per image (the servicer takes the layout from batched_keys / flat_keys)."""
+    them per image (the servicer takes the layout from batched_keys / flat_keys). With
+    ``raw_pixels`` (the engine normalizes on device), the pixels go as their uint8 values."""
     layout = _vllm_layout(images.pixel_values, dict(images.model_specific))
+    if raw_pixels:
+        layout.pixel_values = _raw_pixels(layout.pixel_values, getattr(images, "pixel_lut", None))
     inputs = vllm_engine_pb2.MultimodalInputs(
         pixel_values=_tensor(layout.pixel_values),
         im_token_id=images.image_token_id,
@@ -123,6 +162,27 @@ class VllmEngine(GrpcEngine):
     backend = "vllm"
     service = "vllm.grpc.engine.VllmEngine"
     pb2 = vllm_engine_pb2
+    # Whether the engine normalizes pixels on device (GetServerInfo's mm_device_do_normalize);
+    # None until the first request with images asks.
+    device_normalizes: bool | None = None
+
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        if request.images is not None and self.device_normalizes is None:
+            return self._generate_after_asking(request)
+        return super().generate(request)  # no extra generator on the hot path
+
+    async def _generate_after_asking(
+        self, request: EngineRequest
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """The first request with images: learn the pixel format the engine takes, then go."""
+        info = await self.server_info()  # an engine error here is this request's error
+        self.device_normalizes = bool(info.get("mm_device_do_normalize", False))
+        outputs = super().generate(request)
+        try:
+            async for output in outputs:
+                yield output
+        finally:
+            await outputs.aclose()
 
     def _generate_request(self, request: EngineRequest) -> vllm_engine_pb2.GenerateRequest:
         s = request.sampling
@@ -165,7 +225,9 @@ class VllmEngine(GrpcEngine):
             stream=request.stream,
         )
         if request.images is not None:
-            message.mm_inputs.CopyFrom(_mm_inputs(request.images))
+            message.mm_inputs.CopyFrom(
+                _mm_inputs(request.images, raw_pixels=bool(self.device_normalizes))
+            )
         if request.data_parallel_rank is not None:
             message.data_parallel_rank = request.data_parallel_rank
         return message

@@ -153,7 +153,9 @@ def _image_support(
         allowed_domains=tuple(config.image_url_domains) if config.image_url_domains else None,
     )
     log.info("image inputs on: %s, image token %d", type(processor).__name__, token_id)
-    return ImageSupport(ImageFetcher(policy), ImagePreprocessor(processor), token_id)
+    # Transparent pixels on white, as vLLM's server loads images (its rgba_background_color).
+    preprocessor = ImagePreprocessor(processor, alpha_background=(255, 255, 255))
+    return ImageSupport(ImageFetcher(policy), preprocessor, token_id)
 
 
 def _cache_wanted(mode: str, tokenizer: ModelTokenizer) -> bool:
