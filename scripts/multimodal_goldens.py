@@ -267,7 +267,7 @@ def generate() -> None:
     run("llava_next", llava_next, [n for n in TENSOR_IMAGES if n not in few] + SHAPE_IMAGES, False)
     generate_pixtral_gemma3(ltok, run)
     generate_mllama(run)
-    summary[CHAT_KEY] = chat_prompts()
+    write_chat_prompts()
     # Llama 4 is added by the --llama4 pass (another venv); keep what it last wrote.
     old = GOLDENS / "summary.json"
     if old.exists() and "llama4" in json.loads(old.read_text()):
@@ -277,7 +277,7 @@ def generate() -> None:
 
 # Whole prompts, for the gateway's image tests: a chat with images rendered by the Qwen2.5-VL
 # processor's own chat template and expanded by its own call (what vLLM's server sends).
-CHAT_KEY = "qwen2_5_vl_chat"
+CHAT_GOLDEN = GOLDENS / "qwen2_5_vl_chat.json"
 CHAT_QUESTION = "What is in this picture?"
 CHAT_IMAGES = {"one": ["gray.png"], "two": ["gray.png", "wide.png"]}
 BUNDLED_VL = ROOT / "models" / "qwen2_5_vl"
@@ -307,6 +307,10 @@ def chat_prompts() -> dict:
         ids = proc(text=[text], images=images, return_tensors="np")["input_ids"][0]
         out[case] = {"images": names, "input_ids": [int(i) for i in ids]}
     return out
+
+
+def write_chat_prompts() -> None:
+    CHAT_GOLDEN.write_text(json.dumps(chat_prompts(), indent=1, sort_keys=True) + "\n")
 
 
 def write_summary(summary: dict) -> None:
@@ -529,10 +533,8 @@ def main() -> None:
         py = ensure_venv(VENV_TORCH, TORCH_PINS)
         raise SystemExit(subprocess.run([py, __file__, "--llama4"], env=env).returncode)
     GOLDENS.mkdir(parents=True, exist_ok=True)
-    if "--chat-prompts" in sys.argv:  # only these, into the existing summary
-        summary = json.loads((GOLDENS / "summary.json").read_text())
-        summary[CHAT_KEY] = chat_prompts()
-        write_summary(summary)
+    if "--chat-prompts" in sys.argv:  # only these
+        write_chat_prompts()
     elif "--llama4" in sys.argv:
         generate_llama4()
     else:

@@ -43,9 +43,9 @@ def _messages(*urls: str) -> list[dict]:
 def _golden_prompt(case: str) -> list[int]:
     """The whole prompt of a chat with images as transformers makes it: the Qwen2.5-VL
     processor's chat template and its own placeholder expansion (scripts/multimodal_goldens.py
-    --chat-prompts), for ``_messages`` with the images the golden names."""
-    summary = json.loads((GOLDENS / "summary.json").read_text())
-    return summary["qwen2_5_vl_chat"][case]["input_ids"]
+    --chat-prompts: goldens/qwen2_5_vl_chat.json), for ``_messages`` with the images the
+    golden names."""
+    return json.loads((GOLDENS / "qwen2_5_vl_chat.json").read_text())[case]["input_ids"]
 
 
 def _expected_prompt_tokens(images: int) -> int:
@@ -67,7 +67,7 @@ def vl_gateway(backend: str) -> Iterator[str]:
 @pytest.mark.parametrize("case", ["one", "two"])
 def test_prompt_with_images_is_transformers(vl_gateway: str, case: str) -> None:
     """The prompt the engine gets, image placeholders expanded, equals transformers' own."""
-    names = json.loads((GOLDENS / "summary.json").read_text())["qwen2_5_vl_chat"][case]["images"]
+    names = json.loads((GOLDENS / "qwen2_5_vl_chat.json").read_text())[case]["images"]
     messages = _messages(*(_data_url(IMAGES / name) for name in names))
     data = httpx.post(
         f"{vl_gateway}/v1/chat/completions",
