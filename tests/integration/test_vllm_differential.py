@@ -54,6 +54,7 @@ from .conftest import (
 )
 
 TIMEOUT = 120.0
+GENERATION_DEFAULTS = {"repetition_penalty": 1.1, "top_k": 40, "top_p": 0.9}
 LOGPROB_TOL = 1e-4
 # Llama 3 special ids: BOS, <|start_header_id|>, <|end_header_id|>, <|eot_id|>, a reserved one.
 BOS, START_HEADER, END_HEADER, EOT, RESERVED = 128000, 128006, 128007, 128009, 128010
@@ -132,6 +133,13 @@ def tools_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     config = json.loads(config_path.read_text())
     config["chat_template"] = TOOL_TEMPLATE
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    # Sampling defaults, as published models have them (Qwen2.5-VL's repetition_penalty 1.05,
+    # Qwen3's top_k/top_p): vLLM's server applies them to requests that leave them unset, and
+    # so must herdsman (its engine's servicer does not). Every request here sets temperature.
+    generation_path = out / "generation_config.json"
+    generation = json.loads(generation_path.read_text())
+    generation.update(GENERATION_DEFAULTS)
+    generation_path.write_text(json.dumps(generation, indent=2))
     return out
 
 
@@ -292,6 +300,8 @@ def send(client: openai.OpenAI, kind: str, body: dict[str, Any]) -> dict[str, An
         return _result(kind, body, answer.model_dump())
     except openai.APIStatusError as exc:
         return {"error": exc.status_code}
+    except openai.APIError as exc:  # an error event in the middle of a stream
+        return {"stream_error": str(exc)}
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
@@ -680,6 +690,12 @@ STATS = Stats()
 
 def compare(pair: Pair, kind: str, body: dict[str, Any]) -> Comparison:
     ref, ours = pair.both(lambda client, _base: send(client, kind, body))
+    if "stream_error" in ref and "stream_error" not in ours:
+        # vLLM's server failing mid-stream is its own bug (seen: a streamed completion with
+        # echo and logprobs of a token-id prompt, KeyError on the prompt's first id, once and
+        # not on a retry); counted, and the pair sent again to compare answers.
+        STATS.facts["vLLM's server failed mid-stream (then retried)"] += 1
+        ref, ours = pair.both(lambda client, _base: send(client, kind, body))
     comparison = Comparison(kind, body, ref, ours)
     classify(comparison)
     STATS.count(comparison)
@@ -1448,6 +1464,8 @@ def test_special_tokens_in_output(pair: Pair) -> None:
                     "max_tokens": 12,
                     "temperature": 0,
                     "logit_bias": bias,
+                    # The model's default (1.1) would penalise the prompt's header tokens.
+                    "repetition_penalty": 1.0,
                     "skip_special_tokens": skip,
                     "spaces_between_special_tokens": spaces,
                     "stream": stream,

@@ -68,6 +68,11 @@ def _sampling(
             f"but the prompt has {prompt_len} tokens",
             "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
         )
+    # The model's generation_config.json fills what the request leaves unset (vLLM's server does
+    # so; its gRPC servicer does not, so it is done here).
+    defaults = model.tokenizer.sampling_defaults
+    if max_tokens is None and "max_tokens" in defaults:
+        max_tokens = min(defaults["max_tokens"], room)
     if max_tokens is not None and max_tokens > room:
         raise InvalidRequest(
             f"max_tokens is {max_tokens}, but the prompt has {prompt_len} tokens and this "
@@ -85,13 +90,13 @@ def _sampling(
         stop_ids.extend(i for i in model.eos_token_ids if i not in stop_ids)
     return SamplingParams(
         max_tokens=room if max_tokens is None else max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        min_p=req.min_p,
-        frequency_penalty=req.frequency_penalty,
-        presence_penalty=req.presence_penalty,
-        repetition_penalty=req.repetition_penalty,
+        temperature=_or_default(req.temperature, defaults, "temperature"),
+        top_p=_or_default(req.top_p, defaults, "top_p"),
+        top_k=_or_default(req.top_k, defaults, "top_k"),
+        min_p=_or_default(req.min_p, defaults, "min_p"),
+        frequency_penalty=_or_default(req.frequency_penalty, defaults, "frequency_penalty"),
+        presence_penalty=_or_default(req.presence_penalty, defaults, "presence_penalty"),
+        repetition_penalty=_or_default(req.repetition_penalty, defaults, "repetition_penalty"),
         seed=req.seed,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
@@ -100,6 +105,10 @@ def _sampling(
         logprobs=logprobs,
         logit_bias=_logit_bias(model, req.logit_bias),
     )
+
+
+def _or_default(value: Any, defaults: dict[str, Any], name: str) -> Any:
+    return value if value is not None else defaults.get(name)
 
 
 def _stop_ids_hidden(sampling: SamplingParams, *, keep: bool) -> frozenset[int]:

@@ -62,6 +62,31 @@ def _template_source(directory: Path, config: dict[str, Any], override: str | No
     return template if isinstance(template, str) else None
 
 
+# generation_config.json keys vLLM's server takes as the model's sampling defaults.
+_SAMPLING_KEYS = (
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "max_new_tokens",
+)
+
+
+def sampling_defaults(directory: Path) -> dict[str, Any]:
+    """The model's own sampling defaults (generation_config.json), for requests that leave them
+    unset, as vLLM's server applies them (``--generation-config auto``); ``max_new_tokens`` is
+    the default ``max_tokens``."""
+    config = _read_json(directory / "generation_config.json")
+    found = {k: config[k] for k in _SAMPLING_KEYS if isinstance(config.get(k), (int, float))}
+    found = {k: v for k, v in found.items() if not isinstance(v, bool)}
+    if "max_new_tokens" in found:
+        found["max_tokens"] = int(found.pop("max_new_tokens"))
+    return found
+
+
 def _eos_ids(directory: Path, tokenizer: Tokenizer, eos_token: str | None) -> tuple[int, ...]:
     ids: list[int] = []
     generation = _read_json(directory / "generation_config.json").get("eos_token_id")
@@ -158,4 +183,5 @@ def load_model_tokenizer(
             else None
         ),
         tokenizer_file=tokenizer_file,
+        sampling_defaults=sampling_defaults(directory),
     )

@@ -33,6 +33,8 @@ class ModelTokenizer:
     fast_encode: Callable[[str, bool], list[int]] | None = None
     _token_texts: dict[int, str] = field(default_factory=dict, repr=False)
     _space_marker: str | bool | None = field(default=False, repr=False)  # False: not looked up
+    # The model's sampling defaults from generation_config.json (see loader.sampling_defaults).
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
     cache: TokenizationCache | None = None
     tokenizer_file: Path | None = None
     _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned
