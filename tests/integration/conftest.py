@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.conftest import _GATEWAY_READY, LLAMA3, ROOT, Proc, wait_for_line
 
@@ -28,6 +29,8 @@ VLLM_ENV_SCRIPT = ROOT / "scripts" / "vllm_env.sh"
 # 2 shared cores took about 75 s here.
 VLLM_START_TIMEOUT = float(os.environ.get("HERDSMAN_VLLM_START_TIMEOUT", "600"))
 MAX_MODEL_LEN = 4096
+GRPC_SERVER = "vllm.entrypoints.launchers.grpc_server"
+OPENAI_SERVER = "vllm.entrypoints.openai.api_server"
 SERVED_NAME = "tiny-llama"
 
 
@@ -188,14 +191,14 @@ def wait_vllm_ready(server: VllmServer, ready: Callable[[str], bool]) -> None:
     print(f"\nvLLM ready in {server.startup_seconds:.1f}s (log: {server.log})", file=sys.stderr)
 
 
-def grpc_server_argv(
-    vllm_python: Path, model: Path, served_name: str, port: int, *extra: str
+def vllm_argv(
+    entrypoint: str, vllm_python: Path, model: Path, served_name: str, port: int, *extra: str
 ) -> list[str]:
-    """vLLM's gRPC servicer (the VllmEngine service herdsman talks to) for ``model``."""
+    """A vLLM server of this tier for ``model``: float32, seed 0, a small context."""
     return [
         str(vllm_python),
         "-m",
-        "vllm.entrypoints.launchers.grpc_server",
+        entrypoint,
         "--model",
         str(model),
         "--served-model-name",
@@ -214,6 +217,21 @@ def grpc_server_argv(
         "0",
         *extra,
     ]
+
+
+def grpc_server_argv(
+    vllm_python: Path, model: Path, served_name: str, port: int, *extra: str
+) -> list[str]:
+    """vLLM's gRPC servicer (the VllmEngine service herdsman talks to) for ``model``."""
+    return vllm_argv(GRPC_SERVER, vllm_python, model, served_name, port, *extra)
+
+
+def openai_ready(address: str) -> bool:
+    """vLLM's OpenAI server at ``address`` answers (it serves once its engine is ready)."""
+    try:
+        return httpx.get(f"http://{address}/v1/models", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # One engine for the session: test_vllm.py and the differential tier both talk to it (a vLLM

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,13 +43,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from .conftest import (
-    MAX_MODEL_LEN,
+    OPENAI_SERVER,
     SERVED_NAME,
-    VLLM_START_TIMEOUT,
     Gateway,
     VllmServer,
     engine_port,
+    launch_vllm,
+    openai_ready,
     start_gateway_logged,
+    vllm_argv,
+    vllm_env,
+    wait_vllm_ready,
 )
 
 TIMEOUT = 120.0
@@ -156,69 +159,17 @@ def vllm_gateway(
     gateway.stop()
 
 
-@dataclass
-class OpenAIServer:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-    launched: float
-    startup_seconds: float = 0.0
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def vllm_openai_launched(
     vllm_python: Path, tools_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OpenAIServer]:
-    """vLLM's OpenAI server, launched (not yet ready: it loads while the gRPC engine does)."""
+) -> Iterator[VllmServer]:
+    """vLLM's OpenAI server, launched (not yet ready: it loads while herdsman's side starts)."""
     log = tmp_path_factory.mktemp("vllm-openai-log") / "vllm-openai.log"
     port = engine_port()
-    argv = [
-        str(vllm_python),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model", str(tools_model),
-        "--served-model-name", SERVED_NAME,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--dtype", "float32",
-        "--gpu-memory-utilization", "0.2",
-        "--max-model-len", str(MAX_MODEL_LEN),
-        "--seed", "0",
-    ]  # fmt: skip
-    env = dict(
-        os.environ,
-        PYTHONUNBUFFERED="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    launched = time.monotonic()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = OpenAIServer(process, f"http://127.0.0.1:{port}", log, launched)
+    argv = vllm_argv(OPENAI_SERVER, vllm_python, tools_model, SERVED_NAME, port)
+    server = launch_vllm(argv, log, f"127.0.0.1:{port}", vllm_env())
     yield server
     server.stop()
-
-
-def _openai_ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/v1/models", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -245,23 +196,13 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     if given_urls:
         vllm_base, herdsman_base = given_urls.split(",")
     else:
-        server: OpenAIServer = request.getfixturevalue("vllm_openai_launched")
-        # The gRPC engine loads meanwhile (both start at once), then herdsman in front of it.
+        server: VllmServer = request.getfixturevalue("vllm_openai_launched")
+        # herdsman's side (the session's gRPC engine, a gateway) starts while it loads.
         engine: VllmServer = request.getfixturevalue("vllm_server")
         gateway: Gateway = request.getfixturevalue("vllm_gateway")
-        deadline = server.launched + VLLM_START_TIMEOUT
-        while not _openai_ready(server.base):
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM's OpenAI server exited with {server.process.returncode}; log "
-                    f"{server.log}:\n{server.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM's OpenAI server not ready; log {server.log}")
-            time.sleep(1.0)
-        server.startup_seconds = time.monotonic() - server.launched
+        wait_vllm_ready(server, openai_ready)
         STATS.startup = (server.startup_seconds, engine.startup_seconds)
-        vllm_base, herdsman_base = server.base, f"http://{gateway.address}"
+        vllm_base, herdsman_base = f"http://{server.address}", f"http://{gateway.address}"
     started = time.monotonic()
 
     def client(base: str) -> openai.OpenAI:

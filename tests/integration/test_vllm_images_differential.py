@@ -46,6 +46,7 @@ from .conftest import (
     engine_port,
     grpc_server_argv,
     launch_vllm,
+    openai_ready,
     start_gateway_logged,
     vllm_env,
     wait_vllm_ready,
@@ -113,13 +114,6 @@ def vl_model(vllm_python: Path, family: str, tmp_path_factory: pytest.TempPathFa
     return out
 
 
-def _http_ready(address: str) -> bool:
-    try:
-        return httpx.get(f"http://{address}/v1/models", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @dataclass
 class Answers:
     herdsman: dict
@@ -172,7 +166,7 @@ def pair(
     engine = launch_vllm(grpc_argv, logs / "vllm-grpc.log", f"127.0.0.1:{grpc_port}", env)
     gateway = None
     try:
-        wait_vllm_ready(reference, _http_ready)
+        wait_vllm_ready(reference, openai_ready)
         wait_vllm_ready(engine, _health_serving)
         gateway = start_gateway_logged(
             engine.address, logs / "gateway.log", "--model-path", str(vl_model)
