@@ -222,11 +222,7 @@ class Generation:
                     choice.prompt_logprobs = out.prompt_logprobs
                 if not choice.done:
                     before = choice.token_count
-                    text = (
-                        choice.push(out.token_ids, stop_terminated=out.finish_reason == "stop")
-                        if out.token_ids
-                        else ""
-                    )
+                    text = choice.push(out.token_ids) if out.token_ids else ""
                     logprobs = out.logprobs
                     if logprobs is not None:
                         if choice.done:  # a stop string: the tokens after it are not output

@@ -75,23 +75,15 @@ class ChoiceOutput:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token_ids: Sequence[int], *, stop_terminated: bool = False) -> str:
+    def push(self, token_ids: Sequence[int]) -> str:
         """New ids in, the text now safe to show out. Sets ``finish_reason`` on a stop string.
 
-        ``stop_terminated``: the engine ended the choice on the last of these ids (EOS or a stop
-        token id); it counts, but its text is not shown unless the stop is to be kept (vLLM).
-
-        With stop strings, ids go through one at a time, so that a stop completed by the k-th
-        id of a batch counts k ids: the tokens after it are not output (vLLM's accounting), even
-        when the engine sent them in the same message or ran ahead before its abort landed.
+        Hidden ids (the EOS or stop id that ends a choice) count but show no text. With stop
+        strings, ids go through one at a time, so that a stop completed by the k-th id of a
+        batch counts k ids: the tokens after it are not output (vLLM's accounting), even when
+        the engine sent them in the same message or ran ahead before its abort landed.
         """
         stop = self._stop
-        if stop_terminated and not self._keep_stop and token_ids:
-            hidden = token_ids[-1]
-            if self.token_ids is not None:
-                self.token_ids.append(hidden)
-            self.token_count += 1
-            token_ids = token_ids[:-1]
         if stop is None:
             self.token_count += len(token_ids)
             if self.token_ids is not None:
