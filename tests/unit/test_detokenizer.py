@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.fixture_tokenizers import TOKENIZERS, tokenizer
 
 from herdsman.tokenizer import ModelTokenizer
+from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
 
 
 @functools.cache
@@ -104,3 +105,90 @@ def test_special_tokens_skipped_or_kept(name: str) -> None:
     keep = tok.detokenizer(skip_special_tokens=False)
     assert "".join(skip.push([i]) for i in ids) + skip.flush() == skipped
     assert "".join(keep.push([i]) for i in ids) + keep.flush() == text
+
+
+# --- output decoded as the prompt's continuation (the stream primed with the prompt) ----------
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_output_is_the_text_it_adds_to_the_prompt(name: str, data: st.DataObject) -> None:
+    tok = tokenizer(name)
+    partial, added = id_kinds(name)
+    text = data.draw(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30))
+    prompt = data.draw(st.lists(st.sampled_from(added), max_size=3)) + tok.encode(
+        text, add_special_tokens=False
+    )
+    out = data.draw(
+        st.lists(
+            st.integers(0, tok.vocab_size - 1) | st.sampled_from(partial) | st.sampled_from(added),
+            max_size=20,
+        )
+    )
+    skip = data.draw(st.booleans())
+    detok = tok.detokenizer(skip_special_tokens=skip, context=prompt)
+    streamed = "".join(detok.push([i]) for i in out) + detok.flush()
+    before = tok.decode(prompt, skip_special_tokens=skip)
+    assert streamed == tok.decode(prompt + out, skip_special_tokens=skip)[len(before) :]
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_a_character_split_between_prompt_and_output(name: str) -> None:
+    tok = tokenizer(name)
+    for char in ("🚀", "𝔘", "ﬁ", "👩‍👧", "日本"):
+        ids = tok.encode(f"x{char}", add_special_tokens=False)
+        head = tok.encode("x", add_special_tokens=False)
+        if ids[: len(head)] != head or len(ids) - len(head) < 2:
+            continue  # the character is one token here: nothing to split
+        prompt, rest = ids[:-1], ids[-1:] + tok.encode(" ok", add_special_tokens=False)
+        detok = tok.detokenizer(context=prompt)
+        first = detok.push(rest[:1])
+        # The prompt's unfinished bytes and the output's last one make the character (or the
+        # last of its pieces: the ids before the split that already formed a whole character
+        # were the prompt's text).
+        assert first and char.endswith(first), (name, char, first)
+        assert (
+            first + detok.push(rest[1:])
+            == tok.decode(ids + rest[1:])[len(tok.decode(ids[:-1]).rstrip("\ufffd")) :]
+        )
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_a_prompt_ending_in_an_unfinished_character(name: str) -> None:
+    """The prompt's unfinished bytes that the output does not complete are shown, as U+FFFD,
+    with the first output text (vLLM's detokenizer, primed with the prompt, does the same)."""
+    tok = tokenizer(name)
+    partial, _ = id_kinds(name)
+    out = tok.encode(" consumes", add_special_tokens=False)
+    for dangling in partial[:20]:
+        detok = tok.detokenizer(context=[dangling])
+        pieces = [detok.push([i]) for i in out]
+        joined = "".join(pieces)
+        assert joined == tok.decode([dangling, *out])
+        assert joined.startswith("\ufffd") and joined.endswith(" consumes")
+
+
+def test_metaspace_output_keeps_the_space_of_its_first_word() -> None:
+    """SentencePiece-style decoders drop the leading space of a text's first piece: decoded on
+    its own, an answer would lose the space before its first word that the prompt's
+    continuation has."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    vocab = {"<unk>": 0, "▁Hello": 1, "▁world": 2, "▁What": 3, "?": 4, "▁": 5}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken("<s>", special=True), AddedToken("[/INST]", special=True)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    bos, inst = tok.token_to_id("<s>"), tok.token_to_id("[/INST]")
+    for skip in (True, False):
+        for prompt in ([bos, 3, 4, inst], [bos, 3, 4, *[inst] * 12], [bos, inst], [3]):
+            out = [1, 2]
+            detok = IncrementalDetokenizer(tok, skip_special_tokens=skip, context=prompt)
+            streamed = "".join(detok.push([i]) for i in out)
+            before = tok.decode(prompt, skip_special_tokens=skip)
+            expected = tok.decode(prompt + out, skip_special_tokens=skip)[len(before) :]
+            assert streamed == expected, (skip, prompt)
+        # With some text before it, the answer's first word keeps its space.
+        detok = IncrementalDetokenizer(tok, context=[bos, 3, 4, inst])
+        assert detok.push([1, 2]) == " Hello world"
+        assert IncrementalDetokenizer(tok).push([1, 2]) == "Hello world"

@@ -120,6 +120,7 @@ class Generation:
                 keep_stop=plan.include_stop_str_in_output,
                 hidden_ids=plan.hidden_ids,
                 min_tokens=plan.sampling.min_tokens,
+                prompt_ids=plan.input_ids,
             )
             for i in range(plan.sampling.n)
         ]

@@ -12,6 +12,7 @@ class ChoiceOutput:
     """The state of one choice (one of ``n``) while its tokens stream in."""
 
     __slots__ = (
+        "_context",
         "_detok",
         "_hidden",
         "_keep_ids",
@@ -44,7 +45,10 @@ class ChoiceOutput:
         keep_ids: bool = False,
         hidden_ids: frozenset[int] = frozenset(),
         min_tokens: int = 0,
+        prompt_ids: Sequence[int] = (),
     ) -> None:
+        # The output is decoded as the prompt's continuation (vLLM primes its detokenizer so).
+        self._context = prompt_ids
         self._hidden = hidden_ids
         # Stop strings cannot end within the first min_tokens tokens' text (vLLM's rule).
         self._min_tokens = min_tokens
@@ -60,7 +64,9 @@ class ChoiceOutput:
     def restart(self) -> None:
         """Back to no output at all: the generation is being retried from the start."""
         self.prompt_logprobs: PromptLogprobs | None = None
-        self._detok = self._tokenizer.detokenizer(skip_special_tokens=self._skip_special)
+        self._detok = self._tokenizer.detokenizer(
+            skip_special_tokens=self._skip_special, context=self._context
+        )
         self._stop = StopChecker(self._stops, keep_stop=self._keep_stop) if self._stops else None
         self.token_count = 0
         self.finish_reason: str | None = None

@@ -105,8 +105,13 @@ class ModelTokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def detokenizer(self, *, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
-        return IncrementalDetokenizer(self.tokenizer, skip_special_tokens=skip_special_tokens)
+    def detokenizer(
+        self, *, skip_special_tokens: bool = True, context: Sequence[int] = ()
+    ) -> IncrementalDetokenizer:
+        """A detokenizer for output that continues ``context`` (the prompt's ids)."""
+        return IncrementalDetokenizer(
+            self.tokenizer, skip_special_tokens=skip_special_tokens, context=context
+        )
 
     def token_text(self, token_id: int) -> str:
         """One token decoded on its own, as vLLM reports it in logprobs (cached per id).
