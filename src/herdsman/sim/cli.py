@@ -31,6 +31,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -148,6 +155,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prefills share the engine's compute: each starts when the ones admitted before it "
         "are done (default: every prefill runs on its own clock)",
     )
+    timing.add_argument(
+        "--prefill-stalls-decode",
+        action="store_true",
+        help="an engine without chunked prefill: prefills run one at a time (as with "
+        "--serial-prefill) on the same forward pass as decoding, and are scheduled first, so a "
+        "decode step that falls due while prefills are being computed runs only once they are "
+        "all done (one step's ITL after the last), and the running sequences see an "
+        "inter-token gap as long as those prefills",
+    )
 
     cache = parser.add_argument_group("prefix cache and KV events")
     cache.add_argument(
@@ -186,6 +202,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="send a load_only batch for a rank the stream has said nothing about for this "
         "long (0: only when its load changes)",
+    )
+
+    pd = parser.add_argument_group("prefill/decode disaggregation")
+    pd.add_argument(
+        "--role",
+        choices=("regular", "prefill", "decode"),
+        default="regular",
+        help="prefill: prefill requests and hold their KV for a decode to fetch from the "
+        "bootstrap port; decode: fetch each request's KV from the prefill its request names, "
+        "then decode without prefilling (default: regular, no handoff)",
+    )
+    pd.add_argument(
+        "--bootstrap-port",
+        type=_non_negative_int,
+        default=None,
+        metavar="PORT",
+        help="TCP port of the prefill's KV handoff server on --host (required with --role "
+        "prefill; 0 picks a free port, printed on the listening line)",
+    )
+    pd.add_argument(
+        "--kv-transfer-ms-per-1k",
+        type=_non_negative_float,
+        default=5.0,
+        metavar="MS",
+        help="simulated KV transfer time per 1000 prompt tokens, spent by the decode once the "
+        "prefill is done and before its first token",
+    )
+    pd.add_argument(
+        "--kv-transfer-timeout-ms",
+        type=_positive_float,
+        default=30000.0,
+        metavar="MS",
+        help="how long a decode waits for its KV before failing the request (ABORTED), and how "
+        "long a prefill holds KV nobody fetched before freeing it",
+    )
+    pd.add_argument(
+        "--drop-kv",
+        action="store_true",
+        help="fault injection: a prefill that completes prefills but never hands any KV off "
+        "(the decodes waiting on it time out)",
+    )
+    pd.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        help="reported by GetServerInfo for PD pairing",
+    )
+    pd.add_argument(
+        "--attention-backend",
+        default="",
+        help="reported by GetServerInfo for PD pairing",
+    )
+    pd.add_argument(
+        "--model-dtype",
+        default=None,
+        metavar="DTYPE",
+        help="reported by GetServerInfo for PD pairing (default: the model config's dtype, "
+        "torch.bfloat16 when it names none)",
+    )
+    pd.add_argument(
+        "--pairing-protocol",
+        default="",
+        help="reported by GetServerInfo: a prefill and a decode carrying one pair only when "
+        "the values are equal",
     )
 
     faults = parser.add_argument_group("behaviour and fault injection")

@@ -13,6 +13,7 @@ import random
 import time
 
 from herdsman.sim.abort_log import AbortLog
+from herdsman.sim.disagg import KvHandoffs
 from herdsman.sim.engine import SimEngine
 from herdsman.sim.kv_events import KvEventHub
 from herdsman.sim.load_report import LoadSnapshot
@@ -48,6 +49,8 @@ class DataParallelEngine:
         ]
         if self.hub is not None:
             self.hub.attach(self.ranks)
+        # --role prefill/decode: the KV handoff (the prefill's rooms and handoff server).
+        self.handoffs = KvHandoffs(options)
         self._next_rank = 0
         self._busy_draws = random.Random(options.seed)
         self.started_monotonic = time.monotonic()
@@ -89,7 +92,13 @@ class DataParallelEngine:
     def abort(self, request_id: str) -> int:
         """Explicit Abort RPC: ends every in-flight request with this id; returns how many."""
         self.abort_log.record("abort", request_id)
-        return sum(rank.abort(request_id) for rank in self.ranks)
+        found = sum(rank.abort(request_id) for rank in self.ranks)
+        # A prefill whose request already finished still holds its KV for a decode: drop it.
+        self.handoffs.abort(request_id)
+        return found
+
+    def rank_of(self, request: SimRequest) -> SimEngine:
+        return self.ranks[request.rank]
 
     def release(self, request: SimRequest, *, cancelled: bool) -> None:
         """The Generate handler is done with `request`; `cancelled` when the client went away."""

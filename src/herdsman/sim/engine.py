@@ -4,10 +4,16 @@ Like a real engine's step loop, a single task advances the whole batch and then 
 inter-token latency, so the cost per token is a few attribute updates and no timer. Requests go
 PENDING (queued behind --max-num-seqs) -> PREFILL (waiting out their TTFT) -> RUNNING; the
 Generate handlers only drain what the loop appended and are woken through `SimRequest.wake`.
+A PD decode (--role decode) starts AWAITING_KV, then RECEIVING_KV while its handler fetches the
+prefill's KV (sim/disagg.py), and is queued once it arrived, with no prefill left to simulate.
 
 Timing: TTFT is --ttft-base-ms plus --prefill-ms-per-1k per prompt token the prefix cache did not
 hold (with --serial-prefill, after the prefills admitted before it); each decode step takes
---itl-base-ms plus --itl-per-running-ms per running sequence.
+--itl-base-ms plus --itl-per-running-ms per running sequence. With --prefill-stalls-decode (an
+engine without chunked prefill) prefills are serial and own the forward pass while they are
+computed: prefills admitted back to back form one busy stretch, and a decode step falling due
+inside it is held until the stretch ends, then takes its own ITL (prefills go first, as in
+vLLM V0's default scheduler or SGLang with chunked prefill off).
 
 The load counters are kept incrementally so a load record costs O(1), and the cache's changes go
 to the KV-event hub as one batch per step.
@@ -25,11 +31,17 @@ from collections import deque
 
 from herdsman.sim.abort_log import AbortLog
 from herdsman.sim.kv_events import KvEventHub
-from herdsman.sim.load_report import LoadSnapshot
+from herdsman.sim.load_report import DisaggregationLoad, LoadSnapshot
 from herdsman.sim.model_card import ModelCard
 from herdsman.sim.options import SimOptions
 from herdsman.sim.prefix_cache import ROOT_KEY, PrefixCache
-from herdsman.sim.sim_request import GenerationParams, RequestState, SimRequest, SimSequence
+from herdsman.sim.sim_request import (
+    DecodeHandoff,
+    GenerationParams,
+    RequestState,
+    SimRequest,
+    SimSequence,
+)
 from herdsman.sim.text_source import TextSource
 
 logger = logging.getLogger(__name__)
@@ -90,11 +102,29 @@ class SimEngine:
         self._prefill_tokens = 0
         self._admitted_prompt_tokens = 0
         self._live_generated = 0
-        # When the prefill of the last admitted request ends (--serial-prefill).
+        # When the prefill of the last admitted request ends (--serial-prefill). Prefills are
+        # scheduled back to back from admission, so the forward pass is computing a prefill
+        # exactly while the clock is before this (--prefill-stalls-decode).
         self._prefill_free_at = 0.0
+        self._stalls_decode = options.prefill_stalls_decode
+        self._itl_base = options.itl_base_ms / 1000.0
+        self._itl_per_running = options.itl_per_running_ms / 1000.0
+        # Decode steps taken; and (--prefill-stalls-decode) how often a due step was held for
+        # prefills, and the time by which steps were pushed back in all (seconds).
+        self.decode_steps = 0
+        self.decode_stalls = 0
+        self.decode_stall_s = 0.0
         # time.monotonic() of the last output while busy, for engine_silence_ms.
         self._last_output = 0.0
         self._load_signature: tuple[int, int, int] = (0, 0, 0)
+        # PD decodes waiting for the prefill's KV, and those whose KV is being transferred.
+        self._awaiting_kv = 0
+        self._receiving_kv = 0
+        # PD prefill: finished rooms held for a decode (kept by the room registry), and what the
+        # last simulated transfer took on either side.
+        self.rooms_held = 0
+        self.kv_transfer_ms = 0.0
+        self.kv_transfer_gb_s = 0.0
         self.active_requests = 0
         # Generate calls accepted since start (--stats-file): how many a router sent here.
         self.requests_received = 0
@@ -117,7 +147,10 @@ class SimEngine:
     # ---- requests --------------------------------------------------------------------------
 
     def submit(self, params: GenerationParams) -> SimRequest:
-        """Register a Generate call; raises ValueError for requests a real engine would refuse."""
+        """Register a Generate call; raises ValueError for requests a real engine would refuse.
+
+        A PD decode is held (AWAITING_KV) until its handler reports the KV's arrival.
+        """
         prompt_len = len(params.prompt_ids)
         max_context = self.card.max_context_length
         if prompt_len == 0:
@@ -140,30 +173,65 @@ class SimEngine:
             cursor = self._text.start_for(hash((key, index)))
             request.sequences.append(SimSequence(request, index, cursor, max_tokens, eos_at))
 
-        if not self.busy:
-            # Silence counts from the moment the engine has work, not from its last output.
-            self._last_output = time.monotonic()
         self._inflight.setdefault(params.request_id, []).append(request)
         self.active_requests += 1
         self.requests_received += 1
+        if isinstance(params.handoff, DecodeHandoff) and not opts.hang:
+            # Nothing to schedule before the KV is here, but Abort and cancel already find it.
+            request.state = RequestState.AWAITING_KV
+            self._awaiting_kv += 1
+            self._kick()
+            return request
+        self._queue(request)
+        return request
+
+    def kv_receiving(self, request: SimRequest) -> None:
+        """A PD decode's prefill handed its KV off: the transfer is under way."""
+        if request.state is RequestState.AWAITING_KV:
+            request.state = RequestState.RECEIVING_KV
+            self._awaiting_kv -= 1
+            self._receiving_kv += 1
+            self._kick()
+
+    def kv_arrived(self, request: SimRequest, first_token_ids: list[int]) -> None:
+        """A PD decode's KV is here: queue it, with the prefill's first token(s) to emit."""
+        if request.state is RequestState.AWAITING_KV:
+            self._awaiting_kv -= 1
+        elif request.state is RequestState.RECEIVING_KV:
+            self._receiving_kv -= 1
+        else:  # aborted or cancelled meanwhile
+            return
+        request.kv_ready = True
+        for seq, token in zip(request.sequences, first_token_ids, strict=False):
+            seq.first_token = token
+        request.state = RequestState.PENDING
+        self._queue(request)
+
+    def _queue(self, request: SimRequest) -> None:
+        """Hand a submitted request to the scheduler: hung (--hang) or queued for admission."""
+        if not self.busy:
+            # Silence counts from the moment the engine has work, not from its last output.
+            self._last_output = time.monotonic()
+        prompt_len = request.prompt_len
         self._prefill_tokens += prompt_len
-        if opts.hang:
+        if self.options.hang:
             request.state = RequestState.HUNG
             self._hung += 1
             self._admitted_prompt_tokens += prompt_len
             self._kick()
-            return request
+            return
         cache = self.cache
         if cache.enabled:
-            keys = cache.keys(params.prompt_ids)
+            keys = cache.keys(request.params.prompt_ids)
             request.prompt_keys = keys
             usable = keys[: (prompt_len - 1) // cache.block_size]
             request.uncached_estimate = prompt_len - cache.cached_blocks(usable) * cache.block_size
+        if request.kv_ready:
+            request.uncached_estimate = 0  # its prompt was computed by the prefill
         self._pending.append(request)
         self._pending_seqs += len(request.sequences)
         self._pending_uncached += request.uncached_estimate
         self._kick()
-        return request
 
     @property
     def busy(self) -> bool:
@@ -195,7 +263,11 @@ class SimEngine:
         if request.done:
             return
         request.state = RequestState.ABORTED
-        if previous is RequestState.PENDING:
+        if previous is RequestState.AWAITING_KV:
+            self._awaiting_kv -= 1
+        elif previous is RequestState.RECEIVING_KV:
+            self._receiving_kv -= 1
+        elif previous is RequestState.PENDING:
             self._pending_seqs -= len(request.sequences)
             self._pending_uncached -= request.uncached_estimate
             self._prefill_tokens -= request.prompt_len
@@ -235,37 +307,52 @@ class SimEngine:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        opts = self.options
-        itl_base = opts.itl_base_ms / 1000.0
-        itl_per_running = opts.itl_per_running_ms / 1000.0
         while True:
-            now = loop.time()
-            if self._running and now >= self._next_decode_at:
-                self._decode()
-                self._next_decode_at = now + itl_base + itl_per_running * len(self._running)
-            self._admit(now)
-            self._start_ready(now)
-            if self._hub is not None:
-                self._publish()
-
-            deadline: float | None = None
-            if self._running:
-                deadline = self._next_decode_at
-            if self._prefill:
-                ready = self._prefill[0][0]
-                deadline = ready if deadline is None else min(deadline, ready)
+            deadline = self._step(loop.time())
             if deadline is not None and deadline <= loop.time():
                 # Zero-latency settings: yield once so handlers can ship what was produced.
                 await asyncio.sleep(0)
             else:
                 await self._sleep_until(deadline)
 
+    def _step(self, now: float) -> float | None:
+        """One scheduler pass at loop time `now`: a decode step if one is due, admissions, first
+        tokens. Returns when the next pass is due (None: nothing scheduled)."""
+        if self._running and now >= self._next_decode_at:
+            if self._stalls_decode and now < self._prefill_free_at:
+                # The forward pass is computing prefills (queued ones go first): this step
+                # starts once they are done.
+                held_to = self._prefill_free_at + self._step_time()
+                self.decode_stalls += 1
+                self.decode_stall_s += held_to - self._next_decode_at
+                self._next_decode_at = held_to
+            else:
+                self._decode()
+                self.decode_steps += 1
+                self._next_decode_at = now + self._step_time()
+        self._admit(now)
+        self._start_ready(now)
+        if self._hub is not None:
+            self._publish()
+
+        deadline: float | None = None
+        if self._running:
+            deadline = self._next_decode_at
+        if self._prefill:
+            ready = self._prefill[0][0]
+            deadline = ready if deadline is None else min(deadline, ready)
+        return deadline
+
+    def _step_time(self) -> float:
+        """Seconds one decode step of the current batch takes."""
+        return self._itl_base + self._itl_per_running * len(self._running)
+
     def _admit(self, now: float) -> None:
         opts = self.options
         pending = self._pending
         ttft_base = opts.ttft_base_ms / 1000.0
         prefill_per_token = opts.prefill_ms_per_1k / 1_000_000.0
-        serial = opts.serial_prefill
+        serial = opts.serial_prefill or self._stalls_decode
         while pending:
             request = pending[0]
             if request.state is not RequestState.PENDING:
@@ -284,13 +371,16 @@ class SimEngine:
             request.cached_tokens = cached
             # Prefill time is proportional to the tokens the cache did not hold.
             prefill = prefill_per_token * (request.prompt_len - cached)
-            if serial:
+            if request.kv_ready:
+                # A PD decode: the prefill computed its KV and sampled its first token already.
+                request.ready_at = now
+            elif serial:
                 # The engine's prefill compute is one resource: wait for the ones before.
                 done = max(now, self._prefill_free_at) + prefill
                 self._prefill_free_at = done
+                request.ready_at = done + ttft_base
             else:
-                done = now + prefill
-            request.ready_at = done + ttft_base
+                request.ready_at = now + prefill + ttft_base
             request.state = RequestState.PREFILL
             heapq.heappush(self._prefill, (request.ready_at, next(self._prefill_order), request))
 
@@ -319,7 +409,7 @@ class SimEngine:
             # The first token goes out at once whatever --tokens-per-message says: it is the TTFT.
             request.wake.set()
         if was_idle and self._running:
-            self._next_decode_at = now + self.options.itl_base_ms / 1000.0
+            self._next_decode_at = now + self._itl_base
 
     def _decode(self) -> None:
         still_running: list[SimSequence] = []
@@ -350,6 +440,9 @@ class SimEngine:
             seq.cursor += 1
             if seq.cursor == len(self._corpus):
                 seq.cursor = 0
+            if position == 0 and seq.first_token is not None:
+                # A PD decode emits what its prefill sampled (the same walk under one --seed).
+                token = seq.first_token
         output.append(token)
         position += 1
         request = seq.request
@@ -442,7 +535,11 @@ class SimEngine:
         assert hub is not None
         cache = self.cache
         events = cache.events
-        signature = (self._slots_used + self._hung, self._pending_seqs, self._pending_uncached)
+        signature = (
+            self._slots_used + self._hung,
+            self._pending_seqs + self._awaiting_kv + self._receiving_kv,
+            self._pending_uncached,
+        )
         if events:
             cache.events = []
             hub.publish(self.rank, events)  # the batch carries the rank's load
@@ -469,7 +566,8 @@ class SimEngine:
         return LoadSnapshot(
             dp_rank=self.rank,
             running=self._slots_used + self._hung,
-            waiting=self._pending_seqs,
+            # SGLang counts a decode's KV prealloc and transfer queues as waiting.
+            waiting=self._pending_seqs + self._awaiting_kv + self._receiving_kv,
             waiting_uncached_tokens=self._pending_uncached,
             used_tokens=self._admitted_prompt_tokens + self._live_generated,
             capacity_tokens=self.cache.capacity_tokens,
@@ -478,6 +576,14 @@ class SimEngine:
             max_running=self.options.max_num_seqs,
             prefill_pending_tokens=self._prefill_tokens,
             silence_ms=silence_ms,
+            disaggregation=DisaggregationLoad(
+                mode="null" if self.options.role == "regular" else self.options.role,
+                rooms_held=self.rooms_held,
+                awaiting_kv=self._awaiting_kv,
+                receiving_kv=self._receiving_kv,
+                kv_transfer_speed_gb_s=self.kv_transfer_gb_s,
+                kv_transfer_latency_ms=self.kv_transfer_ms,
+            ),
         )
 
     def flush_cache(self) -> None:

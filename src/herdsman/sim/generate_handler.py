@@ -10,6 +10,14 @@ Ending behaviour, as a gateway sees it:
 - --busy / --busy-fraction: status RESOURCE_EXHAUSTED before anything is accepted;
 - --hang-after-tokens N: N tokens streamed, then nothing until the client cancels or aborts;
 - an invalid request (empty or over-long prompt): status INVALID_ARGUMENT.
+
+PD disaggregation (sim/disagg.py):
+- a prefill (--role prefill, with a room) is a regular request cut to one token whose room is
+  held for a decode once it finished, and dropped if it ended any other way;
+- a decode (--role decode) waits for its KV before it is scheduled: ABORTED when it does not come
+  within --kv-transfer-timeout-ms or the prefill dropped it, FAILED_PRECONDITION when the prefill
+  holds no such KV (or KV for another prompt); an Abort RPC meanwhile ends it as any abort does;
+- a PD request the role cannot serve (a decode without a room): INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from typing import Any
 
 import grpc
 
+from herdsman.sim.disagg import KvTransferError
 from herdsman.sim.dp_engine import DataParallelEngine
-from herdsman.sim.sim_request import RequestState, SimRequest
+from herdsman.sim.sim_request import DecodeHandoff, PrefillHandoff, RequestState, SimRequest
 from herdsman.sim.wire import ProtoWire
 
 logger = logging.getLogger(__name__)
@@ -52,17 +61,31 @@ async def run_generate(
     except ValueError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return
+    handoff = request.params.handoff
+    if isinstance(handoff, PrefillHandoff):
+        engine.handoffs.open_room(engine.rank_of(request), request, handoff)
+    cancelled = False
     try:
+        # Headers go out before the first token, as vLLM's servicer does, so a client awaiting
+        # the call object does not wait out the TTFT (or a decode's KV).
+        await context.send_initial_metadata(())
+        if isinstance(handoff, DecodeHandoff) and request.state is RequestState.AWAITING_KV:
+            try:
+                await engine.handoffs.receive(engine.rank_of(request), request, handoff)
+            except KvTransferError as exc:
+                await context.abort(exc.code, str(exc))
         await _ship(engine, wire, request, context)
     except grpc.aio.AbortError:
-        engine.release(request, cancelled=False)
         raise
     except BaseException as exc:
         # CancelledError when the client cancels; a failed write when it vanished mid-send.
         cancelled = isinstance(exc, asyncio.CancelledError) or context.cancelled()
-        engine.release(request, cancelled=cancelled)
         raise
-    engine.release(request, cancelled=False)
+    finally:
+        engine.release(request, cancelled=cancelled)
+        if isinstance(handoff, PrefillHandoff):
+            # Finished: its KV waits for a decode. Ended any other way: dropped.
+            engine.handoffs.close_room(request)
 
 
 async def _ship(
@@ -71,9 +94,6 @@ async def _ship(
     request: SimRequest,
     context: grpc.aio.ServicerContext,
 ) -> None:
-    # Headers go out before the first token, as vLLM's servicer does, so a client awaiting the
-    # call object does not wait out the TTFT.
-    await context.send_initial_metadata(())
     per_message = engine.options.tokens_per_message
     stream = request.params.stream
     sequences = request.sequences

@@ -14,6 +14,22 @@ SIM_VERSION = "engine-sim-0.1.0"
 
 
 @dataclass(frozen=True, slots=True)
+class DisaggregationLoad:
+    """A rank's PD disaggregation queues, in the terms of SGLang's DisaggregationMetrics."""
+
+    mode: str  # "prefill", "decode", or "null" (--role regular)
+    # Prefill: prefilled rooms whose KV no decode has fetched yet (SGLang's inflight queue).
+    rooms_held: int
+    # Decode: requests waiting for their prefill's KV (SGLang's prealloc queue) and those whose
+    # KV is being transferred (its transfer queue).
+    awaiting_kv: int
+    receiving_kv: int
+    # The last simulated transfer (0 before the first).
+    kv_transfer_speed_gb_s: float
+    kv_transfer_latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class LoadSnapshot:
     dp_rank: int
     running: int
@@ -28,6 +44,7 @@ class LoadSnapshot:
     prefill_pending_tokens: int
     # Milliseconds since the rank last produced output while it holds requests; None when idle.
     silence_ms: int | None
+    disaggregation: DisaggregationLoad | None = None
 
     @property
     def token_usage(self) -> float:
@@ -40,6 +57,23 @@ class LoadSnapshot:
 
 def iso_timestamp() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def disaggregation_metrics(message_type: Any, load: DisaggregationLoad) -> Any:
+    """SGLang's DisaggregationMetrics or common.proto's EngineDisaggregation (the same fields).
+
+    The sim starts a prefill at once (no bootstrap queue) and never retracts a decode.
+    """
+    return message_type(
+        mode=load.mode,
+        prefill_prealloc_queue_reqs=0,
+        prefill_inflight_queue_reqs=load.rooms_held,
+        decode_prealloc_queue_reqs=load.awaiting_kv,
+        decode_transfer_queue_reqs=load.receiving_kv,
+        decode_retracted_queue_reqs=0,
+        kv_transfer_speed_gb_s=load.kv_transfer_speed_gb_s,
+        kv_transfer_latency_ms=load.kv_transfer_latency_ms,
+    )
 
 
 def scheduler_load(message_type: Any, snapshot: LoadSnapshot) -> Any:
@@ -88,6 +122,11 @@ def engine_load(
         load.cache_hit_rate = snapshot.cache_hit_rate
         load.num_used_tokens = snapshot.used_tokens
         load.max_total_num_tokens = snapshot.capacity_tokens
+        disaggregation = snapshot.disaggregation
+        if disaggregation is not None and disaggregation.mode != "null":
+            load.disaggregation.CopyFrom(
+                disaggregation_metrics(common_pb2.EngineDisaggregation, disaggregation)
+            )
     return load
 
 

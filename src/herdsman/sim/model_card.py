@@ -13,6 +13,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from herdsman.sim.options import SimOptions
+
 DEFAULT_MAX_CONTEXT = 32768
 # tokenizer_config.json often carries a sentinel like 1e30 for "unbounded"; ignore such values.
 _PLAUSIBLE_CONTEXT_LIMIT = 10_000_000
@@ -134,3 +136,8 @@ def load_model_card(
         dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
         default_sampling_params=sampling,
     )
+
+
+def model_dtype(options: SimOptions, card: ModelCard) -> str:
+    """The model dtype as vLLM reports it ("torch.bfloat16"): --model-dtype, or the config's."""
+    return options.model_dtype or f"torch.{card.dtype}"

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 Backend = Literal["vllm", "sglang"]
+# Prefill/decode disaggregation: a prefill hands each request's KV to the decode that asks for it.
+Role = Literal["regular", "prefill", "decode"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,9 @@ class SimOptions:
     block_size: int = 16
     # Prefills share the engine's compute: each waits for the ones admitted before it.
     serial_prefill: bool = False
+    # No chunked prefill: prefills are serial and hold the forward pass, so decode steps due
+    # while one is computed wait until the queued prefills are done (implies serial_prefill).
+    prefill_stalls_decode: bool = False
     # Data parallelism: independent schedulers (running set, queue, prefix cache) in one process.
     data_parallel_size: int = 1
     # KV events on SubscribeKvEvents: history length in batches, idle heartbeat period.
@@ -62,6 +67,20 @@ class SimOptions:
     max_connection_age_ms: int | None = None
     max_connection_age_grace_ms: int | None = None
     max_concurrent_streams: int | None = None
+    # PD disaggregation (see sim/disagg.py). The prefill's handoff server listens on
+    # (host, bootstrap_port); 0 picks a free port (reported by GetServerInfo and the listening
+    # line).
+    role: Role = "regular"
+    bootstrap_port: int | None = None
+    kv_transfer_ms_per_1k: float = 5.0
+    kv_transfer_timeout_ms: float = 30000.0
+    drop_kv: bool = False
+    # What a prefill and a decode must agree on to pair (reported by GetServerInfo). The model
+    # dtype defaults to the model's config ("torch.bfloat16" when it names none).
+    kv_cache_dtype: str = "auto"
+    attention_backend: str = ""
+    model_dtype: str | None = None
+    pairing_protocol: str = ""
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> SimOptions:
@@ -83,6 +102,7 @@ class SimOptions:
             cache_blocks=args.cache_blocks,
             block_size=args.block_size,
             serial_prefill=args.serial_prefill,
+            prefill_stalls_decode=args.prefill_stalls_decode,
             data_parallel_size=args.data_parallel_size,
             kv_events=not args.no_kv_events,
             kv_history=args.kv_history,
@@ -104,4 +124,13 @@ class SimOptions:
             max_connection_age_ms=args.max_connection_age_ms,
             max_connection_age_grace_ms=args.max_connection_age_grace_ms,
             max_concurrent_streams=args.max_concurrent_streams,
+            role=args.role,
+            bootstrap_port=args.bootstrap_port,
+            kv_transfer_ms_per_1k=args.kv_transfer_ms_per_1k,
+            kv_transfer_timeout_ms=args.kv_transfer_timeout_ms,
+            drop_kv=args.drop_kv,
+            kv_cache_dtype=args.kv_cache_dtype,
+            attention_backend=args.attention_backend,
+            model_dtype=args.model_dtype,
+            pairing_protocol=args.pairing_protocol,
         )

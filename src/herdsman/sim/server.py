@@ -62,12 +62,27 @@ def server_credentials(options: SimOptions) -> grpc.ServerCredentials | None:
     )
 
 
-def listening_line(host: str, port: int, backend: str) -> str:
-    """The one stdout line a parent process waits for to learn the bound port."""
-    return f"engine-sim listening on {host}:{port} backend={backend}"
+def listening_line(host: str, port: int, backend: str, *, bootstrap_port: int | None = None) -> str:
+    """The one stdout line a parent process waits for to learn the bound port (and a prefill's
+    handoff port, which --bootstrap-port 0 leaves to the system)."""
+    line = f"engine-sim listening on {host}:{port} backend={backend}"
+    if bootstrap_port is not None:
+        line += f" bootstrap_port={bootstrap_port}"
+    return line
+
+
+def role_problem(options: SimOptions) -> str | None:
+    """Why the PD settings cannot run, if they cannot."""
+    if options.role == "prefill" and options.bootstrap_port is None:
+        return "--role prefill needs --bootstrap-port (the port decodes fetch KV from)"
+    return None
 
 
 async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | None = None) -> int:
+    problem = role_problem(options)
+    if problem is not None:
+        print(f"engine-sim: {problem}", file=sys.stderr)
+        return 2
     model_dir = options.model_path
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
@@ -124,9 +139,20 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         stats_file = StatsFile(options.stats_file, engine)
         loop.add_signal_handler(signal.SIGUSR1, stats_file.write)
 
+    handoffs = engine.handoffs
+    try:
+        await handoffs.start(port)
+    except OSError as exc:
+        address = f"{options.host}:{options.bootstrap_port}"
+        print(f"engine-sim: cannot bind bootstrap port {address}: {exc}", file=sys.stderr)
+        return 1
     await server.start()
     engine.start()
-    print(listening_line(options.host, port, options.backend), flush=True)
+    bootstrap_port = handoffs.bootstrap_port if options.role == "prefill" else None
+    print(
+        listening_line(options.host, port, options.backend, bootstrap_port=bootstrap_port),
+        flush=True,
+    )
     logger.info(
         "serving %s (%s), max context %d, eos %s, loop %s",
         card.served_model_name,
@@ -141,6 +167,7 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         await stop.wait()
     finally:
         await server.stop(_SHUTDOWN_GRACE_S)
+        await handoffs.stop()
         await engine.stop()
         abort_log.close()
         if stats_file is not None:

@@ -16,7 +16,14 @@ from tokenizers import Tokenizer
 from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.generate_handler import run_generate
 from herdsman.sim.kv_stream import serve_kv_events
-from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, selected_ranks
+from herdsman.sim.load_report import (
+    SIM_VERSION,
+    disaggregation_metrics,
+    iso_timestamp,
+    scheduler_load,
+    selected_ranks,
+)
+from herdsman.sim.model_card import model_dtype
 from herdsman.sim.sglang_wire import SglangWire
 from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
 
@@ -34,7 +41,12 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         self, engine: DataParallelEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
     ) -> None:
         self._engine = engine
-        self._wire = SglangWire(engine.card, tokenizer)
+        self._wire = SglangWire(
+            engine.card,
+            tokenizer,
+            role=engine.options.role,
+            data_parallel_size=len(engine.ranks),
+        )
         self._bundle = bundle
 
     async def Generate(
@@ -91,20 +103,26 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         start_time = timestamp_pb2.Timestamp()
         start_time.FromNanoseconds(int(engine.started_wall * 1e9))
         aborts = engine.abort_log
+        server_args: dict[str, Any] = {
+            "model_path": card.model_path,
+            "tokenizer_path": card.model_path,
+            "served_model_name": card.served_model_name,
+            "context_length": card.max_context_length,
+            "max_running_requests": opts.max_num_seqs,
+            "page_size": opts.block_size,
+            "tp_size": 1,
+            "dp_size": len(engine.ranks),
+            # SGLang spells the model dtype without torch's prefix.
+            "dtype": model_dtype(opts, card).removeprefix("torch."),
+            "disaggregation_mode": "null" if opts.role == "regular" else opts.role,
+            "kv_cache_dtype": opts.kv_cache_dtype,
+            "attention_backend": opts.attention_backend,
+            "pairing_protocol": opts.pairing_protocol,
+        }
+        if opts.role == "prefill":
+            server_args["disaggregation_bootstrap_port"] = engine.handoffs.bootstrap_port
         return pb.GetServerInfoResponse(
-            server_args=_struct(
-                {
-                    "model_path": card.model_path,
-                    "tokenizer_path": card.model_path,
-                    "served_model_name": card.served_model_name,
-                    "context_length": card.max_context_length,
-                    "max_running_requests": opts.max_num_seqs,
-                    "page_size": opts.block_size,
-                    "tp_size": 1,
-                    "dp_size": len(engine.ranks),
-                    "dtype": card.dtype,
-                }
-            ),
+            server_args=_struct(server_args),
             scheduler_info=_struct(
                 {
                     "max_total_num_tokens": engine.capacity_tokens,
@@ -129,6 +147,14 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         engine = self._engine
         snapshots = engine.loads(selected_ranks(request, len(engine.ranks)))
         loads = [scheduler_load(pb.SchedulerLoad, snapshot) for snapshot in snapshots]
+        # Like SGLang: the optional sections come when asked for ("all" or by name).
+        include = set(request.include)
+        if include & {"all", "disagg"}:
+            for load, snapshot in zip(loads, snapshots, strict=True):
+                if snapshot.disaggregation is not None:
+                    load.disaggregation.CopyFrom(
+                        disaggregation_metrics(pb.DisaggregationMetrics, snapshot.disaggregation)
+                    )
         running = sum(load.num_running_reqs for load in loads)
         waiting = sum(load.num_waiting_reqs for load in loads)
         count = len(loads) or 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from smg_grpc_proto.generated import sglang_scheduler_pb2
 from tokenizers import Tokenizer
 
 from herdsman.sim.model_card import ModelCard
-from herdsman.sim.sim_request import GenerationParams
+from herdsman.sim.options import Role
+from herdsman.sim.sim_request import DecodeHandoff, GenerationParams, PrefillHandoff
 from herdsman.sim.wire import ProtoWire
 
 
@@ -16,8 +19,17 @@ class SglangWire(ProtoWire):
     response_has_request_id = True
     eos_is_matched_token = True
 
-    def __init__(self, card: ModelCard, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        tokenizer: Tokenizer,
+        *,
+        role: Role = "regular",
+        data_parallel_size: int = 1,
+    ) -> None:
         super().__init__(sglang_scheduler_pb2, card, tokenizer)
+        self.role = role
+        self.data_parallel_size = data_parallel_size
 
     def parse_generate(self, request: sglang_scheduler_pb2.GenerateRequest) -> GenerationParams:
         sp = request.sampling_params
@@ -27,7 +39,7 @@ class SglangWire(ProtoWire):
             value = sp.custom_params.fields.get("sampling_seed")
             if value is not None and value.WhichOneof("kind") == "number_value":
                 seed = int(value.number_value)
-        return GenerationParams(
+        params = GenerationParams(
             request_id=request.request_id,
             prompt_ids=list(request.tokenized.input_ids),
             max_tokens=sp.max_new_tokens if sp.HasField("max_new_tokens") else None,
@@ -47,4 +59,52 @@ class SglangWire(ProtoWire):
             data_parallel_rank=(
                 request.data_parallel_rank if request.HasField("data_parallel_rank") else None
             ),
+        )
+        if self.role == "regular":
+            return params
+        return self._disaggregated(request, params)
+
+    def _disaggregated(
+        self, request: sglang_scheduler_pb2.GenerateRequest, params: GenerationParams
+    ) -> GenerationParams:
+        """A PD request: SGLang pairs a prefill and a decode by the bootstrap room they share."""
+        if not request.HasField("disaggregated_params"):
+            raise ValueError(
+                f"{self.role} worker needs a bootstrap room (disaggregated_params.bootstrap_room)"
+            )
+        pd = request.disaggregated_params
+        room = pd.bootstrap_room
+        label = f"bootstrap room {room}"
+        if self.role == "decode":
+            if not pd.bootstrap_host or pd.bootstrap_port <= 0:
+                raise ValueError(
+                    "decode worker needs the prefill's bootstrap_host and bootstrap_port "
+                    "(disaggregated_params)"
+                )
+            handoff = DecodeHandoff(
+                host=pd.bootstrap_host,
+                port=pd.bootstrap_port,
+                room=str(room),
+                label=label,
+                wait_unknown=True,
+            )
+            return dataclasses.replace(params, handoff=handoff)
+        # SGLang's DP prefill follows the bootstrap room (follow_bootstrap_room), so the decode
+        # side can tell which prefill rank holds a room's KV.
+        size = self.data_parallel_size
+        rank = room % size
+        if params.data_parallel_rank is not None and params.data_parallel_rank != rank:
+            raise ValueError(
+                f"data_parallel_rank {params.data_parallel_rank} does not follow the bootstrap "
+                f"room: the rank must follow the bootstrap room ({room} % dp_size {size} = "
+                f"{rank})"
+            )
+        # SGLang's prefill server answers with the first token only, in one GenerateComplete per
+        # choice, whatever max_new_tokens and stream say.
+        return dataclasses.replace(
+            params,
+            max_tokens=1,
+            stream=False,
+            data_parallel_rank=rank,
+            handoff=PrefillHandoff(room=str(room), label=label),
         )

@@ -5,6 +5,32 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillHandoff:
+    """A PD prefill: its KV is held under `room` until a decode fetches it."""
+
+    # The registry key: SGLang's bootstrap room, vLLM's request id.
+    room: str
+    # How errors name it: "bootstrap room 42", "request abc".
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeHandoff:
+    """A PD decode: its KV is fetched from the prefill's handoff server at host:port."""
+
+    host: str
+    port: int
+    room: str
+    label: str
+    # SGLang dispatches the decode alongside the prefill, so a room the prefill has not registered
+    # yet is waited for; vLLM's decode comes after the prefill answered, so it is an error.
+    wait_unknown: bool
+    # The blocks the prefill said it holds (vLLM's remote_block_ids), checked at the fetch.
+    block_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +50,13 @@ class GenerationParams:
     prompt_logprobs: int | None = None
     # The DP rank the request is pinned to; None lets the engine pick one.
     data_parallel_rank: int | None = None
+    # PD disaggregation (--role prefill/decode); None for a regular request.
+    handoff: PrefillHandoff | DecodeHandoff | None = None
 
 
 class RequestState(Enum):
+    AWAITING_KV = "awaiting_kv"  # a PD decode whose prefill has not handed its KV off yet
+    RECEIVING_KV = "receiving_kv"  # a PD decode whose KV is being transferred
     PENDING = "pending"  # queued behind --max-num-seqs
     PREFILL = "prefill"  # admitted, first token not produced yet
     RUNNING = "running"
@@ -44,6 +74,7 @@ class SimSequence:
         "cursor",
         "eos_at",
         "finish_reason",
+        "first_token",
         "flushed",
         "hung",
         "index",
@@ -63,6 +94,8 @@ class SimSequence:
         self.max_tokens = max_tokens
         # Output position at which --eos-after forces an EOS id; -1 when it never does.
         self.eos_at = eos_at
+        # A PD decode's first token, sampled by the prefill and handed over with the KV.
+        self.first_token: int | None = None
         self.output: list[int] = []
         # Tokens already handed to the Generate handler.
         self.flushed = 0
@@ -78,6 +111,8 @@ class SimRequest:
     __slots__ = (
         "cached_tokens",
         "exit_now",
+        "handoff_params",
+        "kv_ready",
         "logprob_key",
         "params",
         "prompt_keys",
@@ -107,6 +142,10 @@ class SimRequest:
         # Set by the scheduler whenever the handler has something to send or the request ended.
         self.wake = asyncio.Event()
         self.exit_now = False
+        # A PD decode whose KV arrived: no prefill to simulate, its first token comes at once.
+        self.kv_ready = False
+        # What a PD prefill's completion tells the decode (vLLM's kv_transfer_params).
+        self.handoff_params: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

@@ -25,6 +25,11 @@ def stats(engine: DataParallelEngine, sequence: int) -> dict[str, Any]:
         "time": time.time(),
         # Whether a router reads the KV events at all (None: --no-kv-events).
         "kv_subscribers": None if hub is None else hub.subscriber_count,
+        # PD disaggregation (--role): KV handed to decodes (sent) and freed unfetched
+        # (expired) by a prefill; fetched (received), not arrived in time (timed_out) and
+        # refused by the prefill (failed) on a decode.
+        "role": engine.options.role,
+        "kv_handoffs": engine.handoffs.counters.as_dict(),
         "ranks": [
             {
                 "rank": rank.rank,
@@ -35,6 +40,11 @@ def stats(engine: DataParallelEngine, sequence: int) -> dict[str, Any]:
                 "cached_tokens": rank.cache.hit_tokens,
                 "generated_tokens": rank.total_generated,
                 "cache_blocks": len(rank.cache),
+                # Decode steps taken, and (--prefill-stalls-decode) steps held back by
+                # prefills and the time they were pushed back by in all.
+                "decode_steps": rank.decode_steps,
+                "decode_stalls": rank.decode_stalls,
+                "decode_stall_ms": round(rank.decode_stall_s * 1000.0, 3),
             }
             for rank in engine.ranks
         ],

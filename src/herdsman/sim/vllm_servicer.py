@@ -14,10 +14,13 @@ from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.generate_handler import run_generate
 from herdsman.sim.kv_stream import serve_kv_events
 from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, selected_ranks
+from herdsman.sim.model_card import model_dtype
 from herdsman.sim.tokenizer_bundle import LazyTokenizerBundle, stream_tokenizer_bundle
 from herdsman.sim.vllm_wire import VllmWire
 
 pb = vllm_engine_pb2
+
+_KV_ROLES = {"regular": "", "prefill": "kv_producer", "decode": "kv_consumer"}
 
 
 class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
@@ -25,7 +28,7 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
         self, engine: DataParallelEngine, tokenizer: Tokenizer, bundle: LazyTokenizerBundle
     ) -> None:
         self._engine = engine
-        self._wire = VllmWire(engine.card, tokenizer)
+        self._wire = VllmWire(engine.card, tokenizer, role=engine.options.role)
         self._bundle = bundle
 
     async def Generate(
@@ -74,17 +77,25 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
         self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetServerInfoResponse:
         engine = self._engine
+        opts = engine.options
+        # A PD sim reports itself as vLLM with a NIXL kv_transfer_config of its role.
+        pd = opts.role != "regular"
         return pb.GetServerInfoResponse(
             active_requests=engine.active_requests,
             is_paused=False,
             last_receive_timestamp=engine.last_receive_timestamp,
             uptime_seconds=engine.uptime_seconds,
             server_type=self._wire.server_type,
+            kv_connector="NixlConnector" if pd else "",
+            kv_role=_KV_ROLES[opts.role],
+            kv_engine_id=engine.handoffs.engine_id,
             data_parallel_size=len(engine.ranks),
-            kv_cache_dtype="auto",
-            block_size=engine.options.block_size,
-            model_dtype=f"torch.{engine.card.dtype}",
-            max_num_seqs=engine.options.max_num_seqs,
+            kv_cache_dtype=opts.kv_cache_dtype,
+            block_size=opts.block_size,
+            attention_backend=opts.attention_backend,
+            model_dtype=model_dtype(opts, engine.card),
+            pairing_protocol=opts.pairing_protocol,
+            max_num_seqs=opts.max_num_seqs,
         )
 
     async def GetLoads(
