@@ -20,6 +20,22 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="engine worker, grpc://HOST:PORT (repeatable)",
     )
     p.add_argument(
+        "--prefill",
+        action="append",
+        default=[],
+        nargs="+",
+        metavar=("URL", "BOOTSTRAP_PORT"),
+        help="prefill worker of disaggregated serving, with the SGLang bootstrap port when the "
+        "engine does not state it (repeatable)",
+    )
+    p.add_argument(
+        "--decode",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="decode worker of disaggregated serving (repeatable)",
+    )
+    p.add_argument(
         "--workers",
         dest="processes",
         type=int,
@@ -91,6 +107,30 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default="round_robin",
         choices=POLICY_NAMES,
         help="how a request picks one of its model's workers",
+    )
+    routing.add_argument(
+        "--prefill-policy",
+        choices=POLICY_NAMES,
+        help="how a disaggregated request picks its prefill worker (default: --policy)",
+    )
+    routing.add_argument(
+        "--decode-policy",
+        choices=POLICY_NAMES,
+        help="how a disaggregated request picks its decode worker (default: --policy)",
+    )
+    routing.add_argument(
+        "--pd-fallback",
+        action="store_true",
+        help="regular workers of a disaggregated model serve its requests while no prefill/"
+        "decode pair can",
+    )
+    routing.add_argument(
+        "--kv-transfer-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a decode worker may wait for the prompt's KV cache once its prefill is "
+        "done; then both are aborted and the request fails",
     )
     routing.add_argument(
         "--model-policy",
@@ -370,9 +410,37 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info")
 
 
+def _worker_roles(args: argparse.Namespace) -> dict[str, tuple[str, int | None]]:
+    """--prefill URL [PORT] and --decode URL, as roles by URL."""
+    roles: dict[str, tuple[str, int | None]] = {}
+    for values in args.prefill:
+        if len(values) > 2:
+            raise SystemExit(f"--prefill takes URL [BOOTSTRAP_PORT], not {' '.join(values)}")
+        port: int | None = None
+        if len(values) == 2 and values[1].lower() not in ("none", ""):
+            try:
+                port = int(values[1])
+            except ValueError:
+                raise SystemExit(
+                    f"--prefill {values[0]}: bad bootstrap port {values[1]!r}"
+                ) from None
+        roles[values[0]] = ("prefill", port)
+    for url in args.decode:
+        if url in roles:
+            raise SystemExit(f"{url} is given as both a prefill and a decode worker")
+        roles[url] = ("decode", None)
+    return roles
+
+
 def _config(args: argparse.Namespace) -> GatewayConfig:
+    roles = _worker_roles(args)
     return GatewayConfig(
-        workers=list(args.workers),
+        workers=list(args.workers) + [url for url in roles if url not in args.workers],
+        worker_roles=roles,
+        prefill_policy=args.prefill_policy,
+        decode_policy=args.decode_policy,
+        pd_fallback=args.pd_fallback,
+        kv_transfer_timeout=args.kv_transfer_timeout,
         host=args.host,
         port=args.port,
         backend=args.backend,
@@ -475,7 +543,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not args.workers and not args.engine_sim:
+    if not args.workers and not args.prefill and not args.decode and not args.engine_sim:
         raise SystemExit("herdsman serve needs --worker grpc://HOST:PORT (or --engine-sim)")
     uvloop.run(_serve(args))
     return 0

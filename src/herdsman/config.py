@@ -35,6 +35,16 @@ class GatewayConfig:
     cache_aware_prefill_weight: float = 0.0
     # cache_aware: (worker, block) pairs the prefix index of one model keeps (~220 bytes each).
     kv_index_max_blocks: int = 262_144
+    # Disaggregated serving: the role of each worker URL that is not regular, with an SGLang
+    # prefill's bootstrap port (None: as the engine states it).
+    worker_roles: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    # Policies choosing a pair's prefill and decode (None: the model's policy).
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    # Regular workers of a disaggregated model serve its requests while no pair can.
+    pd_fallback: bool = False
+    # Seconds a decode may wait for the prompt's KV once its prefill is done.
+    kv_transfer_timeout: float = 60.0
     # Seconds a request waits for a worker of its model when none is available.
     worker_wait_timeout: float = 30.0
     # Seconds the gateway waits at start for its first worker to answer (an engine loading).

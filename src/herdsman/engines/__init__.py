@@ -1,6 +1,7 @@
 """Engine clients: one interface, one adapter per gRPC protocol of smg-grpc-proto."""
 
 from herdsman.engines.base import (
+    Bootstrap,
     EngineBusy,
     EngineClient,
     EngineDeadlineExceeded,
@@ -17,6 +18,7 @@ from herdsman.engines.connect import BACKENDS, connect_engine
 
 __all__ = [
     "BACKENDS",
+    "Bootstrap",
     "EngineBusy",
     "EngineClient",
     "EngineDeadlineExceeded",

@@ -40,6 +40,15 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     constraint: tuple[str, str] | None = None
 
 
+class Bootstrap(msgspec.Struct, frozen=True):
+    """Where an SGLang decode worker fetches a request's KV cache from its prefill worker (the
+    prefill's bootstrap server), and the room that names the request there."""
+
+    host: str
+    port: int
+    room: int
+
+
 class EngineRequest(msgspec.Struct, kw_only=True):
     request_id: str
     input_ids: list[int]
@@ -52,6 +61,11 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     # Processed images (herdsman.pipeline.images.ImageInputs); typed loosely to keep this
     # module free of numpy.
     images: Any = None
+    # Disaggregated serving. SGLang: the bootstrap room, sent to the prefill and the decode.
+    bootstrap: Bootstrap | None = None
+    # vLLM: the KV connector's parameters as a JSON object (a prefill's request for remote
+    # decode, or what the prefill returned, for the decode).
+    kv_transfer_params: str | None = None
 
 
 class TokenLogprobs(msgspec.Struct, gc=False):
@@ -84,6 +98,8 @@ class EngineOutput(msgspec.Struct, kw_only=True, gc=False):
     logprobs: TokenLogprobs | None = None
     # Sent once per choice, with its first output, when the request asked for them.
     prompt_logprobs: PromptLogprobs | None = None
+    # vLLM prefill workers: the KV connector's handoff for the decode worker (a JSON object).
+    kv_transfer_params: str | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

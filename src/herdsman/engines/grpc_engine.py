@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
@@ -94,7 +95,26 @@ def _final_output(done: Any, take_ids: bool, want_prompt_logprobs: bool) -> Engi
         finish_reason=done.finish_reason or "stop",
         matched_token_id=done.matched_token_id if matched == "matched_token_id" else None,
         matched_stop_str=done.matched_stop_str if matched == "matched_stop_str" else None,
+        kv_transfer_params=_kv_transfer_params(done),
     )
+
+
+def _kv_transfer_params(done: Any) -> str | None:
+    """A vLLM prefill's handoff (only vllm_engine.proto has it): the JSON field, else the legacy
+    typed one as the same JSON."""
+    if getattr(done, "kv_transfer_params_json", ""):
+        return str(done.kv_transfer_params_json)
+    legacy = getattr(done, "kv_transfer_params", None)
+    if legacy is not None and legacy.remote_host:
+        return json.dumps(
+            {
+                "do_remote_prefill": True,
+                "do_remote_decode": False,
+                "remote_host": legacy.remote_host,
+                "remote_port": legacy.remote_port,
+            }
+        )
+    return None
 
 
 class GrpcEngine:

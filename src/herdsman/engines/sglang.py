@@ -85,6 +85,13 @@ class SglangScheduler(GrpcEngine):
             message.logprob_start_len = 0 if s.prompt_logprobs is not None else -1
         if request.data_parallel_rank is not None:
             message.data_parallel_rank = request.data_parallel_rank
+        if request.bootstrap is not None:
+            b = request.bootstrap
+            message.disaggregated_params.CopyFrom(
+                sglang_scheduler_pb2.DisaggregatedParams(
+                    bootstrap_host=b.host, bootstrap_port=b.port, bootstrap_room=b.room
+                )
+            )
         return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,22 @@ def _mm_inputs(images: Any, raw_pixels: bool = False) -> vllm_engine_pb2.Multimo
     return inputs
 
 
+def _set_kv_transfer_params(message: vllm_engine_pb2.GenerateRequest, params: str) -> None:
+    """The JSON field, which servicers of 0.4.28 read; a handoff that names the prefill's
+    address also in the legacy typed field, for servicers that only know that one."""
+    message.kv_transfer_params_json = params
+    try:
+        fields = json.loads(params)
+    except ValueError:
+        return
+    if isinstance(fields, dict) and fields.get("remote_host") and fields.get("remote_port"):
+        message.kv_transfer_params.CopyFrom(
+            vllm_engine_pb2.KvTransferParams(
+                remote_host=str(fields["remote_host"]), remote_port=int(fields["remote_port"])
+            )
+        )
+
+
 class VllmEngine(GrpcEngine):
     backend = "vllm"
     service = "vllm.grpc.engine.VllmEngine"
@@ -230,6 +247,8 @@ class VllmEngine(GrpcEngine):
             )
         if request.data_parallel_rank is not None:
             message.data_parallel_rank = request.data_parallel_rank
+        if request.kv_transfer_params is not None:
+            _set_kv_transfer_params(message, request.kv_transfer_params)
         return message
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:

@@ -38,6 +38,9 @@ class ServedModel:
     index: KvIndex | None = None
     # Policies that read the engines' loads get them from the engines' KV-event streams.
     wants_loads: bool = False
+    # Disaggregated serving: how a request picks its pair's prefill and decode workers.
+    prefill_policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
+    decode_policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +54,18 @@ class RequestLimits:
     image_fetch_timeout: float = 30.0
     # Seconds a request waits for a worker of its model when none is available (0: not at all).
     worker_wait_timeout: float = 30.0
+    # Seconds a decode worker may wait for the prompt's KV once its prefill is done.
+    kv_transfer_timeout: float = 60.0
 
 
 class FleetControl(Protocol):
     """Changes to the fleet, made for every gateway process at once (by the supervisor)."""
 
-    async def add_worker(self, url: str, wait: float) -> tuple[int, dict[str, object]]:
-        """Add the engine at ``url``; (HTTP status, body): 200 serving, 202 still loading."""
+    async def add_worker(
+        self, url: str, wait: float, role: str = "regular", bootstrap_port: int | None = None
+    ) -> tuple[int, dict[str, object]]:
+        """Add the engine at ``url`` in a role; (HTTP status, body): 200 serving, 202 still
+        loading."""
         ...
 
     async def remove_worker(self, worker_id: str) -> tuple[int, dict[str, object]]: ...
@@ -77,6 +85,8 @@ class ServingContext:
     fleet: FleetControl | None = None
     # Engines added but not answering yet (still loading): URL -> what is known.
     pending: set[str] = field(default_factory=set)
+    # Regular workers of a disaggregated model serve its requests while no pair can.
+    pd_fallback: bool = False
     # Engine URL -> its KV-event stream's consumer (feeding loads and the model's index).
     kv_streams: dict[str, KvEventSubscriber] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
 from herdsman.engines import (
+    Bootstrap,
     EngineBusy,
+    EngineClient,
     EngineDeadlineExceeded,
     EngineError,
     EngineOutput,
@@ -29,6 +32,13 @@ from herdsman.engines import (
     TokenLogprobs,
 )
 from herdsman.engines import SamplingParams as EngineSampling
+from herdsman.engines.disaggregated import (
+    KvTransferTimeout,
+    PrefillFailed,
+    bootstrap_room,
+    sglang_pair,
+    vllm_pair,
+)
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.errors import (
@@ -43,6 +53,7 @@ from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.routing import RoutingRequest, Worker
+from herdsman.routing.pairing import incompatibility, prefill_host
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +97,14 @@ _WORKER_POLL_SECONDS = 0.1
 
 
 class _Attempt(msgspec.Struct):
-    """One engine request of a generation: its stream, first output and worker."""
+    """One engine request of a generation: its stream, first output and worker (a pair's decode
+    worker, with its prefill worker beside it)."""
 
     outputs: AsyncGenerator[EngineOutput, None]
     first: EngineOutput | None
     worker: Worker
     request_id: str
+    prefill: Worker | None = None
 
 
 class _Retry(Exception):
@@ -262,7 +275,7 @@ class Generation:
             # Stopped early (stop string, client gone, error): the engine must stop too.
             stopped = remaining or any(isinstance(c.matched_stop, str) for c in self.choices)
             if stopped and not isinstance(failure, EngineUnavailable):
-                self._abort(worker, attempt.request_id)
+                self._abort(worker, attempt.request_id, attempt.prefill)
 
     async def _open(self, previous: BaseException | None) -> _Attempt:
         """Open an engine stream and wait for its first output, retrying while that is allowed.
@@ -280,15 +293,14 @@ class Generation:
                     f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
                     code="timeout",
                 )
-            worker = self._pick()
-            if worker is None and last is None and await self._wait_for_worker():
+            picked = self._pick()
+            if picked is None and last is None and await self._wait_for_worker():
                 continue
-            if worker is None:
+            if picked is None:
                 if last is not None:
                     raise self._failure(last) from last
-                raise NoWorkerAvailable(
-                    f"no healthy engine worker serves '{self._model.name}' now", code="no_worker"
-                )
+                raise NoWorkerAvailable(self._no_worker_reason(), code="no_worker")
+            worker, prefill = picked
             self.attempts += 1
             self._tried.add(id(worker))
             request_id = (
@@ -307,39 +319,133 @@ class Generation:
             )
             worker.circuit.on_attempt()
             worker.routed()
-            prefill = self._routing.prefill_tokens
+            # The worker that computes the prompt: a pair's prefill, else the worker itself.
+            computing = prefill or worker
+            if prefill is not None:
+                self._tried.add(id(prefill))
+                prefill.circuit.on_attempt()
+                prefill.routed()
+            prefill_tokens = self._routing.prefill_tokens
             self._routing.prefill_tokens = 0
-            worker.prefilling += prefill
-            outputs = worker.engine.generate(request)
+            computing.prefilling += prefill_tokens
+            outputs = self._generate(worker, prefill, request)
             try:
                 try:
                     first = await anext(outputs, None)
                 finally:
-                    worker.prefilling -= prefill
+                    computing.prefilling -= prefill_tokens
             except asyncio.CancelledError:
                 worker.circuit.record_neutral()
+                if prefill is not None:
+                    prefill.circuit.record_neutral()
                 await outputs.aclose()
-                self._abort(worker, request_id)
+                self._abort(worker, request_id, prefill)
                 raise
             except EngineError as exc:
                 await outputs.aclose()
-                self._judge(worker, exc, produced=False)
+                failed, cause = worker, exc
+                if isinstance(exc, PrefillFailed) and prefill is not None:
+                    failed, cause = prefill, exc.cause
+                    worker.circuit.record_neutral()
+                elif prefill is not None:
+                    prefill.circuit.record_neutral()
+                self._judge(failed, cause, produced=False)
                 if isinstance(exc, EngineDeadlineExceeded):
-                    self._abort(worker, request_id)
+                    self._abort(worker, request_id, prefill)
                 if not self._may_retry(exc):
                     raise self._failure(exc) from exc
-                log.info("request %s: %s on %s; retrying", request_id, exc, worker.url)
+                log.info("request %s: %s on %s; retrying", request_id, exc, failed.url)
                 METRICS.retries.inc()
                 last = exc
                 await self._backoff()
                 continue
-            return _Attempt(outputs, first, worker, request_id)
+            if prefill is not None:
+                prefill.circuit.record_success()
+            return _Attempt(outputs, first, worker, request_id, prefill)
 
-    def _pick(self) -> Worker | None:
-        """A worker not tried yet when there is one, else any that is available again."""
-        available = self._ctx.registry.available(self._model.name)
+    def _pick(self) -> tuple[Worker, Worker | None] | None:
+        """The worker (or the decode worker and its prefill worker) for the next attempt: one
+        not tried yet when there is one, else any that is available again."""
+        registry, model = self._ctx.registry, self._model
+        if registry.disaggregated(model.name):
+            pair = self._pick_pair()
+            if pair is not None or not self._ctx.pd_fallback:
+                return pair
+        available = registry.available(model.name, "regular")
         fresh = [w for w in available if id(w) not in self._tried]
-        return self._model.policy.select(fresh or available, self._routing)
+        worker = model.policy.select(fresh or available, self._routing)
+        return None if worker is None else (worker, None)
+
+    def _pick_pair(self) -> tuple[Worker, Worker] | None:
+        """A decode worker and a prefill worker that can pair (routing.pairing)."""
+        registry, model = self._ctx.registry, self._model
+        decodes = registry.available(model.name, "decode")
+        prefills = registry.available(model.name, "prefill")
+        if not decodes:
+            return None
+        candidates = [w for w in prefills if id(w) not in self._tried] or prefills
+        while candidates:
+            prefill = model.prefill_policy.select(candidates, self._routing)
+            if prefill is None:
+                return None
+            compatible = [d for d in decodes if incompatibility(prefill, d) is None]
+            if compatible:
+                fresh = [d for d in compatible if id(d) not in self._tried]
+                decode = model.decode_policy.select(fresh or compatible, self._routing)
+                if decode is not None:
+                    return decode, prefill
+            candidates = [w for w in candidates if w is not prefill]
+        return None
+
+    def _servable(self) -> bool:
+        """Whether a worker (or a pair) of the model can take a request now."""
+        registry, name = self._ctx.registry, self._model.name
+        if registry.disaggregated(name):
+            if registry.available(name, "decode") and registry.available(name, "prefill"):
+                return True
+            if not self._ctx.pd_fallback:
+                return False
+        return bool(registry.available(name, "regular"))
+
+    def _no_worker_reason(self) -> str:
+        registry, name = self._ctx.registry, self._model.name
+        if registry.disaggregated(name) and not self._ctx.pd_fallback:
+            prefills = registry.available(name, "prefill")
+            decodes = registry.available(name, "decode")
+            if prefills and decodes:
+                return (
+                    f"no prefill and decode worker of '{name}' can pair "
+                    f"({incompatibility(prefills[0], decodes[0])}); see GET /workers"
+                )
+            return f"no healthy prefill/decode pair serves '{name}' now"
+        return f"no healthy engine worker serves '{name}' now"
+
+    def _generate(
+        self, worker: Worker, prefill: Worker | None, request: EngineRequest
+    ) -> AsyncGenerator[EngineOutput, None]:
+        if prefill is None:
+            return worker.engine.generate(request)
+        timeout = self._ctx.limits.kv_transfer_timeout
+        if worker.engine.backend == "sglang":
+            assert prefill.bootstrap_port is not None  # pairing refuses a prefill without one
+            room = bootstrap_room(random.getrandbits(31), prefill.dp_size, prefill.dp_rank)
+            return sglang_pair(
+                prefill.engine,
+                worker.engine,
+                request,
+                bootstrap=Bootstrap(prefill_host(prefill.url), prefill.bootstrap_port, room),
+                prefill_rank=prefill.dp_rank,
+                transfer_timeout=timeout,
+                abort=self._abort_on,
+            )
+        return vllm_pair(
+            prefill.engine,
+            worker.engine,
+            request,
+            prefill_rank=prefill.dp_rank,
+            transfer_timeout=timeout,
+            abort=self._abort_on,
+        )
 
     async def _wait_for_worker(self) -> bool:
         """No worker of the model can take a request now, but one may soon (an engine still
@@ -357,13 +463,15 @@ class Generation:
             self._wait_end = min(time.perf_counter() + limit, self._deadline)
         while time.perf_counter() < self._wait_end:
             await asyncio.sleep(_WORKER_POLL_SECONDS)
-            if registry.available(name):
+            if self._servable():
                 return True
         return False
 
     def _may_retry(self, exc: EngineError) -> bool:
         if self._shown or exc.code in _CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):
             return False
+        if isinstance(exc, KvTransferTimeout):
+            return False  # both engines were aborted; the client hears why
         if self.attempts > self._ctx.retry.max_retries:
             return False
         return self._deadline - time.perf_counter() > 0
@@ -391,6 +499,10 @@ class Generation:
                 worker.suspect(str(exc))
 
     def _failure(self, exc: EngineError) -> RequestError:
+        if isinstance(exc, PrefillFailed):
+            exc = exc.cause
+        if isinstance(exc, KvTransferTimeout):
+            return EngineTimeout(str(exc), code="kv_transfer_timeout")
         if isinstance(exc, EngineBusy):
             return Overloaded(
                 f"the engine is at capacity: {exc}", retry_after=1.0, code="engine_overloaded"
@@ -413,7 +525,7 @@ class Generation:
             self._started = None
             await attempt.outputs.aclose()
             attempt.worker.circuit.record_neutral()
-            self._abort(attempt.worker, attempt.request_id)
+            self._abort(attempt.worker, attempt.request_id, attempt.prefill)
         self._release_tokens()
 
     def _release_tokens(self) -> None:
@@ -421,8 +533,13 @@ class Generation:
             self._ctx.admission.release_prompt_tokens(self._tokens_held)
             self._tokens_held = 0
 
-    def _abort(self, worker: Worker, request_id: str) -> None:
-        self._ctx.spawn(worker.engine.abort([request_id]), name=f"abort {request_id}")
+    def _abort(self, worker: Worker, request_id: str, prefill: Worker | None = None) -> None:
+        self._abort_on(worker.engine, request_id)
+        if prefill is not None:
+            self._abort_on(prefill.engine, request_id)
+
+    def _abort_on(self, engine: EngineClient, request_id: str) -> None:
+        self._ctx.spawn(engine.abort([request_id]), name=f"abort {request_id}")
 
 
 def _failure_kind(exc: EngineError) -> str:

@@ -39,6 +39,14 @@ class Worker:
     model_name: str = ""
     # The data-parallel rank this worker is (None: the engine is not data parallel).
     dp_rank: int | None = None
+    # How many ranks its engine has (a prefill's rank follows from the bootstrap room).
+    dp_size: int = 1
+    # Disaggregated serving: "prefill", "decode", or "regular" (serves whole requests).
+    role: str = "regular"
+    # SGLang prefill workers: the port of their bootstrap server (the KV handoff).
+    bootstrap_port: int | None = None
+    # What a prefill and a decode must agree on to pair (routing.pairing).
+    pairing: dict[str, str] = field(default_factory=dict)
     id: str = ""
     # Decided by health checks (in the supervisor, broadcast to every process).
     healthy: bool = True
@@ -151,12 +159,21 @@ class WorkerRegistry:
     def healthy(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.healthy]
 
-    def available(self, model_name: str | None = None) -> list[Worker]:
+    def available(self, model_name: str | None = None, role: str | None = None) -> list[Worker]:
+        """Workers that can take a request now, of a model and a role (None: any)."""
         return [
             w
             for w in self._workers.values()
-            if w.available and (model_name is None or w.model_name == model_name)
+            if w.available
+            and (model_name is None or w.model_name == model_name)
+            and (role is None or w.role == role)
         ]
+
+    def disaggregated(self, model_name: str) -> bool:
+        """Whether the model has prefill or decode workers (its requests go to pairs)."""
+        return any(
+            w.role != "regular" and w.model_name == model_name for w in self._workers.values()
+        )
 
     async def close(self) -> None:
         """Close every engine connection once (data-parallel ranks share one)."""

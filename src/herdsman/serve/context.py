@@ -36,6 +36,7 @@ from herdsman.routing import (
 )
 from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
+from herdsman.routing.pairing import incompatibility
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
@@ -74,6 +75,7 @@ def request_limits(config: GatewayConfig) -> RequestLimits:
         max_images=config.max_images_per_request,
         image_fetch_timeout=config.image_fetch_timeout,
         worker_wait_timeout=config.worker_wait_timeout,
+        kv_transfer_timeout=config.kv_transfer_timeout,
     )
 
 
@@ -239,14 +241,20 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
     model.images = _image_support(config, tokenizer_dir, tokenizer)
     policy = policy_for(config, model.name)
-    if policy == "cache_aware":
+    prefill_policy = config.prefill_policy or policy
+    decode_policy = config.decode_policy or policy
+    policies = {policy, prefill_policy, decode_policy}
+    if "cache_aware" in policies:
         model.index = KvIndex(
             spec.block_size,
             max_blocks=config.kv_index_max_blocks,
             speculative_ttl=_SPECULATIVE_SECONDS,
         )
-    model.policy = make_policy(policy, policy_options(config), model.index)
-    model.wants_loads = policy in _LOAD_POLICIES
+    options = policy_options(config)
+    model.policy = make_policy(policy, options, model.index)
+    model.prefill_policy = make_policy(prefill_policy, options, model.index)
+    model.decode_policy = make_policy(decode_policy, options, model.index)
+    model.wants_loads = bool(policies & _LOAD_POLICIES)
     log.info(
         "serving %r (context %d, tokenizer %s, policy %s%s)",
         model.name,
@@ -284,12 +292,18 @@ async def add_worker(ctx: ServingContext, config: GatewayConfig, spec: WorkerSpe
             model=spec.info,
             model_name=spec.model_name,
             dp_rank=rank,
+            dp_size=spec.dp_size,
+            role=spec.role,
+            bootstrap_port=spec.bootstrap_port,
+            pairing=dict(spec.pairing),
             circuit=CircuitBreaker(circuit),
         )
         for rank in ranks
     ]
     for worker in workers:
         ctx.registry.add(worker)
+    if spec.role != "regular":
+        _log_unpairable(ctx, workers[0])
     _follow_kv_events(ctx, ctx.models[spec.model_name], spec, engine)
     log.info(
         "worker %s (%s): %s backend, model %r%s",
@@ -300,6 +314,20 @@ async def add_worker(ctx: ServingContext, config: GatewayConfig, spec: WorkerSpe
         f", {spec.dp_size} data-parallel ranks" if spec.dp_size > 1 else "",
     )
     return workers
+
+
+def _log_unpairable(ctx: ServingContext, worker: Worker) -> None:
+    """Say once, when a prefill or decode worker joins, which pairs it will never form."""
+    other = "decode" if worker.role == "prefill" else "prefill"
+    for peer in ctx.registry.for_model(worker.model_name):
+        if peer.role != other or peer.url == worker.url or peer.dp_rank not in (None, 0):
+            continue
+        prefill, decode = (worker, peer) if worker.role == "prefill" else (peer, worker)
+        reason = incompatibility(prefill, decode)
+        if reason is not None:
+            log.warning(
+                "prefill %s and decode %s will not be paired: %s", prefill.url, decode.url, reason
+            )
 
 
 def remove_engine(ctx: ServingContext, url: str) -> list[Worker]:
@@ -364,7 +392,9 @@ async def stop_kv_streams(ctx: ServingContext) -> None:
 async def build_context(config: GatewayConfig, specs: list[WorkerSpec]) -> ServingContext:
     if not specs:
         raise ValueError("at least one engine worker is needed")
-    for name in {policy_for(config, s.model_name) for s in specs}:
+    names = {policy_for(config, s.model_name) for s in specs}
+    names |= {p for p in (config.prefill_policy, config.decode_policy) if p}
+    for name in names:
         make_policy(name, index=_PROBE_INDEX)  # unknown names fail here, listing the known ones
     ctx = ServingContext(
         models={},
@@ -372,6 +402,7 @@ async def build_context(config: GatewayConfig, specs: list[WorkerSpec]) -> Servi
         retry=retry_policy(config),
         limits=request_limits(config),
         admission=admission(config),
+        pd_fallback=config.pd_fallback,
     )
     for spec in specs:
         await add_worker(ctx, config, spec)

@@ -107,6 +107,10 @@ class AdminRequest(msgspec.Struct, tag=True):
     worker_id: str = ""
     # add: seconds to wait for the engine to answer before replying "pending".
     wait: float = 30.0
+    # add: disaggregated serving's role ("regular", "prefill", "decode") and an SGLang
+    # prefill's bootstrap port.
+    role: str = "regular"
+    bootstrap_port: int | None = None
 
 
 class AdminReply(msgspec.Struct, tag=True):

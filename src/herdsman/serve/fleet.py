@@ -18,6 +18,7 @@ import msgspec
 from herdsman.config import GatewayConfig
 from herdsman.engines import EngineClient, EngineError, ModelInfo
 from herdsman.routing import worker_id
+from herdsman.routing.pairing import bootstrap_port, pairing_info
 from herdsman.serve.tokenizer_source import fetch_from_worker
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     dp_size: int = 1
     # The engine's KV-cache block size (tokens), for cache-aware routing.
     block_size: int = 16
+    # Disaggregated serving: "prefill", "decode" or "regular"; an SGLang prefill's bootstrap
+    # port; what a prefill and a decode must agree on (routing.pairing).
+    role: str = "regular"
+    bootstrap_port: int | None = None
+    pairing: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def worker_ids(self) -> list[str]:
@@ -77,13 +83,20 @@ async def probe(
         tokenizer_dir = Path(local)
     else:
         tokenizer_dir = await fetch_from_worker(engine)
+    role, port = config.worker_roles.get(url, ("regular", None))
+    # SGLang states its parallelism and page size in its server arguments.
+    args = server.get("server_args")
+    sglang: dict[str, object] = args if isinstance(args, dict) else {}
     return WorkerSpec(
         url=url,
+        role=role,
+        bootstrap_port=(port or bootstrap_port(server)) if role == "prefill" else None,
+        pairing=pairing_info(server),
         model_name=served_name(config, info, tokenizer_dir),
         tokenizer_dir=str(tokenizer_dir),
         info=info,
-        dp_size=max(1, _int(server, "data_parallel_size", 1)),
-        block_size=_int(server, "block_size", 16),
+        dp_size=max(1, _int(server, "data_parallel_size", _int(sglang, "dp_size", 1))),
+        block_size=_int(server, "block_size", _int(sglang, "page_size", 16)),
     )
 
 

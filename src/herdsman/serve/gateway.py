@@ -149,8 +149,14 @@ class GatewayProcess:
         self._control.send(WorkerSuspect(url=worker.url, reason=reason))
 
     # -- the fleet -----------------------------------------------------------------------------
-    async def add_worker(self, url: str, wait: float) -> tuple[int, dict[str, object]]:
-        return await self._admin(AdminRequest(token=0, op="add", url=url, wait=wait))
+    async def add_worker(
+        self, url: str, wait: float, role: str = "regular", bootstrap_port: int | None = None
+    ) -> tuple[int, dict[str, object]]:
+        return await self._admin(
+            AdminRequest(
+                token=0, op="add", url=url, wait=wait, role=role, bootstrap_port=bootstrap_port
+            )
+        )
 
     async def remove_worker(self, worker_id: str) -> tuple[int, dict[str, object]]:
         return await self._admin(AdminRequest(token=0, op="remove", worker_id=worker_id))

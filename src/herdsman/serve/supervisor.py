@@ -287,7 +287,9 @@ class Supervisor:
     async def _admin(self, child: _Child, request: AdminRequest) -> None:
         try:
             if request.op == "add":
-                status, body = await self._admin_add(request.url, request.wait)
+                status, body = await self._admin_add(
+                    request.url, request.wait, request.role, request.bootstrap_port
+                )
             elif request.op == "remove":
                 status, body = await self._admin_remove(request.worker_id)
             else:
@@ -299,11 +301,18 @@ class Supervisor:
             AdminReply(token=request.token, status=status, body=msgspec.json.encode(body))
         )
 
-    async def _admin_add(self, url: str, wait: float) -> tuple[int, dict[str, object]]:
+    async def _admin_add(
+        self, url: str, wait: float, role: str = "regular", bootstrap_port: int | None = None
+    ) -> tuple[int, dict[str, object]]:
         try:
             parse_worker_url(url)
         except ValueError as exc:
             return 400, _error(str(exc))
+        if url not in self._specs:
+            if role == "regular":
+                self._config.worker_roles.pop(url, None)
+            else:
+                self._config.worker_roles[url] = (role, bootstrap_port)
         self._removed.discard(url)
         self._probe_errors.pop(url, None)
         if url in self._specs:
@@ -348,6 +357,7 @@ class Supervisor:
             "ids": spec.worker_ids,
             "model": spec.model_name,
             "dp_size": spec.dp_size,
+            "role": spec.role,
             "status": status,
         }
 
