@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import httpx
+import pytest
+from tests.conftest import QWEN3, start_gateway, start_sim
 from tests.gateway.test_chat import MODEL, chat, stream_sse
 
 
@@ -216,3 +219,49 @@ def test_prompts_times_n_is_capped(base_url: str) -> None:
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "prompt" and "at most 256" in error["message"]
+
+
+@pytest.fixture(scope="module")
+def once_url() -> Iterator[str]:
+    """A gateway before a vLLM sim that sends the prompt's logprobs with one choice only."""
+    sim = start_sim(QWEN3, "vllm", "--prompt-logprobs-once", "--itl-base-ms", "1")
+    gateway = start_gateway(sim.address)
+    try:
+        yield f"http://{gateway.address}"
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_echo_logprobs_for_every_choice_when_the_engine_sends_them_once(
+    once_url: str, stream: bool
+) -> None:
+    # vLLM coalesces the outputs of several choices when its servicer lags, and keeps one
+    # choice's prompt logprobs: every choice still echoes the (shared) prompt's logprobs.
+    prompt = [791, 1879, 374, 9906]
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 3,
+        "n": 3,
+        "echo": True,
+        "logprobs": 1,
+        "stream": stream,
+    }
+    if stream:
+        choices: dict[int, dict[str, list]] = {}
+        for event in stream_sse(f"{once_url}/v1/completions", body, timeout=30):
+            for part in event["choices"]:
+                merged = choices.setdefault(part["index"], {"tokens": [], "token_logprobs": []})
+                if part["logprobs"]:
+                    merged["tokens"] += part["logprobs"]["tokens"]
+                    merged["token_logprobs"] += part["logprobs"]["token_logprobs"]
+    else:
+        data = httpx.post(f"{once_url}/v1/completions", timeout=30, json=body).json()
+        choices = {c["index"]: c["logprobs"] for c in data["choices"]}
+    assert sorted(choices) == [0, 1, 2]
+    heads = [choices[i]["token_logprobs"][: len(prompt)] for i in range(3)]
+    assert heads[0][0] is None and all(v is not None for v in heads[0][1:])
+    assert heads[1] == heads[0] and heads[2] == heads[0]
+    assert all(len(choices[i]["tokens"]) == len(prompt) + 3 for i in range(3))

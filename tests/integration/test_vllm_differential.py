@@ -469,6 +469,38 @@ def _explain_logprobs(kind: str, ref: Any, ours: Any) -> set[str] | None:
     return causes
 
 
+def _head(lp: dict[str, Any], size: int, tail: bool = False) -> dict[str, Any]:
+    keys = ("tokens", "token_logprobs", "top_logprobs")
+    return {k: lp[k][size:] if tail else lp[k][:size] for k in keys} | {"text_offset": []}
+
+
+def _prompt_logprobs_dropped(comparison: Comparison, index: int) -> set[str] | None:
+    """vLLM's choice lacks the echoed prompt's logprobs that herdsman shows, and herdsman's are
+    another vLLM choice's. AsyncLLM coalesces queued outputs of an n > 1 request when its
+    consumer lags, and ``RequestOutput.add`` (vllm/outputs.py) merges the completions but keeps
+    the first output's ``prompt_logprobs``: the choice whose first output was merged into
+    another's loses them (the server echoes ``res.prompt_logprobs``). The prompt, and so its
+    logprobs, is the same for every choice; herdsman shows them on each."""
+    if comparison.kind != "completion" or not comparison.body.get("echo"):
+        return None
+    choices = comparison.ref["choices"]
+    ref, ours = choices[index]["logprobs"], comparison.ours["choices"][index]["logprobs"]
+    if ref is None or ours is None:
+        return None
+    size = len(ours["tokens"]) - len(ref["tokens"])
+    tail = _explain_logprobs("completion", _head(ref, 0, tail=True), _head(ours, size, tail=True))
+    if size <= 0 or tail is None:
+        return None
+    head = _head(ours, size)
+    for other, choice in choices.items():
+        lp = choice["logprobs"]
+        if other == index or not lp:
+            continue
+        if _explain_logprobs("completion", _head(lp, size), head) is not None:
+            return {VLLM_BUG}
+    return None
+
+
 @functools.cache
 def _decoded_prompt(ids: tuple[int, ...]) -> str:
     # The tiny model's tokenizer is the bundled Llama 3 one (make_tiny_llama.py copies it).
@@ -574,7 +606,7 @@ def classify(comparison: Comparison) -> None:
                 comparison.kind,
                 ref["choices"][index]["logprobs"],
                 ours["choices"][index]["logprobs"],
-            )
+            ) or _prompt_logprobs_dropped(comparison, index)
             if causes:
                 for cause in sorted(causes)[1:]:
                     found.setdefault(cause, []).append((path, a, b))

@@ -233,7 +233,11 @@ class Generation:
                     last = now
                 choice = self.choices[out.index]
                 if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
-                    choice.prompt_logprobs = out.prompt_logprobs
+                    # Every choice has the same prompt, and vLLM sends its logprobs with only
+                    # one choice when it coalesces several choices' outputs into one.
+                    for sibling in self.choices:
+                        if sibling.prompt_logprobs is None:
+                            sibling.prompt_logprobs = out.prompt_logprobs
                 if not choice.done:
                     before = choice.token_count
                     text = choice.push(out.token_ids) if out.token_ids else ""

@@ -326,6 +326,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail this fraction of Generate calls with RESOURCE_EXHAUSTED, drawn in arrival "
         "order from a generator seeded with --seed",
     )
+    faults.add_argument(
+        "--prompt-logprobs-once",
+        action="store_true",
+        help="send a streamed request's prompt logprobs with its first chunk only, not with "
+        "each choice's first chunk (what vLLM does when it coalesces several choices' outputs)",
+    )
 
 
 def _run_loop(options: SimOptions) -> int:

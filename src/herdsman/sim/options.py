@@ -56,6 +56,8 @@ class SimOptions:
     # from a generator seeded with --seed (the same calls in the same order get the same fate).
     busy: bool = False
     busy_fraction: float = 0.0
+    # Prompt logprobs with a request's first chunk only (see ProtoWire.prompt_logprobs_once).
+    prompt_logprobs_once: bool = False
     abort_log: Path | None = None
     # Cumulative counters written here as JSON on SIGUSR1 and at exit (see sim/stats_file.py).
     stats_file: Path | None = None
@@ -116,6 +118,7 @@ class SimOptions:
             hang_after_tokens=args.hang_after_tokens,
             busy=args.busy,
             busy_fraction=args.busy_fraction,
+            prompt_logprobs_once=args.prompt_logprobs_once,
             abort_log=Path(args.abort_log) if args.abort_log else None,
             stats_file=Path(args.stats_file) if args.stats_file else None,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,

@@ -47,6 +47,7 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
             role=engine.options.role,
             data_parallel_size=len(engine.ranks),
         )
+        self._wire.prompt_logprobs_once = engine.options.prompt_logprobs_once
         self._bundle = bundle
 
     async def Generate(

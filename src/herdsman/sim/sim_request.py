@@ -117,6 +117,7 @@ class SimRequest:
         "params",
         "prompt_keys",
         "prompt_len",
+        "prompt_logprobs_sent",
         "rank",
         "ready_at",
         "sequences",
@@ -146,6 +147,8 @@ class SimRequest:
         self.kv_ready = False
         # What a PD prefill's completion tells the decode (vLLM's kv_transfer_params).
         self.handoff_params: dict[str, Any] | None = None
+        # Some choice's chunk has carried the prompt's logprobs (--prompt-logprobs-once).
+        self.prompt_logprobs_sent = False
 
     @property
     def done(self) -> bool:

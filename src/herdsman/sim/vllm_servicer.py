@@ -29,6 +29,7 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
     ) -> None:
         self._engine = engine
         self._wire = VllmWire(engine.card, tokenizer, role=engine.options.role)
+        self._wire.prompt_logprobs_once = engine.options.prompt_logprobs_once
         self._bundle = bundle
 
     async def Generate(

@@ -24,6 +24,10 @@ class ProtoWire:
     response_has_request_id: bool = False
     # SGLang reports the EOS id as the matched token; vLLM only reports explicit stop ids.
     eos_is_matched_token: bool = False
+    # Prompt logprobs with the request's first chunk only, not each choice's first chunk: vLLM
+    # does this when the servicer lags and AsyncLLM coalesces the outputs of several choices
+    # (RequestOutput.add merges completions and keeps the first output's prompt_logprobs).
+    prompt_logprobs_once: bool = False
 
     def __init__(self, pb: ModuleType, card: ModelCard, tokenizer: Tokenizer) -> None:
         self.pb = pb
@@ -79,7 +83,9 @@ class ProtoWire:
             self._fill_logprobs(chunk.output_logprobs, request, seq, start, end)
         if request.params.prompt_logprobs is not None and start == 0:
             # Real servicers send the prompt's logprobs with each choice's first chunk only.
-            self._fill_prompt_logprobs(chunk.input_logprobs, request)
+            if not (self.prompt_logprobs_once and request.prompt_logprobs_sent):
+                self._fill_prompt_logprobs(chunk.input_logprobs, request)
+            request.prompt_logprobs_sent = True
         return self._wrap(request, chunk=chunk)
 
     def complete(self, request: SimRequest, seq: SimSequence) -> Any:
