@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.storage_servers import start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -155,3 +156,20 @@ def gateway(sim: Proc, transport: str) -> Iterator[Proc]:
 @pytest.fixture(scope="session")
 def base_url(gateway: Proc) -> str:
     return f"http://{gateway.address}"
+
+
+# Real storage servers for the session, started on first need (tests/storage_servers.py).
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the session (user postgres, database postgres)."""
+    url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the session (database 0)."""
+    url, stop = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop()

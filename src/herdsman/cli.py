@@ -7,7 +7,9 @@ import logging
 import sys
 
 from herdsman.config import GatewayConfig
+from herdsman.mcp import McpConfigError, load_mcp_config
 from herdsman.routing.policies import POLICY_NAMES
+from herdsman.storage import open_store
 
 
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,6 +119,27 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-policy",
         choices=POLICY_NAMES,
         help="how a disaggregated request picks its decode worker (default: --policy)",
+    )
+    p.add_argument(
+        "--mcp-config",
+        default=None,
+        metavar="FILE",
+        help="MCP servers the gateway may call for /v1/responses tools of type mcp (JSON: "
+        '{"servers": {"LABEL": {"transport": "stdio"|"sse"|"streamable_http", ...}}})',
+    )
+    p.add_argument(
+        "--allow-private-mcp-urls",
+        action="store_true",
+        help="let MCP server URLs named by requests reach private, loopback and link-local "
+        "addresses (never metadata)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="where the Responses and Conversations APIs keep what they store: sqlite:///PATH, "
+        "postgresql://..., redis://... (?ttl=SECONDS), or none (default: a SQLite file under "
+        "$XDG_DATA_HOME/herdsman, created on first use)",
     )
     routing.add_argument(
         "--pd-fallback",
@@ -410,6 +433,26 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info")
 
 
+def _storage_url(url: str | None) -> str | None:
+    """--storage checked here, so a bad URL stops the gateway before any process starts."""
+    if url is not None:
+        try:
+            open_store(url)
+        except ValueError as exc:
+            raise SystemExit(f"--storage: {exc}") from None
+    return url
+
+
+def _mcp_config(path: str | None) -> str | None:
+    """--mcp-config read and checked here, so a bad file stops the gateway at once."""
+    if path is not None:
+        try:
+            load_mcp_config(path)
+        except McpConfigError as exc:
+            raise SystemExit(f"--mcp-config: {exc}") from None
+    return path
+
+
 def _worker_roles(args: argparse.Namespace) -> dict[str, tuple[str, int | None]]:
     """--prefill URL [PORT] and --decode URL, as roles by URL."""
     roles: dict[str, tuple[str, int | None]] = {}
@@ -440,6 +483,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         prefill_policy=args.prefill_policy,
         decode_policy=args.decode_policy,
         pd_fallback=args.pd_fallback,
+        storage=_storage_url(args.storage),
+        mcp_config=_mcp_config(args.mcp_config),
+        allow_private_mcp_urls=args.allow_private_mcp_urls,
         kv_transfer_timeout=args.kv_transfer_timeout,
         host=args.host,
         port=args.port,

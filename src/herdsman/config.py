@@ -43,6 +43,12 @@ class GatewayConfig:
     decode_policy: str | None = None
     # Regular workers of a disaggregated model serve its requests while no pair can.
     pd_fallback: bool = False
+    # The Responses/Conversations store's URL ("none": nothing kept; None: the default SQLite).
+    storage: str | None = None
+    # MCP servers the gateway may call (a JSON file), and whether request-named ones may be
+    # private addresses.
+    mcp_config: str | None = None
+    allow_private_mcp_urls: bool = False
     # Seconds a decode may wait for the prompt's KV once its prefill is done.
     kv_transfer_timeout: float = 60.0
     # Seconds a request waits for a worker of its model when none is available.

@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 from tests.fixture_tokenizers import model_dir
 
+from herdsman.api.bodies import decode_body
 from herdsman.api.protocol import ChatCompletionRequest
-from herdsman.api.responses import decode_body
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.prepare import prepare_chat, render_chat_prompt
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer

@@ -6,11 +6,29 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from herdsman.api.bodies import json_response
 from herdsman.api.chat import chat_completions
 from herdsman.api.completions import completions
+from herdsman.api.conversations import (
+    add_items,
+    create_conversation,
+    delete_conversation,
+    delete_item,
+    get_conversation,
+    get_item,
+    list_items,
+    update_conversation,
+)
 from herdsman.api.errors import APIError, api_error
+from herdsman.api.messages import count_tokens, create_message
 from herdsman.api.parse import parse_function_call, parse_reasoning
-from herdsman.api.responses import json_response
+from herdsman.api.responses import (
+    cancel_response,
+    create_response,
+    delete_response,
+    get_response,
+    list_input_items,
+)
 from herdsman.api.tokenize import detokenize, tokenize
 from herdsman.api.workers import add_worker, delete_worker, get_worker, list_workers
 from herdsman.http import Request, Response, StreamingResponse
@@ -61,7 +79,7 @@ async def health(ctx: ServingContext, request: Request) -> Response:
 
 
 # Endpoints that run generations: admitted by the concurrency limit and its queue.
-GENERATION_ENDPOINTS = frozenset({chat_completions, completions})
+GENERATION_ENDPOINTS = frozenset({chat_completions, completions, create_response, create_message})
 
 ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/chat/completions": {"POST": chat_completions},
@@ -78,20 +96,47 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/metrics": {"GET": metrics},
     "/workers": {"GET": list_workers, "POST": add_worker},
     "/workers/{id}": {"GET": get_worker, "DELETE": delete_worker},
+    "/v1/responses": {"POST": create_response},
+    "/v1/responses/{id}": {"GET": get_response, "DELETE": delete_response},
+    "/v1/responses/{id}/cancel": {"POST": cancel_response},
+    "/v1/responses/{id}/input_items": {"GET": list_input_items},
+    "/v1/conversations": {"POST": create_conversation},
+    "/v1/conversations/{id}": {
+        "GET": get_conversation,
+        "POST": update_conversation,
+        "DELETE": delete_conversation,
+    },
+    "/v1/conversations/{id}/items": {"GET": list_items, "POST": add_items},
+    "/v1/conversations/{id}/items/{id}": {"GET": get_item, "DELETE": delete_item},
+    # Anthropic's Messages API (its errors are Anthropic-shaped, made in the endpoints).
+    "/v1/messages": {"POST": create_message},
+    "/v1/messages/count_tokens": {"POST": count_tokens},
 }
 
 
+def _template(path: str) -> tuple[str, ...]:
+    return tuple(path.strip("/").split("/"))
+
+
+# Templates with {id} segments, by their length in segments.
+_TEMPLATES: dict[int, list[tuple[tuple[str, ...], str]]] = {}
+for _key in ROUTES:
+    if "{id}" in _key:
+        _TEMPLATES.setdefault(len(_template(_key)), []).append((_template(_key), _key))
+
+
 def find_route(path: str) -> tuple[str, dict[str, Endpoint]] | None:
-    """The route template a path matches, and its endpoints. A template ends in at most one
-    ``{id}`` segment, which the endpoint reads off the path."""
+    """The route template a path matches, and its endpoints. An ``{id}`` segment matches any
+    non-empty segment; the endpoint reads it off the path."""
     key = path.rstrip("/") or "/"
     methods = ROUTES.get(key)
     if methods is not None:
         return key, methods
-    head, _, last = key.rpartition("/")
-    template = f"{head}/{{id}}"
-    methods = ROUTES.get(template) if last else None
-    return (template, methods) if methods is not None else None
+    segments = _template(key)
+    for template, name in _TEMPLATES.get(len(segments), ()):
+        if all(t == s or (t == "{id}" and s) for t, s in zip(template, segments, strict=True)):
+            return name, ROUTES[name]
+    return None
 
 
 _STATUS_TEXT = {code: str(code) for code in range(100, 600)}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
-from herdsman.api.protocol import ChatCompletionRequest
-from herdsman.api.responses import (
+from herdsman.api.bodies import (
     LogprobsFormat,
     StreamedIds,
     decode_body,
@@ -18,6 +16,8 @@ from herdsman.api.responses import (
     stream_events,
     usage_of,
 )
+from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
+from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.sse import ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse

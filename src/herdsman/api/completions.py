@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 
-from herdsman.api.logprobs import CompletionLogprobs
-from herdsman.api.protocol import CompletionRequest
-from herdsman.api.responses import (
+from herdsman.api.bodies import (
     StreamedIds,
     decode_body,
     json_response,
@@ -15,6 +13,8 @@ from herdsman.api.responses import (
     stream_events,
     usage_of,
 )
+from herdsman.api.logprobs import CompletionLogprobs
+from herdsman.api.protocol import CompletionRequest
 from herdsman.api.sse import ChunkFrames
 from herdsman.engines import PromptLogprobs, TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse

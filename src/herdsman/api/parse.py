@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
+from herdsman.api.bodies import decode_body, json_response
 from herdsman.api.errors import bad_request
-from herdsman.api.responses import decode_body, json_response
 from herdsman.http import Request, Response
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import ReasoningParser, thinking_flag

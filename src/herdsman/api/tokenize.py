@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
+from herdsman.api.bodies import decode_body, json_response
 from herdsman.api.errors import bad_request
 from herdsman.api.protocol import ChatCompletionRequest
-from herdsman.api.responses import decode_body, json_response
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.prepare import render_chat_prompt

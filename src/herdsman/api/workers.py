@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
+from herdsman.api.bodies import decode_body, json_response
 from herdsman.api.errors import APIError, bad_request
-from herdsman.api.responses import decode_body, json_response
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker

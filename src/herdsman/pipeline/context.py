@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from herdsman.mcp import McpConfig
 from herdsman.pipeline.admission import Admission
 from herdsman.pipeline.errors import ModelNotFound
 from herdsman.pipeline.images import ImageSupport
@@ -15,6 +16,10 @@ from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import RoundRobinPolicy, RoutingPolicy, WorkerRegistry
 from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
+from herdsman.storage import Store
+
+if TYPE_CHECKING:
+    from herdsman.mcp import McpPool
 from herdsman.tokenizer import ModelTokenizer
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,13 @@ class ServingContext:
     pending: set[str] = field(default_factory=set)
     # Regular workers of a disaggregated model serve its requests while no pair can.
     pd_fallback: bool = False
+    # Where responses and conversations are kept (None: --storage none).
+    store: Store | None = None
+    # MCP: the servers of --mcp-config, whether request-named servers may be private
+    # addresses, and the sessions (made on first use: the mcp SDK is slow to import).
+    mcp_config: McpConfig | None = None
+    mcp_allow_private: bool = False
+    mcp: McpPool | None = None
     # Engine URL -> its KV-event stream's consumer (feeding loads and the model's index).
     kv_streams: dict[str, KvEventSubscriber] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)

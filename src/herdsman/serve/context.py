@@ -14,6 +14,7 @@ from pathlib import Path
 from herdsman.config import GatewayConfig
 from herdsman.engines import EngineClient, ModelInfo, connect_engine
 from herdsman.engines.transport import TransportOptions
+from herdsman.mcp import load_mcp_config
 from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
 from herdsman.multimodal.registry import load_processor
 from herdsman.multimodal.service import ImagePreprocessor
@@ -38,6 +39,7 @@ from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.pairing import incompatibility
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
+from herdsman.storage import default_storage_url, open_store
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
 
@@ -403,6 +405,9 @@ async def build_context(config: GatewayConfig, specs: list[WorkerSpec]) -> Servi
         limits=request_limits(config),
         admission=admission(config),
         pd_fallback=config.pd_fallback,
+        store=open_store(config.storage or default_storage_url()),
+        mcp_config=load_mcp_config(config.mcp_config) if config.mcp_config else None,
+        mcp_allow_private=config.allow_private_mcp_urls,
     )
     for spec in specs:
         await add_worker(ctx, config, spec)

@@ -274,6 +274,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="answer every request with exactly this text, then EOS (for parser tests)",
     )
+    faults.add_argument(
+        "--response-text-after-tool",
+        default=None,
+        metavar="TEXT",
+        help="with --response-text: answer this text instead, then EOS, when the prompt's last "
+        "message is a tool result (nothing but the assistant's generation prompt follows its "
+        "last </tool_response>, as Qwen/Hermes-style chat templates render tool results); "
+        "scripts an agent's tool call and its answer to the tool's output",
+    )
     parser.add_argument(
         "--eos-after",
         type=_non_negative_int,

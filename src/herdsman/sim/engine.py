@@ -166,11 +166,15 @@ class SimEngine:
         key = hash((opts.seed, -1 if params.seed is None else params.seed, *params.prompt_ids))
         request = SimRequest(params, key)
         request.rank = self.rank
+        eos_after, start = opts.eos_after, None
+        after_tool = self._text.after_tool
+        if after_tool is not None and after_tool.applies(params.prompt_ids):
+            eos_after, start = after_tool.length, after_tool.start
         eos_at = -1
-        if opts.eos_after is not None and self._eos_token is not None and not params.ignore_eos:
-            eos_at = max(opts.eos_after, params.min_tokens)
+        if eos_after is not None and self._eos_token is not None and not params.ignore_eos:
+            eos_at = max(eos_after, params.min_tokens)
         for index in range(max(params.n, 1)):
-            cursor = self._text.start_for(hash((key, index)))
+            cursor = self._text.start_for(hash((key, index))) if start is None else start
             request.sequences.append(SimSequence(request, index, cursor, max_tokens, eos_at))
 
         self._inflight.setdefault(params.request_id, []).append(request)

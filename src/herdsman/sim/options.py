@@ -46,6 +46,9 @@ class SimOptions:
     eos_after: int | None = None
     # Every request answers exactly this text, then EOS: for testing output parsers end to end.
     response_text: str | None = None
+    # ... except requests whose prompt ends in a tool result, which answer this text, then EOS
+    # (a tool call, then an answer to the tool's output: an agent's two turns).
+    response_text_after_tool: str | None = None
     fail_after_tokens: int | None = None
     exit_after_tokens: int | None = None
     hang: bool = False
@@ -111,6 +114,7 @@ class SimOptions:
             kv_heartbeat_ms=args.kv_heartbeat_ms,
             eos_after=args.eos_after,
             response_text=args.response_text,
+            response_text_after_tool=args.response_text_after_tool,
             fail_after_tokens=args.fail_after_tokens,
             exit_after_tokens=args.exit_after_tokens,
             hang=args.hang,

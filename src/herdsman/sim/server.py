@@ -71,15 +71,17 @@ def listening_line(host: str, port: int, backend: str, *, bootstrap_port: int | 
     return line
 
 
-def role_problem(options: SimOptions) -> str | None:
-    """Why the PD settings cannot run, if they cannot."""
+def options_problem(options: SimOptions) -> str | None:
+    """Why the settings cannot run together, if they cannot."""
     if options.role == "prefill" and options.bootstrap_port is None:
         return "--role prefill needs --bootstrap-port (the port decodes fetch KV from)"
+    if options.response_text_after_tool is not None and options.response_text is None:
+        return "--response-text-after-tool needs --response-text (the answer before the tool)"
     return None
 
 
 async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | None = None) -> int:
-    problem = role_problem(options)
+    problem = options_problem(options)
     if problem is not None:
         print(f"engine-sim: {problem}", file=sys.stderr)
         return 2
@@ -101,6 +103,12 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         source.sentence_starts = [0]
         if options.eos_after is None:
             options = dataclasses.replace(options, eos_after=len(source.ids))
+        if options.response_text_after_tool is not None:
+            try:
+                source.add_after_tool(tokenizer, options.response_text_after_tool)
+            except ValueError as exc:
+                print(f"engine-sim: --response-text-after-tool: {exc}", file=sys.stderr)
+                return 2
     else:
         source = TextSource(tokenizer)
     engine = DataParallelEngine(options, card, source, abort_log)
