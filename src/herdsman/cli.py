@@ -124,7 +124,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--mcp-config",
         default=None,
         metavar="FILE",
-        help="MCP servers the gateway may call for /v1/responses tools of type mcp (JSON: "
+        help="MCP servers the gateway may call for /v1/responses mcp tools and /v1/messages "
+        "mcp_servers (JSON: "
         '{"servers": {"LABEL": {"transport": "stdio"|"sse"|"streamable_http", ...}}})',
     )
     p.add_argument(

@@ -529,7 +529,10 @@ def test_errors_are_anthropic_shaped(base_url: str) -> None:
         # anthropic 2.x dropped the sampling arguments (temperature, top_p, top_k) from
         # messages.create; Anthropic's range still holds for clients that send them.
         ({"messages": user, "extra_body": {"temperature": 1.5}}, "temperature"),
-        ({"messages": user, "extra_body": {"mcp_servers": [{"type": "url"}]}}, "MCP servers"),
+        (
+            {"messages": user, "extra_body": {"mcp_servers": [{"type": "url"}]}},
+            "mcp_servers.0.name",
+        ),
         (
             {"messages": user, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
             "server tool",

@@ -4,6 +4,7 @@ a real MCP server (the mcp SDK's, streamable HTTP), feeds the results back and g
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 from tests.conftest import QWEN3, start_gateway
-from tests.mcp.test_mcp_pool import HttpServer, start_http_server
+from tests.mcp.test_mcp_pool import APP, HttpServer, start_http_server
 from tests.responses.conftest import MODEL, fast_sim, sqlite_url, sse
 from tests.responses.test_responses_api import client
 
@@ -180,3 +181,89 @@ def test_private_urls_are_refused_unless_allowed(tmp_path: Path, mcp_server: Htt
     finally:
         gateway.stop()  # type: ignore[attr-defined]
         sim.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def sse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    server = start_http_server("sse", tmp_path_factory.mktemp("mcp-sse"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def configured_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway whose --mcp-config names a stdio server (a process the gateway starts)."""
+    directory = tmp_path_factory.mktemp("configured")
+    config = directory / "mcp.json"
+    config.write_text(
+        json.dumps(
+            {
+                "servers": {
+                    "local": {
+                        "transport": "stdio",
+                        "command": sys.executable,
+                        "args": [str(APP), "stdio"],
+                    }
+                }
+            }
+        )
+    )
+    sim = fast_sim("--response-text", CALL, "--response-text-after-tool", ANSWER)
+    gateway = start_gateway(
+        sim.address,
+        extra=(
+            "--model-path",
+            str(QWEN3),
+            "--storage",
+            sqlite_url(directory),
+            "--mcp-config",
+            str(config),
+        ),
+    )
+    try:
+        yield f"http://{gateway.address}"
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def _loop_output(url: str, tool: dict) -> list:
+    response = client(url).responses.create(model=MODEL, input="What is 2 + 3?", tools=[tool])
+    assert response.status == "completed"
+    return response.output
+
+
+def test_the_loop_over_sse(loop_url: str, sse_server: HttpServer) -> None:
+    output = _loop_output(loop_url, mcp_tool(sse_server))
+    assert [i.type for i in output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert output[1].output == "5" and output[2].content[0].text == ANSWER
+
+
+def test_the_loop_over_a_configured_stdio_server(configured_url: str) -> None:
+    tool = {"type": "mcp", "server_label": "local", "require_approval": "never"}
+    output = _loop_output(configured_url, tool)
+    assert [i.type for i in output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert output[1].server_label == "local" and output[1].output == "5"
+    # allowed_tools narrows what the operator allows: without add, the model's call is not run.
+    narrowed = {**tool, "allowed_tools": ["echo"]}
+    response = client(configured_url).responses.create(
+        model=MODEL, input="What is 2 + 3?", tools=[narrowed]
+    )
+    assert [t.name for t in response.output[0].tools] == ["echo"]
+    assert not any(i.type == "mcp_call" for i in response.output)
+
+
+def test_max_output_tokens_bounds_the_whole_loop(loop_url: str, mcp_server: HttpServer) -> None:
+    sdk = client(loop_url)
+    whole = sdk.responses.create(model=MODEL, input="2 + 3?", tools=[mcp_tool(mcp_server)])
+    assert whole.status == "completed"
+    first_turn = whole.usage.output_tokens - 5  # the answer is more than 2 tokens
+    budget = first_turn + 2
+    capped = sdk.responses.create(
+        model=MODEL, input="2 + 3?", tools=[mcp_tool(mcp_server)], max_output_tokens=budget
+    )
+    assert capped.status == "incomplete"
+    assert capped.usage.output_tokens <= budget
+    # Every item is finished, the call too.
+    assert [i.type for i in capped.output][:2] == ["mcp_list_tools", "mcp_call"]
+    assert capped.output[1].status in ("completed", "failed")

@@ -261,3 +261,30 @@ def test_bad_requests_are_4xx_with_a_clear_error(base_url: str, body: dict, para
     assert error["message"]
     if param is not None:
         assert error["param"] == param
+
+
+def test_truncation_auto_drops_the_oldest_turns(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.conftest import start_gateway
+    from tests.responses.conftest import fast_sim
+
+    sim = fast_sim("--max-model-len", "300")
+    gateway = start_gateway(sim.address, extra=("--storage", "none"))
+    try:
+        url = f"http://{gateway.address}"
+        turns = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "word " * 30}
+            for i in range(15)
+        ]
+        body = {"model": MODEL, "input": turns, "instructions": "Be brief.", "max_output_tokens": 8}
+        refused = httpx.post(f"{url}/v1/responses", json=body, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"
+        kept = httpx.post(
+            f"{url}/v1/responses", json={**body, "truncation": "auto"}, timeout=30
+        ).json()
+        assert kept["truncation"] == "auto" and kept["status"] == "incomplete"
+        assert kept["usage"]["input_tokens"] + 8 <= 300
+        # The newest turn and the instructions stay: fewer turns fit than were sent.
+        assert kept["usage"]["input_tokens"] > 40
+    finally:
+        gateway.stop()
+        sim.stop()

@@ -5,8 +5,10 @@
 - user turns: text and image blocks (base64 as a ``data:`` URL, or a URL) are the user message's
   parts; each ``tool_result`` becomes a ``tool`` message, in order, before the rest of the turn.
 - assistant turns: text is the content, ``thinking`` the turn's ``reasoning_content``,
-  ``tool_use`` its ``tool_calls`` (arguments: the JSON of ``input``). A final assistant turn is a
-  prefill: the answer continues it (the template's ``continue_final_message``).
+  ``tool_use`` and ``mcp_tool_use`` its ``tool_calls`` (arguments: the JSON of ``input``); an
+  ``mcp_tool_result`` inside it (the gateway ran the call within the message) is a ``tool``
+  message, and what follows it a new assistant message. A final assistant turn is a prefill: the
+  answer continues it (the template's ``continue_final_message``).
 - tools are function tools (``input_schema`` as ``parameters``); ``tool_choice`` any/tool are
   required/named; ``thinking`` is the template's thinking switch (``enable_thinking``).
 
@@ -36,8 +38,6 @@ _SERVER_BLOCKS = frozenset(
         "bash_code_execution_tool_result",
         "text_editor_code_execution_tool_result",
         "tool_search_tool_result",
-        "mcp_tool_use",
-        "mcp_tool_result",
         "container_upload",
     }
 )
@@ -51,10 +51,6 @@ def invalid(where: str, message: str) -> InvalidRequest:
 
 def check_supported(body: CountTokensRequest) -> None:
     """Refuse the known fields this gateway cannot honour, rather than quietly drop them."""
-    if body.mcp_servers:
-        raise invalid(
-            "mcp_servers", "MCP servers are not supported yet; send their tools as client tools"
-        )
     if body.container is not None:
         raise invalid("container", "containers (code execution) are not supported")
     thinking_turns_kept(body.context_management)
@@ -91,11 +87,17 @@ def thinking_turns_kept(context_management: Any) -> int | None:
     return kept
 
 
-def to_chat(body: CountTokensRequest, model: str) -> ChatCompletionRequest:
+def to_chat(
+    body: CountTokensRequest, model: str, output: list[Json] | None = None
+) -> ChatCompletionRequest:
     """The chat request that renders and generates like ``body``. A count_tokens body gives the
     same prompt as the messages body it was taken from (sampling fields aside). ``max_tokens``
-    is left to the service, which fits it to the room the prompt leaves."""
-    messages, prefill = chat_messages(body.system, body.messages)
+    is left to the service, which fits it to the room the prompt leaves. ``output``: the blocks
+    of the message generated so far (MCP calls and their results), its assistant turn."""
+    messages = body.messages
+    if output:
+        messages = [*messages, {"role": "assistant", "content": output}]
+    messages, prefill = chat_messages(body.system, messages)
     kept = thinking_turns_kept(body.context_management)
     if kept is not None:
         _clear_thinking(messages, kept)
@@ -191,17 +193,21 @@ def chat_messages(system: str | list[Any] | None, messages: list[Any]) -> tuple[
         if role == "user":
             out += _user_turn(blocks)
             continue
-        message = _assistant_turn(blocks)
-        if n == len(turns) - 1:
+        assistant = _assistant_turn(blocks)
+        message = assistant[-1]
+        # A last turn ending in an assistant message (not in the tool results of calls the
+        # gateway ran) is continued.
+        if n == len(turns) - 1 and message["role"] == "assistant":
             if message.get("tool_calls"):
                 raise invalid(
                     f"messages.{len(messages) - 1}",
                     "the last message is an assistant tool_use without its tool_result",
                 )
             if not message["content"] and not message.get("reasoning_content"):
-                continue  # an empty prefill continues nothing: a plain generation prompt
-            prefill = True
-        out.append(message)
+                assistant.pop()  # an empty prefill continues nothing: a generation prompt
+            else:
+                prefill = True
+        out += assistant
     return out, prefill
 
 
@@ -267,9 +273,9 @@ def _user_turn(blocks: list[tuple[Json, str]]) -> list[Json]:
             parts.append(_text_part(block, where))
         elif kind == "image":
             parts.append(_image_part(block, where))
-        elif kind == "tool_result":
+        elif kind in ("tool_result", "mcp_tool_result"):
             tool_messages.append(_tool_message(block, where))
-        elif kind in ("thinking", "redacted_thinking", "tool_use"):
+        elif kind in ("thinking", "redacted_thinking", "tool_use", "mcp_tool_use"):
             raise invalid(f"{where}.type", f"{kind} blocks belong in assistant messages")
         else:
             raise _unsupported(kind, where)
@@ -279,7 +285,11 @@ def _user_turn(blocks: list[tuple[Json, str]]) -> list[Json]:
     return tool_messages
 
 
-def _assistant_turn(blocks: list[tuple[Json, str]]) -> Json:
+def _assistant_turn(blocks: list[tuple[Json, str]]) -> list[Json]:
+    """An assistant turn's messages: one, unless the turn holds results of MCP calls the gateway
+    ran (``mcp_tool_result``): each is a tool message after the assistant message of the calls,
+    and the blocks after them a new assistant message, as the model generated them."""
+    out: list[Json] = []
     parts: list[Json] = []
     reasoning: list[str] = []
     calls: list[Json] = []
@@ -296,12 +306,28 @@ def _assistant_turn(blocks: list[tuple[Json, str]]) -> Json:
             # Anthropic's encrypted reasoning: opaque bytes no template can show. Accepted so a
             # conversation held with Anthropic can continue here, and left out of the prompt.
             continue
-        elif kind == "tool_use":
+        elif kind in ("tool_use", "mcp_tool_use"):
+            # An MCP call's server_name is not shown: templates know a tool by its name only.
             calls.append(_tool_call(block, where))
+        elif kind == "mcp_tool_result":
+            if parts or reasoning or calls:
+                out.append(_assistant_message(parts, reasoning, calls))
+                parts, reasoning, calls = [], [], []
+            out.append(_tool_message(block, where))
+        elif kind == "mcp_tool_listing":
+            # A newer connector's record of a server's tools, sent back for the server to
+            # reuse: the tools are listed afresh here, and nothing of it is in the prompt.
+            continue
         elif kind in ("image", "tool_result"):
             raise invalid(f"{where}.type", f"{kind} blocks belong in user messages")
         else:
             raise _unsupported(kind, where)
+    if parts or reasoning or calls or not out:
+        out.append(_assistant_message(parts, reasoning, calls))
+    return out
+
+
+def _assistant_message(parts: list[Json], reasoning: list[str], calls: list[Json]) -> Json:
     message: Json = {"role": "assistant", "content": _content(parts) if parts else None}
     if message["content"] is None and not calls:
         message["content"] = ""

@@ -60,8 +60,9 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
     output_config: OutputConfig | None = None
     # A prompt-caching hint; the engine's prefix cache needs none, so it changes nothing.
     cache_control: dict[str, Any] | None = None
-    # Refused when set (convert.check_supported): nothing here can honour them yet.
+    # Anthropic's MCP connector: servers whose tools the gateway runs itself (``mcp``).
     mcp_servers: list[Any] | None = None
+    # Refused when set (convert.check_supported): nothing here can run code.
     container: Any = None
     # Only its clear_thinking edit is honoured (convert.thinking_turns_kept).
     context_management: Any = None

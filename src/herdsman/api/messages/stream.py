@@ -8,7 +8,9 @@ thinking block's ``signature_delta`` last), ``content_block_stop``; then ``messa
 reason, output tokens) and ``message_stop``. A failure after the start is an ``error`` event.
 
 The builder knows nothing of generations: a message made of several generate turns (a server-run
-tool between them) feeds it turn after turn and finishes it once.
+tool between them) feeds it turn after turn and finishes it once. A call of an MCP tool (one of
+``mcp_tools``) is an ``mcp_tool_use`` block, streamed as a ``tool_use`` is (its input as
+``input_json_delta``s); the service adds its ``mcp_tool_result`` whole (``add_block``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class MessageBuilder:
         keep_events: bool,
         show_thinking: bool = True,
         max_calls: int | None = None,
+        mcp_tools: dict[str, str] | None = None,
     ) -> None:
         # The message object: fixed fields filled by the caller, content and stop kept here.
         self.message = message
@@ -52,9 +55,17 @@ class MessageBuilder:
         self.keep_events = keep_events
         # display "omitted": thinking blocks come without their text.
         self.show_thinking = show_thinking
-        # disable_parallel_tool_use: the calls past this many are dropped.
+        # disable_parallel_tool_use: the calls of a turn past this many are dropped.
         self.max_calls = max_calls
+        # MCP tool name -> its server's name: the calls the gateway runs itself.
+        self.mcp_tools = mcp_tools or {}
+        # tool_use blocks (the client's tools) in the message: its stop reason is tool_use.
         self.tool_uses = 0
+        # This turn's calls of either kind, and its mcp_tool_use blocks.
+        self._turn_calls = 0
+        self._mcp_uses: list[Json] = []
+        # The ids of mcp_tool_use blocks whose input was not a JSON object (cut short, say).
+        self.bad_inputs: set[str] = set()
         self.events: list[Json] = []
         self._open: Json | None = None
         self._open_index = -1
@@ -125,18 +136,27 @@ class MessageBuilder:
         index = delta.get("index", 0)
         function = delta.get("function") or {}
         if index not in self._calls:
-            if self.max_calls is not None and self.tool_uses >= self.max_calls:
+            if self.max_calls is not None and self._turn_calls >= self.max_calls:
                 self._calls[index] = None
                 return
             self._pending = None
-            started: Json = {
-                "type": "tool_use",
-                "id": new_id("toolu"),
-                "name": function.get("name") or "",
-                "input": {},
-            }
+            name = function.get("name") or ""
+            server = self.mcp_tools.get(name)
+            started: Json
+            if server is None:
+                started = {"type": "tool_use", "id": new_id("toolu"), "name": name, "input": {}}
+                self.tool_uses += 1
+            else:
+                started = {
+                    "type": "mcp_tool_use",
+                    "id": new_id("mcptoolu"),
+                    "name": name,
+                    "server_name": server,
+                    "input": {},
+                }
+                self._mcp_uses.append(started)
             self._calls[index] = started
-            self.tool_uses += 1
+            self._turn_calls += 1
             self._start_block(started)
             self._inputs[self._open_index] = ""
         block = self._calls[index]
@@ -180,9 +200,34 @@ class MessageBuilder:
                     "delta": {"type": "signature_delta", "signature": ""},
                 }
             )
-        elif block["type"] == "tool_use":
-            block["input"] = _input(self._inputs.get(index, ""))
+        elif block["type"] in ("tool_use", "mcp_tool_use"):
+            text = self._inputs.get(index, "")
+            parsed = _input(text)
+            block["input"] = parsed if parsed is not None else {}
+            if parsed is None and block["type"] == "mcp_tool_use":
+                self.bad_inputs.add(block["id"])
         self._emit({"type": "content_block_stop", "index": index})
+
+    # --- between turns --------------------------------------------------------------------------
+
+    def end_turn(self) -> list[Json]:
+        """A generate turn is over: its last block closes, and the next turn's calls are counted
+        afresh (its parser numbers them from 0 again). Returns the turn's mcp_tool_use blocks."""
+        self._pending = None
+        self._close()
+        self._calls = {}
+        self._turn_calls = 0
+        uses, self._mcp_uses = self._mcp_uses, []
+        return uses
+
+    def add_block(self, block: Json) -> None:
+        """A block made whole (an mcp_tool_result): its start carries it all, then its stop."""
+        self._start_block(block)
+        self._close()
+
+    def ping(self) -> None:
+        """Bytes for the client (and proxies) while the gateway waits on an MCP server."""
+        self._emit({"type": "ping"})
 
     # --- the end ------------------------------------------------------------------------------
 
@@ -206,13 +251,13 @@ class MessageBuilder:
         self._emit(error_body(kind, message))
 
 
-def _input(text: str) -> Json:
-    """A tool_use block's ``input``: the streamed JSON, parsed. Output cut short (max_tokens
-    inside the arguments) is no object: the block keeps an empty input, as it started."""
+def _input(text: str) -> Json | None:
+    """A tool_use block's ``input``: the streamed JSON, parsed; None if it is no object (output
+    cut short by max_tokens inside the arguments), and the block keeps its empty input."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None

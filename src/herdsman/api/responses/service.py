@@ -399,14 +399,18 @@ async def _drive(prepared: Prepared, generation: Generation) -> AsyncIterator[No
             finish = usage.finish
             calls = builder.turn_calls
             to_run = [c for c in calls if c["type"] == "mcp_call"]
-            if not to_run or len(to_run) != len(calls) or finish == "length":
+            budget = prepared.body.max_output_tokens
+            if finish == "length" or (to_run and budget is not None and usage.output >= budget):
+                # max_output_tokens bounds the whole response: no turn after it is spent, and
+                # a call cut off (or made) in the last turn is not run.
+                finish = "length"
+                _not_run(builder, to_run, "the response reached max_output_tokens")
+                break
+            if not to_run:
                 break
             if made + len(to_run) > limit:
                 finish = "max_tool_calls"
-                for call in to_run:
-                    call["error"] = f"not run: this response reached max_tool_calls ({limit})"
-                    call["status"] = "failed"
-                    builder.mcp_finished(call)
+                _not_run(builder, to_run, f"this response reached max_tool_calls ({limit})")
                 break
             made += len(to_run)
             ctx, mcp = prepared.ctx, prepared.mcp
@@ -414,8 +418,10 @@ async def _drive(prepared: Prepared, generation: Generation) -> AsyncIterator[No
             for call in to_run:
                 builder.mcp_finished(call)
             yield
+            if len(to_run) != len(calls):
+                break  # the client's own calls (or an approval) end the loop: it acts next
             builder.next_turn()
-            generation = await _next_generation(prepared, builder.output)
+            generation = await _next_generation(prepared, builder.output, usage.output)
     except RequestError as exc:
         error = api_error(exc)
         builder.fail(str(error.code or "server_error"), exc.message)
@@ -423,6 +429,13 @@ async def _drive(prepared: Prepared, generation: Generation) -> AsyncIterator[No
         return
     builder.finish(finish, usage.as_dict())
     yield
+
+
+def _not_run(builder: ResponseBuilder, calls: list[Item], why: str) -> None:
+    for call in calls:
+        call["error"] = f"not run: {why}"
+        call["status"] = "failed"
+        builder.mcp_finished(call)
 
 
 class _Usage:
@@ -471,11 +484,18 @@ async def _turn(prepared: Prepared, generation: Generation, usage: _Usage) -> As
     usage.output += generation.completion_tokens
 
 
-async def _next_generation(prepared: Prepared, output: list[Item]) -> Generation:
-    """The next turn: the same request with this response's output so far appended."""
+async def _next_generation(prepared: Prepared, output: list[Item], spent: int) -> Generation:
+    """The next turn: the same request with this response's output so far appended, and what
+    is left of max_output_tokens."""
     chat = prepared.chat
+    if prepared.body.max_output_tokens is not None:
+        chat.max_tokens = prepared.body.max_output_tokens - spent
     items = prepared.history + prepared.input_items + output
     chat.messages = to_messages(items, prepared.body.instructions)
+    # A forced tool choice forces the first turn's call; after the results, the model decides
+    # (forcing every turn would loop until max_tool_calls).
+    if chat.tool_choice not in (None, "none", "auto"):
+        chat.tool_choice = "auto"
     plan = await _plan(prepared.ctx, prepared.model, chat, prepared.body)
     plan.request_id = f"{prepared.builder.response['id']}-{len(output)}"
     plan.stream = True
