@@ -32,7 +32,6 @@ class ResponseBuilder:
         self._open: Json | None = None  # the reasoning or message item being written
         self._calls: dict[int, Json] = {}  # parser tool index -> its function_call item
         self._open_call: Json | None = None
-        self.reasoning_tokens = 0
         # MCP: tool name -> (server label, needs approval); such calls become mcp_call (run by
         # the gateway) or mcp_approval_request items instead of function_call items.
         self.mcp_tools: dict[str, tuple[str, bool]] = {}

@@ -71,10 +71,6 @@ class Prepared:
     approved: list[Item] = field(default_factory=list)
 
 
-def storage(ctx: ServingContext) -> Store | None:
-    return ctx.store
-
-
 def require_store(ctx: ServingContext, what: str) -> Store:
     store = ctx.store
     if store is None:
