@@ -30,7 +30,7 @@ BACKENDS = ["vllm", "sglang"]
 def pd_sim(backend: str, role: str, *flags: str, text: str = TEXT, log: Path | None = None) -> Proc:
     extra = [*FAST, "--response-text", text, "--role", role, *flags]
     if role == "prefill" and "--bootstrap-port" not in flags:
-        extra += ["--bootstrap-port", str(free_port())]
+        extra += ["--bootstrap-port", "0"]  # bound by the sim: no pick-then-bind race
     if log is not None:
         extra += ["--abort-log", str(log)]
     return start_sim(QWEN3, backend, *extra)
