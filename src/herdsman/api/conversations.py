@@ -11,7 +11,7 @@ import msgspec
 from herdsman.api.bodies import decode_body, json_response
 from herdsman.api.errors import APIError, bad_request
 from herdsman.api.responses.items import new_id, normalize_input
-from herdsman.api.responses.service import require_store, storage_failed
+from herdsman.api.responses.persist import require_store, storage_failed
 from herdsman.api.responses.stored import int_param, list_object, order_param, path_segment, query
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext

@@ -20,6 +20,14 @@ from herdsman.pipeline.parsing import ParsedDelta
 Json = dict[str, Any]
 
 
+# The event family of each text item kind, and what its delta and done events carry besides.
+_TEXT_EVENTS = {"reasoning": "response.reasoning_text", "message": "response.output_text"}
+
+
+def _text_extra(kind: str) -> dict[str, Any]:
+    return {"logprobs": []} if kind == "message" else {}
+
+
 class ResponseBuilder:
     def __init__(self, response: Json, *, keep_events: bool = True) -> None:
         # The response object: fixed fields filled by the caller, output and status kept here.
@@ -32,6 +40,8 @@ class ResponseBuilder:
         self._open: Json | None = None  # the reasoning or message item being written
         self._calls: dict[int, Json] = {}  # parser tool index -> its function_call item
         self._open_call: Json | None = None
+        # Item id -> its position in the output (events name it on every delta).
+        self._index: dict[str, int] = {}
         # MCP: tool name -> (server label, needs approval); such calls become mcp_call (run by
         # the gateway) or mcp_approval_request items instead of function_call items.
         self.mcp_tools: dict[str, tuple[str, bool]] = {}
@@ -72,7 +82,7 @@ class ResponseBuilder:
 
     def _add_item(self, item: Json) -> int:
         self.output.append(item)
-        index = len(self.output) - 1
+        index = self._index[item["id"]] = len(self.output) - 1
         self._emit("response.output_item.added", output_index=index, item=copy.deepcopy(item))
         return index
 
@@ -103,47 +113,31 @@ class ResponseBuilder:
             )
             self._open = item
         item["content"][0]["text"] += text
-        if kind == "reasoning":
-            self._emit(
-                "response.reasoning_text.delta",
-                item_id=item["id"],
-                output_index=len(self.output) - 1,
-                content_index=0,
-                delta=text,
-            )
-        else:
-            self._emit(
-                "response.output_text.delta",
-                item_id=item["id"],
-                output_index=len(self.output) - 1,
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
+        self._emit(
+            _TEXT_EVENTS[kind] + ".delta",
+            item_id=item["id"],
+            output_index=self._index[item["id"]],
+            content_index=0,
+            delta=text,
+            **_text_extra(kind),
+        )
 
     def _close_open(self) -> None:
         item = self._open
         if item is not None:
             self._open = None
-            index = self.output.index(item)
+            index = self._index[item["id"]]
             part = item["content"][0]
-            if item["type"] == "reasoning":
-                self._emit(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=part["text"],
-                )
-            else:
-                self._emit(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=part["text"],
-                    logprobs=[],
-                )
+            kind = item["type"]
+            self._emit(
+                _TEXT_EVENTS[kind] + ".done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                **_text_extra(kind),
+            )
+            if kind == "message":
                 item["status"] = "completed"
             self._emit(
                 "response.content_part.done",
@@ -160,7 +154,7 @@ class ResponseBuilder:
         if call is None:
             return
         self._open_call = None
-        index = self.output.index(call)
+        index = self._index[call["id"]]
         kind = call["type"]
         if kind == "mcp_call":
             # Done once the gateway has run it (mcp_finished).
@@ -184,7 +178,7 @@ class ResponseBuilder:
 
     def mcp_finished(self, call: Json) -> None:
         """An mcp_call the gateway ran: its output or error is in the item."""
-        index = self.output.index(call)
+        index = self._index[call["id"]]
         failed = call.get("error") is not None
         self._emit(
             "response.mcp_call.failed" if failed else "response.mcp_call.completed",
@@ -265,7 +259,7 @@ class ResponseBuilder:
                     if kind == "mcp_call"
                     else "response.function_call_arguments.delta",
                     item_id=call["id"],
-                    output_index=self.output.index(call),
+                    output_index=self._index[call["id"]],
                     delta=fragment,
                 )
 

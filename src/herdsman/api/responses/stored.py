@@ -11,7 +11,8 @@ from urllib.parse import parse_qs
 
 from herdsman.api.bodies import json_response
 from herdsman.api.errors import APIError, bad_request
-from herdsman.api.responses.service import RUNNING, require_store, storage_failed
+from herdsman.api.responses.background import RUNNING
+from herdsman.api.responses.persist import require_store, storage_failed
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServingContext
 from herdsman.storage import ResponseRecord, StorageError, Store
