@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,10 @@ from pathlib import Path
 import httpx
 
 from bench import procstat
-from bench.suite import Server
+from bench.responses import start_sim_and_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
-_SIM_READY = re.compile(r"engine-sim listening on (\S+):(\d+)")
-_GATEWAY_READY = re.compile(r"herdsman listening on http://(\S+):(\d+)")
 
 
 def start_mcp(out: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -89,53 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="bench-mcp-loop-"))
     mcp, mcp_url = start_mcp(out)
-    sim = Server(
-        "sim",
-        [
-            sys.executable,
-            "-m",
-            "herdsman.sim",
-            "--model-path",
-            "models/qwen3",
-            "--port",
-            "0",
-            "--ttft-base-ms",
-            "1",
-            "--itl-base-ms",
-            "1",
-            "--response-text",
-            CALL,
-        ],
-        out / "sim.log",
-    )
-    host, port = sim.wait_for_line(_SIM_READY).groups()
-    gateway = Server(
-        "herdsman",
-        [
-            sys.executable,
-            "-m",
-            "herdsman",
-            "serve",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-            "--no-warm-spare",
-            "--worker",
-            f"grpc://{host}:{port}",
-            "--log-level",
-            "warning",
-            "--model-path",
-            "models/qwen3",
-            "--storage",
-            "none",
-            "--allow-private-mcp-urls",
-        ],
-        out / "gateway.log",
+    sim, gateway, base = start_sim_and_gateway(
+        out,
+        ["--ttft-base-ms", "1", "--itl-base-ms", "1", "--response-text", CALL],
+        ["--model-path", "models/qwen3", "--storage", "none", "--allow-private-mcp-urls"],
     )
     try:
-        ghost, gport = gateway.wait_for_line(_GATEWAY_READY).groups()
-        base = f"http://{ghost}:{gport}"
         tool = {
             "type": "mcp",
             "server_label": "calc",

@@ -94,15 +94,11 @@ async def window(base: str, mode: str, requests: int, concurrency: int, tokens: 
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200, help="per window")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--itl-ms", type=float, default=5.0)
-    args = parser.parse_args(argv)
-    out = Path(tempfile.mkdtemp(prefix="bench-responses-"))
+def start_sim_and_gateway(
+    out: Path, sim_args: list[str], gateway_args: list[str]
+) -> tuple[Server, Server, str]:
+    """An engine-sim (qwen3, vLLM protocol) and one herdsman gateway process before it (no warm
+    spare); the gateway's base URL."""
     sim = Server(
         "sim",
         [
@@ -113,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "models/qwen3",
             "--port",
             "0",
-            "--ttft-base-ms",
-            "5",
-            "--itl-base-ms",
-            str(args.itl_ms),
-            "--itl-per-running-ms",
-            "0",
+            *sim_args,
         ],
         out / "sim.log",
     )
@@ -126,27 +117,31 @@ def main(argv: list[str] | None = None) -> int:
     gateway = Server(
         "herdsman",
         [
-            sys.executable,
-            "-m",
-            "herdsman",
-            "serve",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-            "--no-warm-spare",
-            "--worker",
-            f"grpc://{host}:{port}",
-            "--log-level",
-            "warning",
-            "--storage",
-            f"sqlite:///{out / 'store.db'}",
+            *(sys.executable, "-m", "herdsman", "serve", "--port", "0", "--workers", "1"),
+            *("--no-warm-spare", "--worker", f"grpc://{host}:{port}", "--log-level", "warning"),
+            *gateway_args,
         ],
         out / "gateway.log",
     )
+    ghost, gport = gateway.wait_for_line(_GATEWAY_READY).groups()
+    return sim, gateway, f"http://{ghost}:{gport}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="per window")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--itl-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    out = Path(tempfile.mkdtemp(prefix="bench-responses-"))
+    sim, gateway, base = start_sim_and_gateway(
+        out,
+        ["--ttft-base-ms", "5", "--itl-base-ms", str(args.itl_ms), "--itl-per-running-ms", "0"],
+        ["--storage", f"sqlite:///{out / 'store.db'}"],
+    )
     try:
-        ghost, gport = gateway.wait_for_line(_GATEWAY_READY).groups()
-        base = f"http://{ghost}:{gport}"
         for mode in MODES:  # warm-up: caches, connections, the first SQLite write
             asyncio.run(window(base, mode, args.concurrency * 2, args.concurrency, args.tokens))
         per_request: dict[str, list[float]] = {m: [] for m in MODES}

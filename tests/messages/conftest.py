@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import anthropic
 import httpx
 import pytest
 from tests.conftest import MODELS, QWEN3, Proc, start_gateway, start_sim
+from tests.responses.conftest import parse_sse
 
 MODEL = "qwen3"
 VL_MODEL = "qwen2_5_vl"
@@ -133,16 +133,3 @@ def sse(base_url: str, body: dict) -> list[dict]:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         return parse_sse(response.iter_lines())
-
-
-def parse_sse(lines: Iterator[str]) -> list[dict]:
-    events: list[dict] = []
-    name = None
-    for line in lines:
-        if line.startswith("event: "):
-            name = line[len("event: ") :]
-        elif line.startswith("data: "):
-            event = json.loads(line[len("data: ") :])
-            assert event["type"] == name
-            events.append(event)
-    return events
