@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 from tests.conftest import start_gateway
+from tests.faults.common import log_lines, wait_for
 from tests.responses.conftest import MODEL, fast_sim, parse_sse, sqlite_url
 from tests.responses.test_responses_api import chat_prompt_tokens, client
 
@@ -121,10 +122,8 @@ def test_cancel_stops_the_engine(slow_url: tuple[str, Path]) -> None:
     cancelled = sdk.responses.cancel(queued.id)
     assert cancelled.status == "cancelled"
     assert sdk.responses.retrieve(queued.id).status == "cancelled"
-    deadline = time.monotonic() + DEADLINE_S
-    while queued.id not in (aborts.read_text() if aborts.exists() else ""):
-        assert time.monotonic() < deadline, "the engine never got an Abort"
-        time.sleep(0.05)
+    aborted = wait_for(lambda: any(queued.id in line for line in log_lines(aborts)), DEADLINE_S)
+    assert aborted, "the engine never got an Abort"
     # Cancelling a finished response changes nothing; a foreground one cannot be cancelled.
     assert sdk.responses.cancel(queued.id).status == "cancelled"
     foreground = sdk.responses.create(model=MODEL, input="hi", max_output_tokens=2)

@@ -3,12 +3,12 @@ other serves; a background response started on one is cancelled through the othe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.conftest import Proc, start_gateway
+from tests.faults.common import log_lines, wait_for
 from tests.responses.conftest import MODEL, fast_sim, sqlite_url
 from tests.responses.test_responses_api import client
 
@@ -75,12 +75,9 @@ def test_a_cancel_reaches_the_run_on_another_gateway(pair: tuple[str, str, Path]
     queued = client(a).responses.create(
         model=MODEL, input="a long one", background=True, max_output_tokens=5000
     )
-    deadline = time.monotonic() + DEADLINE_S
-    while client(b).responses.retrieve(queued.id).status != "in_progress":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    running = lambda: client(b).responses.retrieve(queued.id).status == "in_progress"  # noqa: E731
+    assert wait_for(running, DEADLINE_S)
     assert client(b).responses.cancel(queued.id).status == "cancelled"
-    while queued.id not in (aborts.read_text() if aborts.exists() else ""):
-        assert time.monotonic() < deadline, "the engine never got an Abort"
-        time.sleep(0.05)
+    aborted = wait_for(lambda: any(queued.id in line for line in log_lines(aborts)), DEADLINE_S)
+    assert aborted, "the engine never got an Abort"
     assert client(a).responses.retrieve(queued.id).status == "cancelled"
