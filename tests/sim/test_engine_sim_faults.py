@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from smg_grpc_proto.generated import common_pb2
 
 from .simproc import BACKENDS, SimFactory, SimProcess, generate_request, split_responses
 
@@ -58,7 +59,7 @@ def test_healthy_by_default_and_sigterm_is_graceful(sim_factory: SimFactory) -> 
 def test_unimplemented_rpcs_say_so(sim_factory: SimFactory) -> None:
     sim = sim_factory()
     with pytest.raises(grpc.RpcError) as error:
-        sim.stub().Embed(sim.pb.EmbedRequest(request_id="e"), timeout=5)
+        sim.stub().StartProfile(common_pb2.StartProfileRequest(), timeout=5)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -21,7 +21,9 @@ from herdsman.api.conversations import (
 )
 from herdsman.api.errors import APIError, api_error
 from herdsman.api.messages import count_tokens, create_message
+from herdsman.api.native_generate import native_generate
 from herdsman.api.parse import parse_function_call, parse_reasoning
+from herdsman.api.pooling import classify, embeddings, rerank, score
 from herdsman.api.responses import (
     cancel_response,
     create_response,
@@ -79,7 +81,19 @@ async def health(ctx: ServingContext, request: Request) -> Response:
 
 
 # Endpoints that run generations: admitted by the concurrency limit and its queue.
-GENERATION_ENDPOINTS = frozenset({chat_completions, completions, create_response, create_message})
+GENERATION_ENDPOINTS = frozenset(
+    {
+        chat_completions,
+        completions,
+        create_response,
+        create_message,
+        native_generate,
+        embeddings,
+        score,
+        rerank,
+        classify,
+    }
+)
 
 ROUTES: dict[str, dict[str, Endpoint]] = {
     "/v1/chat/completions": {"POST": chat_completions},
@@ -111,6 +125,17 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     # Anthropic's Messages API (its errors are Anthropic-shaped, made in the endpoints).
     "/v1/messages": {"POST": create_message},
     "/v1/messages/count_tokens": {"POST": count_tokens},
+    # SGLang's native API.
+    "/generate": {"POST": native_generate},
+    # Pooling models; vLLM's server also has score, rerank and classify without /v1.
+    "/v1/embeddings": {"POST": embeddings},
+    "/v1/score": {"POST": score},
+    "/score": {"POST": score},
+    "/v1/rerank": {"POST": rerank},
+    "/rerank": {"POST": rerank},
+    "/v2/rerank": {"POST": rerank},
+    "/v1/classify": {"POST": classify},
+    "/classify": {"POST": classify},
 }
 
 

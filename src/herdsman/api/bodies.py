@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -40,6 +40,29 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise bad_request(f"the body is not valid UTF-8: {exc.reason}") from exc
     except RecursionError as exc:
         raise bad_request("the body's JSON is nested too deeply") from exc
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in value
+    )
+
+
+def split_inputs(value: Any, param: str) -> tuple[list[str | list[int]], bool]:
+    """An input as OpenAI's APIs take it: a string, a list of token ids, or a batch of either
+    (a list of strings or of id lists). Returns the items and whether it was a batch."""
+    if isinstance(value, str):
+        return [value], False
+    if isinstance(value, list) and value:
+        if _is_ids(value):
+            return [value], False
+        if all(isinstance(v, str) for v in value) or all(_is_ids(v) and v for v in value):
+            return list(value), True
+    raise bad_request(
+        f"'{param}' must be a string, a list of token ids, or a non-empty list of strings or of "
+        "token id lists",
+        param,
+    )
 
 
 # Sticky routing keys, as clients of SMG and of other routers send them.

@@ -32,6 +32,7 @@ from herdsman.pipeline.prepare import prepare_chat
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, ChatCompletionRequest)
     model = ctx.served(body.model)
+    model.require("generate", "/v1/chat/completions")
     images = await load_images(
         model.images,
         body.messages,

@@ -28,6 +28,7 @@ from herdsman.pipeline.prepare import prepare_completion
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:
     body = decode_body(request.body, CompletionRequest)
     model = ctx.served(body.model)
+    model.require("generate", "/v1/completions")
     request_id, plans = await prepare_completion(model, body, ctx.limits.max_choices)
     key = routing_key(request)
     for plan in plans:

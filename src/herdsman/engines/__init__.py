@@ -2,6 +2,8 @@
 
 from herdsman.engines.base import (
     Bootstrap,
+    EmbedOutput,
+    EmbedRequest,
     EngineBusy,
     EngineClient,
     EngineDeadlineExceeded,
@@ -19,6 +21,8 @@ from herdsman.engines.connect import BACKENDS, connect_engine
 __all__ = [
     "BACKENDS",
     "Bootstrap",
+    "EmbedOutput",
+    "EmbedRequest",
     "EngineBusy",
     "EngineClient",
     "EngineDeadlineExceeded",

@@ -68,6 +68,26 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     kv_transfer_params: str | None = None
 
 
+class EmbedRequest(msgspec.Struct, kw_only=True):
+    """One input of a pooling model (an embedding, or a classifier's logits)."""
+
+    request_id: str
+    input_ids: list[int]
+    # BERT-style pair encodings (a cross-encoder's query and document): the segment of each id.
+    # Only sglang_scheduler.proto carries them.
+    token_type_ids: list[int] | None = None
+    timeout: float | None = None
+    data_parallel_rank: int | None = None
+
+
+class EmbedOutput(msgspec.Struct, gc=False):
+    """What the engine's pooler returned: an embedding, or a classifier's raw scores."""
+
+    # A float32 numpy array (typed loosely to keep this module free of numpy).
+    values: Any
+    prompt_tokens: int
+
+
 class TokenLogprobs(msgspec.Struct, gc=False):
     """Logprobs of a run of generated tokens: one entry per token, alternatives best first."""
 
@@ -113,6 +133,11 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     eos_token_ids: list[int] = msgspec.field(default_factory=list)
     bos_token_id: int | None = None
     supports_vision: bool = False
+    # Pooling models (embedding, classification) do not generate.
+    is_generation: bool = True
+    # Classifiers: their labels by class index (SGLang states them; vLLM's proto does not).
+    num_labels: int = 0
+    id2label: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class EngineError(RuntimeError):
@@ -149,7 +174,13 @@ class EngineClient(Protocol):
     backend: str
     address: str
 
+    # What the engine's Embed RPC can run: "embed", and "classify" where the protocol lets the
+    # model's own head (a classifier's) pool the input.
+    pooling_tasks: frozenset[str]
+
     def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...
+
+    async def embed(self, request: EmbedRequest) -> EmbedOutput: ...
 
     async def abort(self, request_ids: list[str]) -> None: ...
 

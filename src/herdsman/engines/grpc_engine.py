@@ -13,6 +13,8 @@ from google.protobuf.json_format import MessageToDict
 from smg_grpc_proto.generated import common_pb2
 
 from herdsman.engines.base import (
+    EmbedOutput,
+    EmbedRequest,
     EngineBusy,
     EngineDeadlineExceeded,
     EngineError,
@@ -23,6 +25,7 @@ from herdsman.engines.base import (
     PromptLogprobs,
     TokenLogprobs,
 )
+from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.transport import RpcError, Transport
 from herdsman.routing.load import WorkerLoad
 
@@ -121,6 +124,9 @@ class GrpcEngine:
     """Base of the protocol adapters; subclasses supply the service, messages and conversions."""
 
     backend: ClassVar[str]
+    # EmbedResponse's field numbers differ between the protos; see embed_wire.
+    _embed_decoder: ClassVar[EmbedResponseDecoder]
+    pooling_tasks: ClassVar[frozenset[str]]
     service: ClassVar[str]
     pb2: ClassVar[Any]
 
@@ -131,6 +137,7 @@ class GrpcEngine:
             name: f"/{self.service}/{name}"
             for name in (
                 "Generate",
+                "Embed",
                 "Abort",
                 "HealthCheck",
                 "GetModelInfo",
@@ -146,6 +153,13 @@ class GrpcEngine:
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
         raise NotImplementedError
+
+    def _embed_request(self, request: EmbedRequest) -> Any:
+        raise NotImplementedError
+
+    def _labels(self, info: Any) -> tuple[int, dict[str, str]]:
+        """A classifier's label count and names, where the protocol states them."""
+        return 0, {}
 
     async def _unary(self, name: str, request: Any, response_type: Any, timeout: float) -> Any:
         try:
@@ -185,6 +199,15 @@ class GrpcEngine:
         finally:
             await responses.aclose()
 
+    async def embed(self, request: EmbedRequest) -> EmbedOutput:
+        output: EmbedOutput = await self._unary(
+            "Embed",
+            self._embed_request(request),
+            self._embed_decoder,
+            request.timeout if request.timeout is not None else 600.0,
+        )
+        return output
+
     async def abort(self, request_ids: list[str]) -> None:
         for message in self._abort_requests(request_ids):
             await self._unary("Abort", message, self.pb2.AbortResponse, 5.0)
@@ -202,6 +225,7 @@ class GrpcEngine:
         info = await self._unary(
             "GetModelInfo", self.pb2.GetModelInfoRequest(), self.pb2.GetModelInfoResponse, 10.0
         )
+        labels = self._labels(info)
         return ModelInfo(
             model_path=info.model_path,
             served_model_name=info.served_model_name,
@@ -213,6 +237,9 @@ class GrpcEngine:
             eos_token_ids=list(info.eos_token_ids),
             bos_token_id=info.bos_token_id or None,
             supports_vision=info.supports_vision,
+            is_generation=info.is_generation,
+            num_labels=labels[0],
+            id2label=labels[1],
         )
 
     async def server_info(self) -> dict[str, object]:

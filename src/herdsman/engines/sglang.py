@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from smg_grpc_proto.generated import sglang_scheduler_pb2
 
-from herdsman.engines.base import EngineRequest
+from herdsman.engines.base import EmbedRequest, EngineRequest
+from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.grpc_engine import GrpcEngine
 
 
@@ -36,6 +38,9 @@ class SglangScheduler(GrpcEngine):
     backend = "sglang"
     service = "sglang.grpc.scheduler.SglangScheduler"
     pb2 = sglang_scheduler_pb2
+    # SGLang's Embed runs the model's own pooler: an embedding, or a classifier's scores.
+    _embed_decoder = EmbedResponseDecoder(values_field=5, tokens_field=6)
+    pooling_tasks = frozenset({"embed", "classify"})
 
     def _generate_request(self, request: EngineRequest) -> sglang_scheduler_pb2.GenerateRequest:
         s = request.sampling
@@ -96,3 +101,25 @@ class SglangScheduler(GrpcEngine):
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
         return [sglang_scheduler_pb2.AbortRequest(request_id=rid) for rid in request_ids]
+
+    def _embed_request(self, request: EmbedRequest) -> sglang_scheduler_pb2.EmbedRequest:
+        message = sglang_scheduler_pb2.EmbedRequest(
+            request_id=request.request_id,
+            tokenized=sglang_scheduler_pb2.TokenizedInput(input_ids=request.input_ids),
+        )
+        if request.token_type_ids is not None:
+            message.token_type_ids.extend(request.token_type_ids)
+        if request.data_parallel_rank is not None:
+            message.data_parallel_rank = request.data_parallel_rank
+        return message
+
+    def _labels(self, info: Any) -> tuple[int, dict[str, str]]:
+        labels: dict[str, str] = {}
+        if info.id2label_json:
+            try:
+                parsed = json.loads(info.id2label_json)
+            except ValueError:
+                parsed = {}
+            if isinstance(parsed, dict):
+                labels = {str(k): str(v) for k, v in parsed.items()}
+        return max(info.num_labels, len(labels)), labels

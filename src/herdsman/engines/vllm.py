@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
-from herdsman.engines.base import EngineError, EngineOutput, EngineRequest
+from herdsman.engines.base import EmbedRequest, EngineError, EngineOutput, EngineRequest
+from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.grpc_engine import GrpcEngine
 
 
@@ -179,6 +180,10 @@ class VllmEngine(GrpcEngine):
     backend = "vllm"
     service = "vllm.grpc.engine.VllmEngine"
     pb2 = vllm_engine_pb2
+    # Its servicer's Embed runs vLLM's "embed" pooling task and nothing else: a classifier's head
+    # cannot be reached through this protocol.
+    _embed_decoder = EmbedResponseDecoder(values_field=1, tokens_field=2)
+    pooling_tasks = frozenset({"embed"})
     # Whether the engine normalizes pixels on device (GetServerInfo's mm_device_do_normalize);
     # None until the first request with images asks.
     device_normalizes: bool | None = None
@@ -253,3 +258,14 @@ class VllmEngine(GrpcEngine):
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
         return [vllm_engine_pb2.AbortRequest(request_ids=request_ids)]
+
+    def _embed_request(self, request: EmbedRequest) -> vllm_engine_pb2.EmbedRequest:
+        if request.token_type_ids and any(request.token_type_ids):
+            raise EngineError(
+                "vllm_engine.proto cannot carry token type ids (a pair encoding)",
+                code="invalid_argument",
+            )
+        return vllm_engine_pb2.EmbedRequest(
+            request_id=request.request_id,
+            tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),
+        )

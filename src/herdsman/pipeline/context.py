@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from herdsman.mcp import McpConfig
 from herdsman.pipeline.admission import Admission
-from herdsman.pipeline.errors import ModelNotFound
+from herdsman.pipeline.errors import InvalidRequest, ModelNotFound
 from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import RoundRobinPolicy, RoutingPolicy, WorkerRegistry
@@ -46,6 +46,43 @@ class ServedModel:
     # Disaggregated serving: how a request picks its pair's prefill and decode workers.
     prefill_policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
     decode_policy: RoutingPolicy = field(default_factory=RoundRobinPolicy)
+    # What the model does: "generate"; "embed" (an embedding model); "classify" (a
+    # sequence classifier; with one label, a cross-encoder that scores text pairs).
+    task: str = "generate"
+    # A classifier's label per class index.
+    labels: tuple[str, ...] = ()
+    # Embedding models trained to be cut short (Matryoshka): the dimensions they may be cut to
+    # (empty: any); None when `dimensions` is refused.
+    matryoshka: tuple[int, ...] | None = None
+
+    def can(self, task: str) -> bool:
+        if task == "score":
+            return self.task == "embed" or (self.task == "classify" and len(self.labels) == 1)
+        return task == self.task
+
+    def require(self, task: str, endpoint: str) -> None:
+        """Refuse an endpoint the model cannot serve, before any engine sees the request."""
+        if self.can(task):
+            return
+        if task == "score" and self.task == "classify":
+            raise InvalidRequest(
+                f"the model '{self.name}' is a classifier with {len(self.labels)} labels; "
+                f"{endpoint} needs an embedding model or a cross-encoder (one label)",
+                "model",
+                code="unsupported_task",
+            )
+        raise InvalidRequest(
+            f"the model '{self.name}' is {_TASK_NAMES[self.task]}; it does not serve {endpoint}",
+            "model",
+            code="unsupported_task",
+        )
+
+
+_TASK_NAMES = {
+    "generate": "a generative model",
+    "embed": "an embedding model",
+    "classify": "a classification model",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +140,15 @@ class ServingContext:
     kv_streams: dict[str, KvEventSubscriber] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    def served(self, name: str | None) -> ServedModel:
-        """The model a request names; with no name, the only model (when there is one)."""
+    def served(self, name: str | None, task: str | None = None) -> ServedModel:
+        """The model a request names; with no name, the only model (of the endpoint's ``task``,
+        when given: an embeddings request needs no name beside one embedding model)."""
         if name is None and len(self.models) == 1:
             return next(iter(self.models.values()))
+        if name is None and task is not None:
+            able = [m for m in self.models.values() if m.can(task)]
+            if len(able) == 1:
+                return able[0]
         model = self.models.get(name) if name is not None else None
         if model is None:
             names = ", ".join(sorted(self.models)) or "none yet"

@@ -22,7 +22,6 @@ import msgspec
 
 from herdsman.engines import (
     Bootstrap,
-    EngineBusy,
     EngineClient,
     EngineDeadlineExceeded,
     EngineError,
@@ -41,14 +40,8 @@ from herdsman.engines.disaggregated import (
 )
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServedModel, ServingContext
-from herdsman.pipeline.errors import (
-    EngineFailed,
-    EngineTimeout,
-    InvalidRequest,
-    NoWorkerAvailable,
-    Overloaded,
-    RequestError,
-)
+from herdsman.pipeline.errors import EngineTimeout, NoWorkerAvailable, RequestError
+from herdsman.pipeline.failures import CLIENT_CODES, judge, request_error
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
@@ -84,13 +77,6 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
 
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
-
-# Engine statuses that say the request itself is wrong (or cannot be served anywhere): answered
-# to the client, never retried, not held against the worker.
-_CLIENT_CODES = frozenset(
-    {"invalid_argument", "failed_precondition", "out_of_range", "unimplemented", "cancelled"}
-)
-
 
 # While no worker is available: how often to look again (only then, never per request).
 _WORKER_POLL_SECONDS = 0.1
@@ -472,7 +458,7 @@ class Generation:
         return False
 
     def _may_retry(self, exc: EngineError) -> bool:
-        if self._shown or exc.code in _CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):
+        if self._shown or exc.code in CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):
             return False
         if isinstance(exc, KvTransferTimeout):
             return False  # both engines were aborted; the client hears why
@@ -486,41 +472,10 @@ class Generation:
 
     @staticmethod
     def _judge(worker: Worker, exc: EngineError, *, produced: bool) -> None:
-        """What this failure says about the worker, for its circuit breaker."""
-        circuit = worker.circuit
-        METRICS.engine_failures.inc(labels=(_failure_kind(exc),))
-        if isinstance(exc, EngineBusy) or exc.code in _CLIENT_CODES:
-            circuit.record_neutral()
-        elif isinstance(exc, EngineDeadlineExceeded) and produced:
-            circuit.record_neutral()  # a long generation, not a stuck worker
-        else:
-            opened = circuit.opened
-            circuit.record_failure()
-            if circuit.opened != opened:
-                METRICS.circuit_opened.inc(labels=(worker.url,))
-                log.warning("worker %s: circuit opened (%s)", worker.url, exc)
-            if isinstance(exc, EngineUnavailable):
-                worker.suspect(str(exc))
+        judge(worker, exc, produced=produced)
 
     def _failure(self, exc: EngineError) -> RequestError:
-        if isinstance(exc, PrefillFailed):
-            exc = exc.cause
-        if isinstance(exc, KvTransferTimeout):
-            return EngineTimeout(str(exc), code="kv_transfer_timeout")
-        if isinstance(exc, EngineBusy):
-            return Overloaded(
-                f"the engine is at capacity: {exc}", retry_after=1.0, code="engine_overloaded"
-            )
-        if isinstance(exc, EngineDeadlineExceeded):
-            return EngineTimeout(
-                f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
-                code="timeout",
-            )
-        if isinstance(exc, EngineUnavailable):
-            return NoWorkerAvailable(f"engine unavailable: {exc}", code="engine_unavailable")
-        if exc.code == "invalid_argument":
-            return InvalidRequest(f"the engine rejected the request: {exc}", code="invalid_request")
-        return EngineFailed(f"engine failed: {exc}", code="engine_error")
+        return request_error(exc, self._ctx.limits.request_timeout)
 
     async def discard(self) -> None:
         """Give up on a started generation that will never be run (a sibling failed)."""
@@ -544,18 +499,6 @@ class Generation:
 
     def _abort_on(self, engine: EngineClient, request_id: str) -> None:
         self._ctx.spawn(engine.abort([request_id]), name=f"abort {request_id}")
-
-
-def _failure_kind(exc: EngineError) -> str:
-    if isinstance(exc, EngineBusy):
-        return "busy"
-    if isinstance(exc, EngineUnavailable):
-        return "unavailable"
-    if isinstance(exc, EngineDeadlineExceeded):
-        return "timeout"
-    if exc.code in _CLIENT_CODES:
-        return "rejected"
-    return "internal"
 
 
 def _first_logprobs(logprobs: TokenLogprobs, count: int) -> TokenLogprobs:

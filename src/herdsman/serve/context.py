@@ -39,6 +39,7 @@ from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.pairing import incompatibility
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
+from herdsman.serve.model_task import model_task
 from herdsman.storage import default_storage_url, open_store
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
@@ -185,8 +186,18 @@ def _shared_store(config: GatewayConfig, tokenizer: ModelTokenizer) -> SharedSeg
     stat = source.stat()
     identity = f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     directory = Path(config.tokenizer_cache_dir) / hashlib.sha256(identity).hexdigest()[:16]
-    directory.mkdir(exist_ok=True)
-    return SharedSegmentStore(directory, config.tokenizer_cache_shared_bytes)
+    store = _STORES.get(directory)
+    if store is None:
+        # Models that share a tokenizer file (a fleet of embedding, reranking and chat models
+        # of one family) share its store: LMDB opens an environment once per process.
+        directory.mkdir(exist_ok=True)
+        store = _STORES[directory] = SharedSegmentStore(
+            directory, config.tokenizer_cache_shared_bytes
+        )
+    return store
+
+
+_STORES: dict[Path, SharedSegmentStore] = {}
 
 
 def policy_for(config: GatewayConfig, model_name: str) -> str:
@@ -240,8 +251,13 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
         eos_token_ids=eos,
         created=int(time.time()),
     )
-    model.reasoning_parser, model.tool_call_parser = _parsers(config, info, model.name, tokenizer)
-    model.images = _image_support(config, tokenizer_dir, tokenizer)
+    kind = model_task(info, tokenizer_dir)
+    model.task, model.labels, model.matryoshka = kind.task, kind.labels, kind.matryoshka
+    if model.task == "generate":
+        model.reasoning_parser, model.tool_call_parser = _parsers(
+            config, info, model.name, tokenizer
+        )
+        model.images = _image_support(config, tokenizer_dir, tokenizer)
     policy = policy_for(config, model.name)
     prefill_policy = config.prefill_policy or policy
     decode_policy = config.decode_policy or policy
@@ -258,8 +274,9 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     model.decode_policy = make_policy(decode_policy, options, model.index)
     model.wants_loads = bool(policies & _LOAD_POLICIES)
     log.info(
-        "serving %r (context %d, tokenizer %s, policy %s%s)",
+        "serving %r (%s, context %d, tokenizer %s, policy %s%s)",
         model.name,
+        model.task,
         model.max_context_length,
         tokenizer_dir,
         model.policy.name,

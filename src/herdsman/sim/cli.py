@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from herdsman.sim.options import SimOptions
+from herdsman.sim.pooling import ARCHITECTURES, DEFAULT_EMBEDDING_DIM, DEFAULT_NUM_LABELS
 from herdsman.sim.server import serve
 
 
@@ -81,7 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and KV events tagged dp_rank); a request's data_parallel_rank pins it to one, the "
         "rest are spread round-robin",
     )
-    model.add_argument("--seed", type=int, default=0, help="varies which text requests get")
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="varies which text requests get (and a --pooling model's vectors)",
+    )
     model.add_argument(
         "--abort-log",
         metavar="FILE",
@@ -96,6 +102,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tokens) as JSON to FILE on SIGUSR1 and at exit",
     )
     model.add_argument("--log-level", default="WARNING")
+
+    pooling = parser.add_argument_group("pooling models (the Embed RPC)")
+    pooling.add_argument(
+        "--pooling",
+        choices=("embed", "classify"),
+        default=None,
+        help="serve a pooling model through Embed instead of a generation model (Generate then "
+        "fails with INVALID_ARGUMENT; GetModelInfo says is_generation false). embed: an "
+        "L2-normalised mean-pooled embedding of --embedding-dim values "
+        f"({ARCHITECTURES['embed']}); classify: a classifier's raw logits, one per label, with "
+        "no softmax or sigmoid applied (the client picks the activation) "
+        f"({ARCHITECTURES['classify']}). Values are a deterministic function of the input ids "
+        "(and SGLang's token_type_ids) and --seed: herdsman.sim.pooling.embed_values / "
+        "classify_logits compute them",
+    )
+    pooling.add_argument(
+        "--architecture",
+        default=None,
+        metavar="NAME",
+        help="the architecture GetModelInfo reports (default: the --pooling model's, else "
+        "config.json's)",
+    )
+    pooling.add_argument(
+        "--embedding-dim",
+        type=_positive_int,
+        default=DEFAULT_EMBEDDING_DIM,
+        metavar="N",
+        help="embedding length (--pooling embed); the hidden size a classifier projects to its "
+        "logits (--pooling classify)",
+    )
+    pooling.add_argument(
+        "--num-labels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"--pooling classify: number of labels (default: --id2label's, else "
+        f"{DEFAULT_NUM_LABELS})",
+    )
+    pooling.add_argument(
+        "--id2label",
+        default=None,
+        metavar="JSON",
+        help='--pooling classify: labels by class index, e.g. \'{"0": "negative", "1": '
+        "\"positive\"}' (default: LABEL_0, LABEL_1, ...); SGLang's GetModelInfo reports them "
+        "(id2label_json, num_labels), vLLM's has no such fields",
+    )
 
     server = parser.add_argument_group("gRPC server (for connection fault tests)")
     server.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate")
@@ -307,12 +359,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument(
         "--hang",
         action="store_true",
-        help="accept Generate calls but never produce tokens",
+        help="accept Generate and Embed calls but never produce tokens or embeddings",
     )
     faults.add_argument(
         "--reject-new",
         action="store_true",
-        help="fail Generate with UNAVAILABLE and report unhealthy",
+        help="fail Generate and Embed with UNAVAILABLE and report unhealthy",
     )
     faults.add_argument(
         "--hang-after-tokens",
@@ -325,15 +377,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument(
         "--busy",
         action="store_true",
-        help="fail every Generate with RESOURCE_EXHAUSTED (still healthy: back-pressure)",
+        help="fail every Generate and Embed with RESOURCE_EXHAUSTED (still healthy: back-pressure)",
     )
     faults.add_argument(
         "--busy-fraction",
         type=_fraction,
         default=0.0,
         metavar="F",
-        help="fail this fraction of Generate calls with RESOURCE_EXHAUSTED, drawn in arrival "
-        "order from a generator seeded with --seed",
+        help="fail this fraction of Generate and Embed calls with RESOURCE_EXHAUSTED, drawn in "
+        "arrival order from a generator seeded with --seed",
     )
     faults.add_argument(
         "--prompt-logprobs-once",

@@ -19,7 +19,8 @@ from herdsman.sim.kv_events import KvEventHub
 from herdsman.sim.load_report import LoadSnapshot
 from herdsman.sim.model_card import ModelCard
 from herdsman.sim.options import SimOptions
-from herdsman.sim.sim_request import GenerationParams, SimRequest
+from herdsman.sim.pooling import PoolingModel
+from herdsman.sim.sim_request import EmbedCall, EmbedParams, GenerationParams, SimRequest
 from herdsman.sim.text_source import TextSource
 
 # The history keeps at least this many blocks' worth of batches, and at most twice the caches.
@@ -34,6 +35,8 @@ class DataParallelEngine:
         self.options = options
         self.card = card
         self.abort_log = abort_log
+        # --pooling: the model Embed runs (None: a generation model, which cannot embed).
+        self.pooling = PoolingModel.from_options(options)
         size = options.data_parallel_size
         self.hub: KvEventHub | None = None
         if options.kv_events:
@@ -76,18 +79,30 @@ class DataParallelEngine:
             return True
         return opts.busy_fraction > 0 and self._busy_draws.random() < opts.busy_fraction
 
-    def submit(self, params: GenerationParams) -> SimRequest:
-        """Register a Generate call; raises ValueError for requests a real engine would refuse."""
+    def _pick_rank(self, pinned: int | None) -> SimEngine:
         size = len(self.ranks)
-        rank = params.data_parallel_rank
+        rank = pinned
         if rank is None:
             rank = self._next_rank
             self._next_rank = (rank + 1) % size
         elif not 0 <= rank < size:
             raise ValueError(f"data_parallel_rank {rank} is out of range [0, {size}).")
-        request = self.ranks[rank].submit(params)
+        return self.ranks[rank]
+
+    def submit(self, params: GenerationParams) -> SimRequest:
+        """Register a Generate call; raises ValueError for requests a real engine would refuse."""
+        request = self._pick_rank(params.data_parallel_rank).submit(params)
         self.last_receive_timestamp = time.time()
         return request
+
+    def submit_embed(self, params: EmbedParams) -> EmbedCall:
+        """Register an Embed call; raises ValueError for a DP rank out of range."""
+        call = self._pick_rank(params.data_parallel_rank).submit_embed(params)
+        self.last_receive_timestamp = time.time()
+        return call
+
+    def release_embed(self, call: EmbedCall, *, cancelled: bool) -> None:
+        self.ranks[call.rank].release_embed(call, cancelled=cancelled)
 
     def abort(self, request_id: str) -> int:
         """Explicit Abort RPC: ends every in-flight request with this id; returns how many."""

@@ -37,6 +37,8 @@ from herdsman.sim.options import SimOptions
 from herdsman.sim.prefix_cache import ROOT_KEY, PrefixCache
 from herdsman.sim.sim_request import (
     DecodeHandoff,
+    EmbedCall,
+    EmbedParams,
     GenerationParams,
     RequestState,
     SimRequest,
@@ -126,8 +128,15 @@ class SimEngine:
         self.kv_transfer_ms = 0.0
         self.kv_transfer_gb_s = 0.0
         self.active_requests = 0
-        # Generate calls accepted since start (--stats-file): how many a router sent here.
+        # Generate and Embed calls accepted since start (--stats-file): how many a router sent
+        # here; and of them, the Embed calls and their input tokens.
         self.requests_received = 0
+        self.embed_requests = 0
+        self.embed_prompt_tokens = 0
+        # Embed calls in flight (--pooling), by request id; they hold no scheduler slot, but
+        # count as running in loads and are found by Abort.
+        self._embeds: dict[str, list[EmbedCall]] = {}
+        self._embeds_running = 0
         self.total_generated = 0
         self._rate_mark = (time.monotonic(), 0)
         self._rate = 0.0
@@ -189,6 +198,39 @@ class SimEngine:
         self._queue(request)
         return request
 
+    def submit_embed(self, params: EmbedParams) -> EmbedCall:
+        """Register an Embed call; its forward pass is one prefill of its input's length, timed
+        like a Generate call's (no prefix cache: it stores no KV)."""
+        prompt_len = len(params.input_ids)
+        ready_at = self._prefill_ready_at(asyncio.get_running_loop().time(), prompt_len)
+        call = EmbedCall(params, self.rank, ready_at)
+        self._embeds.setdefault(params.request_id, []).append(call)
+        self.active_requests += 1
+        self.requests_received += 1
+        self.embed_requests += 1
+        self.embed_prompt_tokens += prompt_len
+        self._embeds_running += 1
+        self._prefill_tokens += prompt_len
+        self._admitted_prompt_tokens += prompt_len
+        self._kick()
+        return call
+
+    def release_embed(self, call: EmbedCall, *, cancelled: bool) -> None:
+        """The Embed handler is done with `call`; `cancelled` when the client went away."""
+        same_id = self._embeds.get(call.params.request_id)
+        if same_id is None or call not in same_id:
+            return
+        same_id.remove(call)
+        if not same_id:
+            del self._embeds[call.params.request_id]
+        self.active_requests -= 1
+        self._embeds_running -= 1
+        self._prefill_tokens -= call.prompt_len
+        self._admitted_prompt_tokens -= call.prompt_len
+        if cancelled and not call.aborted.is_set():
+            self.abort_log.record("cancel", call.params.request_id)
+        self._kick()
+
     def kv_receiving(self, request: SimRequest) -> None:
         """A PD decode's prefill handed its KV off: the transfer is under way."""
         if request.state is RequestState.AWAITING_KV:
@@ -247,7 +289,10 @@ class SimEngine:
         requests = self._inflight.get(request_id, ())
         for request in list(requests):
             self._end_early(request)
-        return len(requests)
+        embeds = self._embeds.get(request_id, ())
+        for call in embeds:
+            call.aborted.set()
+        return len(requests) + len(embeds)
 
     def release(self, request: SimRequest, *, cancelled: bool) -> None:
         """The Generate handler is done with `request`; `cancelled` when the client went away."""
@@ -351,12 +396,22 @@ class SimEngine:
         """Seconds one decode step of the current batch takes."""
         return self._itl_base + self._itl_per_running * len(self._running)
 
+    def _prefill_ready_at(self, now: float, uncached_tokens: int) -> float:
+        """When a prefill of `uncached_tokens` admitted at `now` is done, TTFT base included."""
+        opts = self.options
+        # Prefill time is proportional to the tokens the cache did not hold.
+        prefill = opts.prefill_ms_per_1k / 1_000_000.0 * uncached_tokens
+        ttft_base = opts.ttft_base_ms / 1000.0
+        if opts.serial_prefill or self._stalls_decode:
+            # The engine's prefill compute is one resource: wait for the ones before.
+            done = max(now, self._prefill_free_at) + prefill
+            self._prefill_free_at = done
+            return done + ttft_base
+        return now + prefill + ttft_base
+
     def _admit(self, now: float) -> None:
         opts = self.options
         pending = self._pending
-        ttft_base = opts.ttft_base_ms / 1000.0
-        prefill_per_token = opts.prefill_ms_per_1k / 1_000_000.0
-        serial = opts.serial_prefill or self._stalls_decode
         while pending:
             request = pending[0]
             if request.state is not RequestState.PENDING:
@@ -373,18 +428,11 @@ class SimEngine:
             self._admitted_prompt_tokens += request.prompt_len
             cached = self.cache.lookup(request.params.prompt_ids, request.prompt_keys)
             request.cached_tokens = cached
-            # Prefill time is proportional to the tokens the cache did not hold.
-            prefill = prefill_per_token * (request.prompt_len - cached)
             if request.kv_ready:
                 # A PD decode: the prefill computed its KV and sampled its first token already.
                 request.ready_at = now
-            elif serial:
-                # The engine's prefill compute is one resource: wait for the ones before.
-                done = max(now, self._prefill_free_at) + prefill
-                self._prefill_free_at = done
-                request.ready_at = done + ttft_base
             else:
-                request.ready_at = now + prefill + ttft_base
+                request.ready_at = self._prefill_ready_at(now, request.prompt_len - cached)
             request.state = RequestState.PREFILL
             heapq.heappush(self._prefill, (request.ready_at, next(self._prefill_order), request))
 
@@ -540,7 +588,7 @@ class SimEngine:
         cache = self.cache
         events = cache.events
         signature = (
-            self._slots_used + self._hung,
+            self._slots_used + self._hung + self._embeds_running,
             self._pending_seqs + self._awaiting_kv + self._receiving_kv,
             self._pending_uncached,
         )
@@ -569,7 +617,7 @@ class SimEngine:
             silence_ms = int((time.monotonic() - self._last_output) * 1000)
         return LoadSnapshot(
             dp_rank=self.rank,
-            running=self._slots_used + self._hung,
+            running=self._slots_used + self._hung + self._embeds_running,
             # SGLang counts a decode's KV prealloc and transfer queues as waiting.
             waiting=self._pending_seqs + self._awaiting_kv + self._receiving_kv,
             waiting_uncached_tokens=self._pending_uncached,

@@ -9,7 +9,8 @@ Ending behaviour, as a gateway sees it:
 - --reject-new: status UNAVAILABLE before anything is accepted;
 - --busy / --busy-fraction: status RESOURCE_EXHAUSTED before anything is accepted;
 - --hang-after-tokens N: N tokens streamed, then nothing until the client cancels or aborts;
-- an invalid request (empty or over-long prompt): status INVALID_ARGUMENT.
+- an invalid request (empty or over-long prompt): status INVALID_ARGUMENT;
+- a pooling model (--pooling): status INVALID_ARGUMENT, it cannot generate.
 
 PD disaggregation (sim/disagg.py):
 - a prefill (--role prefill, with a room) is a regular request cut to one token whose room is
@@ -38,6 +39,7 @@ from herdsman.sim.wire import ProtoWire
 logger = logging.getLogger(__name__)
 
 INJECTED_EXIT_CODE = 3
+NO_GENERATION = "this model does not support generation"
 # Time for the last chunk to leave the socket before the injected exit tears the process down.
 _EXIT_GRACE_S = 0.05
 
@@ -49,6 +51,9 @@ async def run_generate(
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "engine-sim rejects new requests (--reject-new)"
         )
+        return
+    if engine.pooling is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_GENERATION)
         return
     if engine.refuses_busy():
         await context.abort(

@@ -10,6 +10,8 @@ from typing import Literal
 Backend = Literal["vllm", "sglang"]
 # Prefill/decode disaggregation: a prefill hands each request's KV to the decode that asks for it.
 Role = Literal["regular", "prefill", "decode"]
+# A pooling model served through Embed (see sim/pooling.py) instead of a generation model.
+Pooling = Literal["embed", "classify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,15 @@ class SimOptions:
     attention_backend: str = ""
     model_dtype: str | None = None
     pairing_protocol: str = ""
+    # Pooling models (sim/pooling.py): None serves a generation model. The architecture
+    # GetModelInfo reports (default: the pooling model's, else config.json's); the embedding
+    # length (a classifier's hidden size); a classifier's label count and id2label JSON object
+    # (None: from each other, else 2 labels LABEL_i).
+    pooling: Pooling | None = None
+    architecture: str | None = None
+    embedding_dim: int = 64
+    num_labels: int | None = None
+    id2label: str | None = None
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> SimOptions:
@@ -140,4 +151,9 @@ class SimOptions:
             attention_backend=args.attention_backend,
             model_dtype=args.model_dtype,
             pairing_protocol=args.pairing_protocol,
+            pooling=args.pooling,
+            architecture=args.architecture,
+            embedding_dim=args.embedding_dim,
+            num_labels=args.num_labels,
+            id2label=args.id2label,
         )

@@ -17,6 +17,7 @@ from herdsman.sim.abort_log import AbortLog
 from herdsman.sim.dp_engine import DataParallelEngine
 from herdsman.sim.model_card import load_model_card
 from herdsman.sim.options import SimOptions
+from herdsman.sim.pooling import PoolingModel
 from herdsman.sim.sglang_servicer import SglangSimServicer
 from herdsman.sim.stats_file import StatsFile
 from herdsman.sim.text_source import TextSource
@@ -77,6 +78,10 @@ def options_problem(options: SimOptions) -> str | None:
         return "--role prefill needs --bootstrap-port (the port decodes fetch KV from)"
     if options.response_text_after_tool is not None and options.response_text is None:
         return "--response-text-after-tool needs --response-text (the answer before the tool)"
+    try:
+        PoolingModel.from_options(options)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -97,6 +102,11 @@ async def serve(options: SimOptions, *, on_listening: Callable[[int], None] | No
         served_model_name=options.served_model_name,
         max_model_len=options.max_model_len,
     )
+    pooling = PoolingModel.from_options(options)
+    if options.architecture is not None:
+        card = dataclasses.replace(card, architectures=(options.architecture,))
+    elif pooling is not None:
+        card = dataclasses.replace(card, architectures=(pooling.architecture,))
     abort_log = AbortLog(options.abort_log)
     if options.response_text is not None:
         source = TextSource(tokenizer, options.response_text)

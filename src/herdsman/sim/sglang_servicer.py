@@ -1,7 +1,8 @@
 """sglang.grpc.scheduler.SglangScheduler served by the simulated engine.
 
-RPCs not overridden here (Embed, profiling, LoRA) keep the generated base class's UNIMPLEMENTED
-behaviour; SubscribeKvEvents does too under --no-kv-events.
+RPCs not overridden here (profiling, LoRA) keep the generated base class's UNIMPLEMENTED
+behaviour; SubscribeKvEvents does too under --no-kv-events. Embed serves a --pooling model
+(embed_handler.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2, sglang_sc
 from tokenizers import Tokenizer
 
 from herdsman.sim.dp_engine import DataParallelEngine
+from herdsman.sim.embed_handler import run_embed
 from herdsman.sim.generate_handler import run_generate
 from herdsman.sim.kv_stream import serve_kv_events
 from herdsman.sim.load_report import (
@@ -55,6 +57,12 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
     ) -> None:
         await run_generate(self._engine, self._wire, request, context)
 
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        response: pb.EmbedResponse = await run_embed(self._engine, self._wire, request, context)
+        return response
+
     async def Abort(
         self, request: pb.AbortRequest, context: grpc.aio.ServicerContext
     ) -> pb.AbortResponse:
@@ -77,10 +85,11 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         card = self._engine.card
+        pooling = self._engine.pooling
         return pb.GetModelInfoResponse(
             model_path=card.model_path,
             tokenizer_path=card.model_path,
-            is_generation=True,
+            is_generation=pooling is None,
             weight_version="default",
             served_model_name=card.served_model_name,
             max_context_length=card.max_context_length,
@@ -93,6 +102,9 @@ class SglangSimServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
             max_req_input_len=card.max_context_length - 1,
             architectures=card.architectures,
             default_sampling_params_json=card.default_sampling_params_json,
+            # A classifier's labels (an embedding model, like a generation model, has none).
+            id2label_json=pooling.id2label_json if pooling is not None else "",
+            num_labels=pooling.num_labels if pooling is not None else 0,
         )
 
     async def GetServerInfo(

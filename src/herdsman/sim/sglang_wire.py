@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from herdsman.sim.model_card import ModelCard
 from herdsman.sim.options import Role
-from herdsman.sim.sim_request import DecodeHandoff, GenerationParams, PrefillHandoff
+from herdsman.sim.sim_request import DecodeHandoff, EmbedParams, GenerationParams, PrefillHandoff
 from herdsman.sim.wire import ProtoWire
 
 
@@ -63,6 +63,24 @@ class SglangWire(ProtoWire):
         if self.role == "regular":
             return params
         return self._disaggregated(request, params)
+
+    @property
+    def max_embed_len(self) -> int:
+        # SGLang refuses an input of the context length or more, as its max_req_input_len says.
+        return self.card.max_context_length - 1
+
+    def parse_embed(self, request: sglang_scheduler_pb2.EmbedRequest) -> EmbedParams:
+        if not request.HasField("tokenized"):
+            raise ValueError("EmbedRequest carries no tokenized input")
+        # data_parallel_rank has no presence here: 0 cannot be told from unset, so only a
+        # nonzero rank pins the call.
+        rank = request.data_parallel_rank
+        return EmbedParams(
+            request_id=request.request_id,
+            input_ids=list(request.tokenized.input_ids),
+            token_type_ids=list(request.token_type_ids) or None,
+            data_parallel_rank=rank or None,
+        )
 
     def _disaggregated(
         self, request: sglang_scheduler_pb2.GenerateRequest, params: GenerationParams

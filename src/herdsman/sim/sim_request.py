@@ -54,6 +54,32 @@ class GenerationParams:
     handoff: PrefillHandoff | DecodeHandoff | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedParams:
+    """An Embed call as the pooling model sees it (sim/pooling.py)."""
+
+    request_id: str
+    input_ids: list[int]
+    # BERT segment ids (SGLang only); None: all segment 0.
+    token_type_ids: list[int] | None = None
+    data_parallel_rank: int | None = None
+
+
+class EmbedCall:
+    """An Embed call in flight: registered with its rank so Abort, loads and stats see it."""
+
+    __slots__ = ("aborted", "params", "prompt_len", "rank", "ready_at")
+
+    def __init__(self, params: EmbedParams, rank: int, ready_at: float) -> None:
+        self.params = params
+        self.prompt_len = len(params.input_ids)
+        self.rank = rank
+        # Event-loop time at which its forward pass is done (the timing model's TTFT).
+        self.ready_at = ready_at
+        # Set by an Abort RPC naming it.
+        self.aborted = asyncio.Event()
+
+
 class RequestState(Enum):
     AWAITING_KV = "awaiting_kv"  # a PD decode whose prefill has not handed its KV off yet
     RECEIVING_KV = "receiving_kv"  # a PD decode whose KV is being transferred

@@ -33,8 +33,8 @@ def stats(engine: DataParallelEngine, sequence: int) -> dict[str, Any]:
         "ranks": [
             {
                 "rank": rank.rank,
-                # Generate calls accepted (what a router sent here), prompts looked up in the
-                # prefix cache at admission, and the leading tokens it served.
+                # Generate and Embed calls accepted (what a router sent here), prompts looked
+                # up in the prefix cache at admission, and the leading tokens it served.
                 "requests": rank.requests_received,
                 "prompt_tokens": rank.cache.queried_tokens,
                 "cached_tokens": rank.cache.hit_tokens,
@@ -45,6 +45,9 @@ def stats(engine: DataParallelEngine, sequence: int) -> dict[str, Any]:
                 "decode_steps": rank.decode_steps,
                 "decode_stalls": rank.decode_stalls,
                 "decode_stall_ms": round(rank.decode_stall_s * 1000.0, 3),
+                # --pooling: the Embed calls among the requests, and their input tokens.
+                "embed_requests": rank.embed_requests,
+                "embed_prompt_tokens": rank.embed_prompt_tokens,
             }
             for rank in engine.ranks
         ],

@@ -1,7 +1,8 @@
 """vllm.grpc.engine.VllmEngine served by the simulated engine.
 
-RPCs not overridden here (Embed, profiling) keep the generated base class's UNIMPLEMENTED
-behaviour; SubscribeKvEvents does too under --no-kv-events.
+RPCs not overridden here (profiling) keep the generated base class's UNIMPLEMENTED behaviour;
+SubscribeKvEvents does too under --no-kv-events. Embed serves a --pooling model
+(embed_handler.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2, vllm_engine_pb
 from tokenizers import Tokenizer
 
 from herdsman.sim.dp_engine import DataParallelEngine
+from herdsman.sim.embed_handler import run_embed
 from herdsman.sim.generate_handler import run_generate
 from herdsman.sim.kv_stream import serve_kv_events
 from herdsman.sim.load_report import SIM_VERSION, iso_timestamp, scheduler_load, selected_ranks
@@ -37,6 +39,12 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
     ) -> None:
         await run_generate(self._engine, self._wire, request, context)
 
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        response: pb.EmbedResponse = await run_embed(self._engine, self._wire, request, context)
+        return response
+
     async def Abort(
         self, request: pb.AbortRequest, context: grpc.aio.ServicerContext
     ) -> pb.AbortResponse:
@@ -57,9 +65,10 @@ class VllmSimServicer(vllm_engine_pb2_grpc.VllmEngineServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         card = self._engine.card
+        # vllm_engine.proto has no classifier fields (id2label, num_labels).
         return pb.GetModelInfoResponse(
             model_path=card.model_path,
-            is_generation=True,
+            is_generation=self._engine.pooling is None,
             max_context_length=card.max_context_length,
             vocab_size=card.vocab_size,
             supports_vision=False,

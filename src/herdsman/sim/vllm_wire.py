@@ -14,6 +14,7 @@ from herdsman.sim.model_card import ModelCard
 from herdsman.sim.options import Role
 from herdsman.sim.sim_request import (
     DecodeHandoff,
+    EmbedParams,
     GenerationParams,
     PrefillHandoff,
     SimRequest,
@@ -86,6 +87,14 @@ class VllmWire(ProtoWire):
         if self.role == "decode":
             return self._decode(request, params)
         return params
+
+    def parse_embed(self, request: vllm_engine_pb2.EmbedRequest) -> EmbedParams:
+        # vllm_engine.proto's EmbedRequest has no token types nor DP rank.
+        if not request.HasField("tokenized"):
+            raise ValueError("EmbedRequest carries no tokenized input")
+        return EmbedParams(
+            request_id=request.request_id, input_ids=list(request.tokenized.input_ids)
+        )
 
     def _prefill(
         self, request: vllm_engine_pb2.GenerateRequest, params: GenerationParams

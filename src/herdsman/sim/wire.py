@@ -1,8 +1,9 @@
 """Response building shared by the vLLM and SGLang protocols.
 
-Both protos define GenerateResponse / GenerateStreamChunk / GenerateComplete / OutputLogProbs with
-the same field names, so one builder serves both; subclasses only parse requests and decide the
-protocol-specific details (request_id on the response, what `matched_token_id` means).
+Both protos define GenerateResponse / GenerateStreamChunk / GenerateComplete / OutputLogProbs (and
+EmbedResponse) with the same field names, so one builder serves both; subclasses only parse
+requests and decide the protocol-specific details (request_id on the response, what
+`matched_token_id` means, the longest input Embed takes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 
 from herdsman.sim.logprobs import fill_input_logprobs, fill_output_logprobs
 from herdsman.sim.model_card import ModelCard
-from herdsman.sim.sim_request import GenerationParams, SimRequest, SimSequence
+from herdsman.sim.sim_request import EmbedParams, GenerationParams, SimRequest, SimSequence
 
 
 class ProtoWire:
@@ -39,6 +40,19 @@ class ProtoWire:
 
     def parse_generate(self, request: Any) -> GenerationParams:
         raise NotImplementedError
+
+    def parse_embed(self, request: Any) -> EmbedParams:
+        raise NotImplementedError
+
+    @property
+    def max_embed_len(self) -> int:
+        """The longest input Embed takes (vLLM: the whole context)."""
+        return self.card.max_context_length
+
+    def embed_response(self, values: list[float], prompt_tokens: int) -> Any:
+        return self.pb.EmbedResponse(
+            embedding=values, prompt_tokens=prompt_tokens, embedding_dim=len(values)
+        )
 
     def _wrap(self, request: SimRequest, **part: Any) -> Any:
         if self.response_has_request_id:

@@ -184,4 +184,5 @@ def load_model_tokenizer(
         ),
         tokenizer_file=tokenizer_file,
         sampling_defaults=sampling_defaults(directory),
+        truncation_side="left" if config.get("truncation_side") == "left" else "right",
     )

@@ -35,6 +35,8 @@ class ModelTokenizer:
     _space_marker: str | bool | None = field(default=False, repr=False)  # False: not looked up
     # The model's sampling defaults from generation_config.json (see loader.sampling_defaults).
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    # Which end truncation removes tokens from (tokenizer_config.json; transformers' default).
+    truncation_side: str = "right"
     cache: TokenizationCache | None = None
     tokenizer_file: Path | None = None
     _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned

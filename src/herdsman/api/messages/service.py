@@ -87,6 +87,7 @@ async def _create_message(ctx: ServingContext, request: Request) -> Response | S
     body = decode_body(request.body, MessagesRequest)
     check_supported(body)
     model = ctx.served(body.model)
+    model.require("generate", "/v1/messages")
     chat, servers = await _chat_request(ctx, body, model)
     plan = await prepare_chat(model, chat, await _images(ctx, model, chat), 1)
     # Anthropic's current models take a max_tokens beyond the context window and stop where the

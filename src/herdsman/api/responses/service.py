@@ -67,6 +67,7 @@ async def create_response(ctx: ServingContext, request: Request) -> Response | S
 
 async def _prepare(ctx: ServingContext, body: ResponsesRequest, request: Request) -> Prepared:
     model = ctx.served(body.model)
+    model.require("generate", "/v1/responses")
     store = ctx.store
     if body.store and store is None:
         raise bad_request("store is true, but this gateway runs with --storage none", "store")

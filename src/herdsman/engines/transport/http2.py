@@ -59,6 +59,8 @@ _CONNECTION_WINDOW = 64 * 1024 * 1024
 _CONNECTION_REFILL = _CONNECTION_WINDOW // 4
 _MAX_FRAME = 1 << 20
 _UNLIMITED_STREAMS = 1 << 31
+# Distinct header blocks remembered per connection (an engine sends a handful).
+_HEADER_CACHE_BLOCKS = 64
 
 
 class Http2Connection(asyncio.Protocol):
@@ -77,8 +79,25 @@ class Http2Connection(asyncio.Protocol):
         stream_window: int = STREAM_WINDOW,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
+        # Frames written in one pass of the event loop, sent together by _flush: 64 calls
+        # started at once (a batch of embeddings) go out in one send, not 64.
+        self._outbox: list[bytes] = []
         self._decoder = hpack.Decoder()
+        # Decoded header blocks by their bytes, valid while the HPACK dynamic table is unchanged:
+        # an engine answers every call with the same few blocks (":status 200", "grpc-status 0"
+        # as table references), and decoding them was ~60 us of Python per call.
+        self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._table_changes = 0
+        table = self._decoder.header_table
+        add = table.add
+
+        def counted_add(name: bytes, value: bytes) -> None:
+            self._table_changes += 1
+            add(name, value)
+
+        table.add = counted_add  # type: ignore[method-assign]
         self._streams: dict[int, Http2Stream] = {}
         self._next_id = 1
         self._buffer = b""
@@ -141,6 +160,7 @@ class Http2Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.usable = False
+        self._flush()
         if self._transport is not None:
             self._transport.close()
 
@@ -183,7 +203,19 @@ class Http2Connection(asyncio.Protocol):
         if len(streams) == 1:
             self._keepalive.start()
         body = len(message).to_bytes(5, "big") + message  # flag byte 0: not compressed
-        self._transport.write(frame(HEADERS, END_HEADERS, stream_id, header_block))
+        headers = frame(HEADERS, END_HEADERS, stream_id, header_block)
+        size = len(body)
+        if (
+            size <= self._peer_max_frame
+            and size <= self._send_window
+            and size <= stream.send_window
+        ):
+            # The whole request in one write (one send, one packet): most calls are small.
+            self._send_window -= size
+            stream.send_window -= size
+            self._write(headers + frame(DATA, END_STREAM, stream_id, body))
+            return stream
+        self._write(headers)
         try:
             await self._send_data(stream, body)
         except BaseException:
@@ -201,12 +233,12 @@ class Http2Connection(asyncio.Protocol):
             if allowed == len(view):
                 self._send_window -= allowed
                 stream.send_window -= allowed
-                self._transport.write(frame(DATA, END_STREAM, stream.id, bytes(view)))
+                self._write(frame(DATA, END_STREAM, stream.id, bytes(view)))
                 return
             if allowed > 0:
                 self._send_window -= allowed
                 stream.send_window -= allowed
-                self._transport.write(frame(DATA, 0, stream.id, bytes(view[:allowed])))
+                self._write(frame(DATA, 0, stream.id, bytes(view[:allowed])))
                 view = view[allowed:]
                 continue
             self._window_opened.clear()
@@ -366,7 +398,7 @@ class Http2Connection(asyncio.Protocol):
         sid, first_flags, block = self._header_fragments
         self._header_fragments = None
         # Decoded even for unknown streams: the HPACK dynamic table is per connection.
-        headers = self._decoder.decode(bytes(block), raw=True)
+        headers = self._decode_headers(bytes(block))
         stream = self._streams.get(sid)
         if stream is None:
             return
@@ -379,10 +411,35 @@ class Http2Connection(asyncio.Protocol):
         if first_flags & END_STREAM:
             self._end(stream, status_from(headers))
 
+    def _decode_headers(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table
+        changes, size = self._table_changes, table.maxsize
+        headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)
+        if self._table_changes != changes or table.maxsize != size:
+            # The block changed the table: what other blocks' indices mean may have moved.
+            self._header_cache.clear()
+        elif len(self._header_cache) < _HEADER_CACHE_BLOCKS:
+            self._header_cache[block] = headers
+        return headers
+
     def _end(self, stream: Http2Stream, error: RpcError | None) -> None:
         self._remove(stream)
         stream.finish(error)
 
     def _write(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._outbox.append(data)
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        if not outbox:
+            return
+        self._outbox = []
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+            self._transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
