@@ -6,6 +6,9 @@ import argparse
 import logging
 import sys
 
+from herdsman import settings
+from herdsman.access.cors import parse_origins
+from herdsman.access.keys import checked_keys_file
 from herdsman.config import GatewayConfig
 from herdsman.mcp import McpConfigError, load_mcp_config
 from herdsman.routing.policies import POLICY_NAMES
@@ -223,7 +226,15 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--health-check-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--health-check-timeout", type=float, default=2.0, metavar="SECONDS")
-    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--drain-timeout",
+        "--shutdown-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="on SIGTERM: how long streams in flight may run before they are aborted "
+        "(under Kubernetes' 30 s terminationGracePeriodSeconds)",
+    )
     p.add_argument(
         "--no-warm-spare",
         action="store_true",
@@ -433,6 +444,133 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", default="info")
 
+    fleet = p.add_argument_group("Kubernetes discovery and several replicas")
+    fleet.add_argument(
+        "--service-discovery",
+        action="store_true",
+        help="add and remove workers as the pods of --selector become Ready, lose readiness "
+        "or are deleted (in-cluster config, else the kubeconfig)",
+    )
+    fleet.add_argument(
+        "--selector",
+        dest="discovery_selector",
+        default="",
+        metavar="LABELS",
+        help="label selector of the engine pods, as app=vllm,tier=gpu",
+    )
+    fleet.add_argument("--discovery-namespace", default="default", metavar="NAMESPACE")
+    fleet.add_argument(
+        "--discovery-port",
+        default="50051",
+        metavar="PORT",
+        help="the engine's gRPC port on the pod: a number or a container port's name "
+        "(the pod annotation herdsman.io/port overrides it)",
+    )
+    fleet.add_argument(
+        "--prefill-selector",
+        default="",
+        metavar="LABELS",
+        help="pods matching it are prefill workers (else the label herdsman.io/role decides; "
+        "herdsman.io/bootstrap-port gives an SGLang prefill's bootstrap port)",
+    )
+    fleet.add_argument(
+        "--decode-selector",
+        default="",
+        metavar="LABELS",
+        help="pods matching it are decode workers",
+    )
+    fleet.add_argument(
+        "--discovery-kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="kubeconfig to use outside a cluster (default: $KUBECONFIG, ~/.kube/config)",
+    )
+    fleet.add_argument(
+        "--state-url",
+        default=None,
+        metavar="URL",
+        help="redis://HOST:PORT/DB shared by the gateway replicas: workers added or removed "
+        "through one replica's admin API are added or removed on all (per-key limits too)",
+    )
+
+    access = p.add_argument_group("auth, per-key limits and CORS (herdsman.access)")
+    access.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a client API key (repeatable; Authorization: Bearer KEY or x-api-key: KEY); with "
+        "any key configured every API route needs one (prefer --api-keys-file: argv is visible)",
+    )
+    access.add_argument(
+        "--api-keys-file",
+        metavar="FILE",
+        help="client keys: one name:key per line, or a JSON/YAML mapping name -> {key, "
+        "requests_per_minute, tokens_per_minute, max_concurrent}",
+    )
+    access.add_argument(
+        "--admin-api-key",
+        metavar="KEY",
+        help="the only key accepted on /workers (the fleet); client keys get 403 there",
+    )
+    access.add_argument(
+        "--metrics-api-key", metavar="KEY", help="the key /metrics needs (default: open)"
+    )
+    access.add_argument(
+        "--rate-limit-rpm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests per minute per key (GCRA; 0: unlimited); the keys file may override",
+    )
+    access.add_argument(
+        "--rate-limit-tpm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prompt + completion tokens per minute per key (0: unlimited)",
+    )
+    access.add_argument(
+        "--rate-limit-concurrent",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests in flight per key (0: unlimited)",
+    )
+    access.add_argument(
+        "--cors-allowed-origins",
+        action="append",
+        default=[],
+        metavar="ORIGINS",
+        help="origins browsers may call from: a comma list, or * (default: no CORS)",
+    )
+
+    tracing = p.add_argument_group("tracing (OpenTelemetry, OTLP/HTTP)")
+    tracing.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="export spans to this OTLP/HTTP collector (base URL; /v1/traces is appended). "
+        "Default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; "
+        "none of them: tracing off",
+    )
+    tracing.add_argument(
+        "--otlp-sample-ratio",
+        type=_sample_ratio,
+        default=None,
+        metavar="R",
+        help="fraction of new traces sampled, 0..1 (default: $OTEL_TRACES_SAMPLER/_ARG, else "
+        "all); a client's traceparent decides for its own trace",
+    )
+
+
+def _sample_ratio(value: str) -> float:
+    ratio = float(value)
+    if not 0.0 <= ratio <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return ratio
+
 
 def _storage_url(url: str | None) -> str | None:
     """--storage checked here, so a bad URL stops the gateway before any process starts."""
@@ -559,6 +697,24 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
         max_choices_per_request=args.max_choices_per_request,
         max_images_per_request=args.max_images_per_request,
         image_fetch_timeout=args.image_fetch_timeout,
+        service_discovery=args.service_discovery,
+        discovery_selector=args.discovery_selector,
+        discovery_namespace=args.discovery_namespace,
+        discovery_port=args.discovery_port,
+        prefill_selector=args.prefill_selector,
+        decode_selector=args.decode_selector,
+        discovery_kubeconfig=args.discovery_kubeconfig,
+        state_url=args.state_url,
+        api_keys=list(args.api_keys),
+        api_keys_file=checked_keys_file(args.api_keys_file),
+        admin_api_key=args.admin_api_key,
+        metrics_api_key=args.metrics_api_key,
+        rate_limit_rpm=args.rate_limit_rpm,
+        rate_limit_tpm=args.rate_limit_tpm,
+        rate_limit_concurrent=args.rate_limit_concurrent,
+        cors_allowed_origins=parse_origins(args.cors_allowed_origins),
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_sample_ratio=args.otlp_sample_ratio,
     )
 
 
@@ -590,8 +746,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not args.workers and not args.prefill and not args.decode and not args.engine_sim:
+    dynamic = args.service_discovery or args.state_url
+    if not (args.workers or args.prefill or args.decode or args.engine_sim or dynamic):
         raise SystemExit("herdsman serve needs --worker grpc://HOST:PORT (or --engine-sim)")
+    if args.service_discovery and not args.discovery_selector:
+        raise SystemExit("--service-discovery needs --selector LABELS")
     uvloop.run(_serve(args))
     return 0
 
@@ -601,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     _add_serve_arguments(serve)
+    settings.add_config_option(serve)  # --config FILE, and HERDSMAN_* for every option
     serve.set_defaults(run=_run_serve)
+    settings.add_show_command(sub, _add_serve_arguments)  # herdsman config show
 
     from herdsman.sim import cli as sim_cli
 
@@ -609,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_cli.add_arguments(sim)
     sim.set_defaults(run=sim_cli.run)
 
-    args = parser.parse_args(argv)
+    args = settings.parse_args(parser, argv)  # defaults < config file < environment < flags
     return int(args.run(args) or 0)
 
 

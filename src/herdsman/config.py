@@ -59,7 +59,7 @@ class GatewayConfig:
     tool_call_parser: str = "auto"
     health_check_interval: float = 5.0
     health_check_timeout: float = 2.0
-    drain_timeout: float = 30.0
+    drain_timeout: float = 25.0
     warm_spare: bool = True
     log_level: str = "info"
 
@@ -122,3 +122,32 @@ class GatewayConfig:
     admission_board: str | None = None
     # Where the processes' shared tokenizer segment store lives (made by the supervisor).
     tokenizer_cache_dir: str | None = None
+
+    # Kubernetes and several replicas (herdsman.discovery): workers from the pods of a label
+    # selector, watched by the supervisor; the worker list shared by replicas through Redis.
+    service_discovery: bool = False
+    discovery_selector: str = ""
+    discovery_namespace: str = "default"
+    discovery_port: str = "50051"
+    prefill_selector: str = ""
+    decode_selector: str = ""
+    discovery_kubeconfig: str | None = None
+    state_url: str | None = None
+
+    # Auth, per-key limits and CORS (herdsman.access). Client keys from --api-key and the keys
+    # file; the admin and metrics keys guard /workers and /metrics; per-key limits default to
+    # these (0: unlimited), shared through state_url when set; allowed CORS origins ("*": any).
+    api_keys: list[str] = field(default_factory=list)
+    api_keys_file: str | None = None
+    admin_api_key: str | None = None
+    metrics_api_key: str | None = None
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+    rate_limit_concurrent: int = 0
+    cors_allowed_origins: list[str] = field(default_factory=list)
+
+    # Tracing (herdsman.observability.tracing): OTLP/HTTP base URL (None: the standard
+    # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT env vars; neither: off) and the sampled fraction of
+    # new traces (None: OTEL_TRACES_SAMPLER/_ARG, default all; a client's sampled flag wins).
+    otlp_endpoint: str | None = None
+    otlp_sample_ratio: float | None = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
 import httpx
 from tests.conftest import QWEN3, start_gateway, start_sim
 from tests.gateway.test_chat import MODEL
+from tests.unit.test_metrics import documented_metrics, exposed_metrics
 
 
 def _value(text: str, name: str, labels: str = "") -> float:
@@ -57,6 +60,11 @@ def test_metrics_are_aggregated_over_processes() -> None:
                 assert _value(text, "herdsman_stage_seconds_count", f'{{stage="{stage}"}}') == 12
             assert _value(text, "herdsman_in_flight_requests") == 0
         assert seen == [12.0] * 6
+        missing = exposed_metrics(text) - documented_metrics()
+        assert not missing, f"on /metrics but not in docs/metrics.md: {sorted(missing)}"
+        # Process metrics: one series per gateway process.
+        rss = re.findall(r'^process_resident_memory_bytes\{pid="(\d+)"\}', text, re.MULTILINE)
+        assert set(rss) == {str(pid) for pid in pids}
     finally:
         gateway.stop()
         sim.stop()
@@ -79,3 +87,46 @@ def test_request_labels_are_routes_not_raw_paths(base_url: str) -> None:
         time.sleep(0.1)
     assert {"/v1/models", "other"} <= seen, seen
     assert not any(label.endswith("/") or label.startswith("/nope") for label in seen), seen
+
+
+def test_a_killed_process_stays_counted_once_and_engine_load_is_shown() -> None:
+    sim = start_sim(QWEN3, "vllm")
+    # cache_aware follows the engine's KV-event stream, and with it the engine's load records.
+    extra = ("--model-path", str(QWEN3), "--workers", "2", "--policy", "cache_aware")
+    gateway = start_gateway(sim.address, extra=extra)
+    base = f"http://{gateway.address}"
+    try:
+        pids: dict[int, int] = {}
+        for _ in range(40):
+            if len(pids) == 2 and min(pids.values()) >= 3:
+                break
+            with httpx.Client() as client:  # new connections spread over both processes
+                body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                response = client.post(
+                    f"{base}/v1/chat/completions", json={**body, "max_tokens": 2}
+                )
+                assert response.status_code == 200
+                pid = client.get(f"{base}/health").json()["pid"]
+                pids[pid] = pids.get(pid, 0) + 1
+        assert len(pids) == 2
+        sent = sum(pids.values())
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)  # its counters are only in its files now
+        deadline = time.monotonic() + 60
+        texts = []
+        while time.monotonic() < deadline and len(texts) < 6:
+            try:
+                with httpx.Client() as client:
+                    texts.append(client.get(f"{base}/metrics", timeout=5).text)
+            except httpx.TransportError:
+                pass  # the slot is being replaced
+            time.sleep(0.5)
+        label = '{endpoint="/v1/chat/completions",status="200"}'
+        assert [_value(t, "herdsman_requests_total", label) for t in texts] == [sent] * 6
+        leftovers = [p for p in texts[-1].splitlines() if f'pid="{victim}"' in p]
+        assert not leftovers  # its process metrics went with it
+        # What the engine reports about its load, per worker.
+        assert re.search(r"^herdsman_worker_kv_usage_ratio\{[^}]*model=", texts[-1], re.MULTILINE)
+    finally:
+        gateway.stop()
+        sim.stop()

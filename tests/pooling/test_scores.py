@@ -59,6 +59,11 @@ def test_score_shapes(fleet: Fleet, bert: ModelTokenizer) -> None:
     ).json()
     want = [cosine(embedding(bert, a), embedding(bert, b)) for a, b in itertools.pairwise(DOCS)]
     assert np.allclose([d["score"] for d in pairs["data"]], want, atol=1e-6)
+    for first, second in (("data_1", "data_2"), ("queries", "items")):
+        same = post(
+            fleet, "/v1/score", {"model": "embed", first: DOCS[:2], second: DOCS[1:]}
+        ).json()
+        assert [d["score"] for d in same["data"]] == [d["score"] for d in pairs["data"]]
     bad = post(fleet, "/v1/score", {"model": "embed", "text_1": DOCS[:2], "text_2": DOCS})
     assert bad.status_code == 400 and "1:1, 1:N or N:N" in bad.json()["error"]["message"]
     empty = post(fleet, "/v1/score", {"model": "embed", "text_1": QUERY, "text_2": []})
@@ -121,6 +126,9 @@ def test_classify_names_the_models_labels(fleet: Fleet, bert: ModelTokenizer, pa
     assert body["usage"]["prompt_tokens"] == sum(
         len(bert.encode(t, add_special_tokens=True)) for t in texts
     )
+    ids = bert.encode(texts[0], add_special_tokens=True)
+    by_ids = post(fleet, path, {"model": "classify", "input": ids}).json()
+    assert by_ids["data"][0]["probs"] == body["data"][0]["probs"]
 
 
 @pytest.mark.parametrize(

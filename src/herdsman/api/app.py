@@ -80,6 +80,26 @@ async def health(ctx: ServingContext, request: Request) -> Response:
     )
 
 
+async def liveness(ctx: ServingContext, request: Request) -> Response:
+    """The process's event loop answers (a Kubernetes liveness probe)."""
+    return json_response({"status": "alive", "pid": os.getpid()})
+
+
+async def readiness(ctx: ServingContext, request: Request) -> Response:
+    """200 while at least one worker is healthy and the gateway is not draining; else 503 and
+    why (a Kubernetes readiness probe: a load balancer stops sending here at once)."""
+    healthy = len(ctx.registry.healthy())
+    reason = None
+    if ctx.draining:
+        reason = "draining: the gateway is shutting down"
+    elif not healthy:
+        reason = "no healthy worker"
+    body = {"status": "ready" if reason is None else "not ready", "healthy_workers": healthy}
+    if reason is not None:
+        body["reason"] = reason
+    return json_response(body, 200 if reason is None else 503)
+
+
 # Endpoints that run generations: admitted by the concurrency limit and its queue.
 GENERATION_ENDPOINTS = frozenset(
     {
@@ -107,6 +127,8 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/parse/reasoning": {"POST": parse_reasoning},
     "/parse/function_call": {"POST": parse_function_call},
     "/health": {"GET": health},
+    "/liveness": {"GET": liveness},
+    "/readiness": {"GET": readiness},
     "/metrics": {"GET": metrics},
     "/workers": {"GET": list_workers, "POST": add_worker},
     "/workers/{id}": {"GET": get_worker, "DELETE": delete_worker},

@@ -21,6 +21,7 @@ from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.sse import ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
+from herdsman.observability import tracing
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.generate import Generation, GenerationPlan
 from herdsman.pipeline.images import load_images
@@ -100,10 +101,13 @@ def _choice(
     if plan.parsers is None:
         message: dict[str, object] = {"role": "assistant", "content": text}
     else:
+        started = time.perf_counter()
         parser = plan.parsers.for_choice()
         parser.feed(text)
         parser.finish()
         message = parser.message()
+        if tracing.enabled():
+            tracing.stage("parse", started, time.perf_counter(), {"herdsman.choice": choice.index})
         if parser.calls and finish_reason == "stop":
             finish_reason = "tool_calls"
     if echo:
@@ -154,7 +158,14 @@ async def _parsed_frames(
         yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
         if echo:
             yield frames.text(choice.index, echo)
+    # Tracing on: the parsers' time, summed over the stream (a "parse" span spanning the first
+    # to the last parse, with the busy time as an attribute).
+    timed = tracing.enabled()
+    first_parse = busy = 0.0
     async for choice, text, token_logprobs, finish_reason in generation.run():
+        if timed:
+            parse_started = time.perf_counter()
+            first_parse = first_parse or parse_started
         parser = parsers[choice.index]
         delta = parser.feed(text)
         if finish_reason is not None:
@@ -164,6 +175,11 @@ async def _parsed_frames(
             delta.tool_calls += tail.tool_calls
             if parser.calls and finish_reason == "stop":
                 finish_reason = "tool_calls"
+        if timed:
+            parsed = time.perf_counter()
+            busy += parsed - parse_started
+            if finish_reason is not None:
+                tracing.stage("parse", first_parse, parsed, {"herdsman.parse.busy_s": busy})
         lp = b"null"
         if logprobs is not None and token_logprobs is not None:
             lp = encode_json(logprobs(choice, token_logprobs))

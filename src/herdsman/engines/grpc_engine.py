@@ -27,6 +27,7 @@ from herdsman.engines.base import (
 )
 from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.transport import RpcError, Transport
+from herdsman.observability.tracing import engine_metadata
 from herdsman.routing.load import WorkerLoad
 
 
@@ -80,6 +81,7 @@ def _scheduler_load(load: Any, now: float) -> WorkerLoad:
         waiting_uncached_tokens=uncached,
         token_usage=load.token_usage,
         max_running=load.max_running_requests,
+        cache_hit_rate=load.cache_hit_rate,
         updated_at=now,
         source="poll",
     )
@@ -161,19 +163,39 @@ class GrpcEngine:
         """A classifier's label count and names, where the protocol states them."""
         return 0, {}
 
-    async def _unary(self, name: str, request: Any, response_type: Any, timeout: float) -> Any:
+    async def _unary(
+        self, name: str, request: Any, response_type: Any, timeout: float, traced: bool = False
+    ) -> Any:
+        metadata = engine_metadata() if traced else None
         try:
-            return await self._transport.unary(self._methods[name], request, response_type, timeout)
+            if metadata is None:
+                return await self._transport.unary(
+                    self._methods[name], request, response_type, timeout
+                )
+            return await self._transport.unary(
+                self._methods[name], request, response_type, timeout, metadata=metadata
+            )
         except RpcError as exc:
             raise engine_error(exc) from exc
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        responses = self._transport.stream(
-            self._methods["Generate"],
-            self._generate_request(request),
-            self.pb2.GenerateResponse,
-            timeout=request.timeout,
-        )
+        message = self._generate_request(request)
+        metadata = engine_metadata()  # the W3C trace context, if any
+        if metadata is None:
+            responses = self._transport.stream(
+                self._methods["Generate"],
+                message,
+                self.pb2.GenerateResponse,
+                timeout=request.timeout,
+            )
+        else:
+            responses = self._transport.stream(
+                self._methods["Generate"],
+                message,
+                self.pb2.GenerateResponse,
+                timeout=request.timeout,
+                metadata=metadata,
+            )
         # In a streamed generation every token arrives in a chunk; the complete message repeats
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
@@ -205,6 +227,7 @@ class GrpcEngine:
             self._embed_request(request),
             self._embed_decoder,
             request.timeout if request.timeout is not None else 600.0,
+            traced=True,
         )
         return output
 

@@ -138,6 +138,8 @@ class ServingContext:
     mcp: McpPool | None = None
     # Engine URL -> its KV-event stream's consumer (feeding loads and the model's index).
     kv_streams: dict[str, KvEventSubscriber] = field(default_factory=dict)
+    # Set once the process drains (SIGTERM): /readiness answers 503 from then on.
+    draining: bool = False
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def served(self, name: str | None, task: str | None = None) -> ServedModel:
@@ -163,6 +165,12 @@ class ServingContext:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._finished)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the fire-and-forget work in flight (the Aborts of streams
+        cut at shutdown) before the engines are closed."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
+from herdsman.access.usage import count_tokens
 from herdsman.engines import (
     Bootstrap,
     EngineClient,
@@ -38,7 +39,7 @@ from herdsman.engines.disaggregated import (
     sglang_pair,
     vllm_pair,
 )
-from herdsman.observability import METRICS
+from herdsman.observability import METRICS, tracing
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.errors import EngineTimeout, NoWorkerAvailable, RequestError
 from herdsman.pipeline.failures import CLIENT_CODES, judge, request_error
@@ -151,6 +152,7 @@ class Generation:
         if not self._tokens_held:
             self._ctx.admission.take_prompt_tokens(self.prompt_tokens)
             self._tokens_held = self.prompt_tokens
+            count_tokens(self.prompt_tokens)  # a key's tokens-per-minute limit
         try:
             self._started = await self._open(None)
         except BaseException:
@@ -193,6 +195,15 @@ class Generation:
                 metrics.e2e.observe(time.perf_counter() - self._received_at)
                 metrics.prompt_tokens.inc(self.prompt_tokens)
                 metrics.generation_tokens.inc(self.completion_tokens)
+                if tracing.enabled():
+                    tracing.annotate(
+                        {
+                            "gen_ai.request.model": self._model.name,
+                            "gen_ai.usage.input_tokens": self.prompt_tokens,
+                            "gen_ai.usage.output_tokens": self.completion_tokens,
+                        }
+                    )
+                count_tokens(self.completion_tokens)
         finally:
             self._release_tokens()
 
@@ -259,6 +270,16 @@ class Generation:
         finally:
             worker.in_flight -= 1
             metrics.stage.observe(now - engine_started, ("engine",))
+            if tracing.enabled():
+                tracing.stage(
+                    "stream",
+                    engine_started,
+                    time.perf_counter(),
+                    {
+                        "herdsman.completion_tokens": self.completion_tokens,
+                        "herdsman.failed": failure is not None,
+                    },
+                )
             if failure is None:
                 worker.circuit.record_success()
             await outputs.aclose()
@@ -276,8 +297,11 @@ class Generation:
         last = previous if isinstance(previous, EngineError) else None
         if last is not None:
             await self._backoff()
+        routing_started = 0.0  # this attempt's routing began (waits for a worker included)
         while True:
-            time_left = self._deadline - time.perf_counter()
+            now = time.perf_counter()
+            routing_started = routing_started or now
+            time_left = self._deadline - now
             if time_left <= 0:
                 raise EngineTimeout(
                     f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
@@ -292,6 +316,9 @@ class Generation:
                 raise NoWorkerAvailable(self._no_worker_reason(), code="no_worker")
             worker, prefill = picked
             self.attempts += 1
+            if tracing.enabled():
+                self._trace_routing(routing_started, worker, prefill)
+            routing_started = 0.0
             self._tried.add(id(worker))
             request_id = (
                 plan.request_id if self.attempts == 1 else f"{plan.request_id}-{self.attempts}"
@@ -318,12 +345,18 @@ class Generation:
             prefill_tokens = self._routing.prefill_tokens
             self._routing.prefill_tokens = 0
             computing.prefilling += prefill_tokens
+            # The engine's time to first output (a live span: the engine call is its child).
+            ttft = tracing.start_stage("engine.ttft", {"herdsman.engine_request_id": request_id})
             outputs = self._generate(worker, prefill, request)
             try:
                 try:
                     first = await anext(outputs, None)
+                except BaseException as exc:
+                    tracing.end_stage(ttft, exc)
+                    raise
                 finally:
                     computing.prefilling -= prefill_tokens
+                tracing.end_stage(ttft)
             except asyncio.CancelledError:
                 worker.circuit.record_neutral()
                 if prefill is not None:
@@ -352,6 +385,16 @@ class Generation:
             if prefill is not None:
                 prefill.circuit.record_success()
             return _Attempt(outputs, first, worker, request_id, prefill)
+
+    def _trace_routing(self, started: float, worker: Worker, prefill: Worker | None) -> None:
+        attributes = {
+            "gen_ai.request.model": self._model.name,
+            "herdsman.worker": worker.url,
+            "herdsman.attempt": self.attempts,
+        }
+        if prefill is not None:
+            attributes["herdsman.prefill_worker"] = prefill.url
+        tracing.stage("routing", started, time.perf_counter(), attributes)
 
     def _pick(self) -> tuple[Worker, Worker | None] | None:
         """The worker (or the decode worker and its prefill worker) for the next attempt: one

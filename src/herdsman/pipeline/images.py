@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import msgspec
 from herdsman.multimodal.errors import MediaError
 from herdsman.multimodal.fetch import ImageFetcher
 from herdsman.multimodal.service import ImagePreprocessor
+from herdsman.observability import tracing
 from herdsman.pipeline.errors import InvalidRequest
 
 
@@ -78,8 +80,13 @@ async def load_images(
             urls[max_images][1],
         )
     try:
+        started = time.perf_counter()
         data = await _fetch_all(support.fetcher, urls, fetch_timeout)
+        fetched = time.perf_counter()
         processed = await support.preprocessor.process(data, [p for _, p in urls])
+        if tracing.enabled():
+            tracing.stage("image.fetch", started, fetched, {"herdsman.images": len(urls)})
+            tracing.stage("image.preprocess", fetched, time.perf_counter())
     except MediaError as exc:
         raise InvalidRequest(str(exc), exc.param) from exc
     counts: list[Any] = (

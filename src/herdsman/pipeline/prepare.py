@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
 from herdsman.multimodal.base import expand_placeholders
-from herdsman.observability import METRICS
+from herdsman.observability import METRICS, tracing
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag
 from herdsman.pipeline.constraints import response_format_constraint, tool_choice_constraint
@@ -26,7 +25,8 @@ MAX_LOGPROBS = 20
 
 
 def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """``<prefix>-<request id>[-<suffix>]``: holds the HTTP request's id (tracing.py)."""
+    return tracing.engine_request_id(prefix)
 
 
 def render_chat_prompt(model: ServedModel, req: ChatCompletionRequest) -> str:
@@ -156,8 +156,12 @@ async def prepare_chat(
     prompt = render_chat_prompt(model, req)
     rendered = time.perf_counter()
     input_ids = await model.tokenizer.encode_async(prompt, add_special_tokens=False)
+    tokenized = time.perf_counter()
     METRICS.stage.observe(rendered - started, ("template",))
-    METRICS.stage.observe(time.perf_counter() - rendered, ("tokenize",))
+    METRICS.stage.observe(tokenized - rendered, ("tokenize",))
+    if tracing.enabled():
+        tracing.stage("template", started, rendered)
+        tracing.stage("tokenize", rendered, tokenized, {"herdsman.prompt_tokens": len(input_ids)})
     if images is not None:
         input_ids = _expand_images(input_ids, images)
     max_tokens = req.max_completion_tokens or req.max_tokens
@@ -249,7 +253,10 @@ async def prepare_completion(
             "prompt" if len(given) > 1 else "n",
         )
     prompts = [await _completion_ids(model, p) for p in given]
-    METRICS.stage.observe(time.perf_counter() - started, ("tokenize",))
+    tokenized = time.perf_counter()
+    METRICS.stage.observe(tokenized - started, ("tokenize",))
+    if tracing.enabled():
+        tracing.stage("tokenize", started, tokenized, {"herdsman.prompts": len(prompts)})
     # Completions show the sampled token plus the `logprobs` best (OpenAI's definition, and
     # vLLM's). The engine's list starts with the sampled token and holds `logprobs` entries in
     # all, so it is asked for one more; vLLM's servers cap a request at 20.

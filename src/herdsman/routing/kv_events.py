@@ -58,6 +58,7 @@ def event_load(load: common_pb2.EngineLoad, now: float) -> WorkerLoad:
         waiting_uncached_tokens=uncached,
         token_usage=load.token_usage,
         max_running=load.max_running_requests,
+        cache_hit_rate=load.cache_hit_rate if load.HasField("cache_hit_rate") else None,
         updated_at=now - load.age_ms / 1000,
         source="events",
     )

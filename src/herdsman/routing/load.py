@@ -22,6 +22,8 @@ class WorkerLoad:
     token_usage: float = 0.0
     # The engine's admission window (max running requests); 0 when unknown.
     max_running: int = 0
+    # The engine's prefix-cache hit rate in [0, 1] (None: not reported).
+    cache_hit_rate: float | None = None
     # time.monotonic() of the record; 0.0: none yet.
     updated_at: float = 0.0
     source: str = "none"

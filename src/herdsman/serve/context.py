@@ -483,3 +483,4 @@ def _watch(ctx: ServingContext) -> None:
                 METRICS.kv_precise.set(1.0 if index.is_precise(wid) else 0.0, (wid,))
 
     METRICS.registry.collectors.append(collect)
+    METRICS.watch_workers(lambda: ctx.registry)

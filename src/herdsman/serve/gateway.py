@@ -18,11 +18,13 @@ from pathlib import Path
 
 import msgspec
 
+from herdsman.access.gate import protect
 from herdsman.api.app import GatewayApp
 from herdsman.config import GatewayConfig
 from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
 from herdsman.observability import METRICS
+from herdsman.observability.tracing import TracingApp
 from herdsman.pipeline.admission import SharedBoard
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
@@ -111,7 +113,8 @@ class GatewayProcess:
                 Path(config.admission_board), config.processes, self._index
             )
         server = HttpServer(
-            GatewayApp(ctx),
+            # Request ids and spans around keys, limits and CORS.
+            TracingApp(protect(GatewayApp(ctx), config, self._index), config),
             server_limits(config),
             ssl=server_tls(config),
             access_log=config.access_log,
@@ -119,8 +122,15 @@ class GatewayProcess:
         await server.start(bind_socket(config.host, config.port, reuse_port=True))
         self._control.send(Ready(index=self._index, pid=os.getpid(), model=self._models()))
         await self._stop.wait()
+        ctx.draining = True
         log.info("process %d draining: %d responses in flight", self._index, server.in_flight)
         await server.drain(self._drain_timeout)
+        # Streams cut at the deadline unwind, and their engines get an Abort, before engines close.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.0
+        while server.in_flight and loop.time() < end:
+            await asyncio.sleep(0.01)
+        await ctx.settle(2.0)
         changes.cancel()
         if config.metrics_dir:
             snapshots.cancel()

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -123,9 +124,14 @@ class Supervisor:
         self._probe_errors: dict[str, BaseException] = {}
         self._first_ready: asyncio.Future[None] | None = None
         self._acks: dict[tuple[int, str], list[asyncio.Future[WorkerAck]]] = {}
+        # Workers from outside: Kubernetes pods (--service-discovery) and the other replicas'
+        # admin changes (--state-url redis://...); herdsman.discovery.
+        self._pods: Any = None
+        self._shared: Any = None
 
     async def run(self) -> None:
         config = self._config
+        await self._start_discovery()
         await self._start_fleet()
         metrics_dir = tempfile.TemporaryDirectory(prefix="herdsman-metrics-")
         config.metrics_dir = metrics_dir.name
@@ -166,12 +172,14 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
             await self._stop.wait()
+            await self._stop_discovery()
             if watchdog is not None:
                 watchdog.cancel()
             await self._checker.stop()
             await self._shutdown()
             await self._registry.close()
         finally:
+            await self._stop_discovery()
             for handle in self._pending_starts:
                 handle.cancel()
             metrics_dir.cleanup()
@@ -182,15 +190,17 @@ class Supervisor:
     async def _start_fleet(self) -> None:
         """Probe every configured engine; start serving once one answers (the others join as
         they do: an engine still loading is waited for, in the background)."""
-        if not self._config.workers:
+        dynamic = self._pods is not None or self._shared is not None
+        if not self._config.workers and not dynamic:
             raise ValueError("at least one --worker grpc://HOST:PORT is needed")
         for url in self._config.workers:
             self._probe(url)
         loop = asyncio.get_running_loop()
-        first = loop.create_future()
+        first = self._first_ready or loop.create_future()
         self._first_ready = first
         pending = list(self._probes.values())
-        done = asyncio.ensure_future(asyncio.wait(pending))
+        # Discovered workers: the first that answers starts the gateway.
+        done = asyncio.ensure_future(asyncio.wait(pending)) if pending else loop.create_future()
         try:
             await asyncio.wait_for(
                 asyncio.wait({first, done}, return_when=asyncio.FIRST_COMPLETED),
@@ -199,7 +209,7 @@ class Supervisor:
         except TimeoutError:
             raise RuntimeError(
                 f"no worker answered within {self._config.worker_startup_timeout:g}s: "
-                + ", ".join(self._config.workers)
+                + (", ".join(self._config.workers) or "(discovered workers)")
             ) from None
         if not self._specs:
             # Every probe ended without a worker: report the first error.
@@ -290,8 +300,12 @@ class Supervisor:
                 status, body = await self._admin_add(
                     request.url, request.wait, request.role, request.bootstrap_port
                 )
+                if self._shared is not None and status in (200, 202):
+                    await self._shared.added(request.url, request.role, request.bootstrap_port)
             elif request.op == "remove":
                 status, body = await self._admin_remove(request.worker_id)
+                if self._shared is not None and status == 200:
+                    await self._shared.removed(str(body["url"]))
             else:
                 status, body = 400, _error(f"unknown admin operation {request.op!r}")
         except Exception as exc:  # the caller gets an answer whatever happened
@@ -343,6 +357,52 @@ class Supervisor:
         if errors:
             body["errors"] = errors
         return 200, body
+
+    # -- workers from outside (herdsman.discovery) -----------------------------------------------
+    async def _start_discovery(self) -> None:
+        config = self._config
+        self._first_ready = asyncio.get_running_loop().create_future()
+        if config.state_url:
+            from herdsman.discovery.shared import SharedFleet
+
+            self._shared = SharedFleet(config.state_url, self)
+            for url, role, bootstrap_port in await self._shared.start():
+                await self.discovered(url, role, bootstrap_port)
+        if config.service_discovery:
+            from herdsman.discovery import DiscoveryConfig, PodWatcher
+
+            self._pods = PodWatcher(
+                DiscoveryConfig(
+                    namespace=config.discovery_namespace,
+                    selector=config.discovery_selector,
+                    port=config.discovery_port,
+                    prefill_selector=config.prefill_selector,
+                    decode_selector=config.decode_selector,
+                    kubeconfig=config.discovery_kubeconfig,
+                ),
+                self,
+            )
+            self._pods.start()
+
+    async def _stop_discovery(self) -> None:
+        pods, shared, self._pods, self._shared = self._pods, self._shared, None, None
+        if pods is not None:
+            await pods.stop()
+        if shared is not None:
+            await shared.stop()
+
+    async def discovered(self, url: str, role: str, bootstrap_port: int | None) -> None:
+        """A worker found outside the admin API: added for every process, as POST /workers."""
+        await self._admin_add(url, 0.0, role, bootstrap_port)
+
+    async def lost(self, url: str) -> None:
+        """A worker gone outside the admin API: removed for every process, as DELETE does."""
+        spec = self._specs.get(url)
+        if spec is not None:
+            await self._admin_remove(spec.worker_ids[0])
+        elif url in self._probes:
+            self._removed.add(url)
+            self._broadcast(WorkerRemoved(url=url))
 
     def _ordered_specs(self) -> list[WorkerSpec]:
         """Serving specs in the order the workers were configured (then added): every process

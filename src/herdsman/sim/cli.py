@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append 'abort <id>' per Abort RPC id and 'cancel <id>' per client cancel",
     )
     model.add_argument(
+        "--trace-log",
+        metavar="FILE",
+        default=None,
+        help="append '<request id> <traceparent or ->' per Generate and Embed call",
+    )
+    model.add_argument(
         "--stats-file",
         metavar="FILE",
         default=None,

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from herdsman.sim.dp_engine import DataParallelEngine
+from herdsman.sim.generate_handler import log_trace
 from herdsman.sim.pooling import OFFLOAD_CELLS, check_input
 from herdsman.sim.wire import ProtoWire
 
@@ -32,6 +33,7 @@ NO_EMBEDDINGS = "this model does not support embeddings"
 async def run_embed(
     engine: DataParallelEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
 ) -> Any:
+    log_trace(engine, message, context)
     options = engine.options
     if options.reject_new:
         await context.abort(

@@ -44,9 +44,21 @@ NO_GENERATION = "this model does not support generation"
 _EXIT_GRACE_S = 0.05
 
 
+def log_trace(engine: DataParallelEngine, message: Any, context: grpc.aio.ServicerContext) -> None:
+    """--trace-log: the call's request id and the traceparent in its metadata."""
+    path = engine.options.trace_log
+    if path is None:
+        return
+    metadata = dict(context.invocation_metadata() or ())
+    traceparent = metadata.get("traceparent") or "-"
+    with path.open("a", encoding="utf-8") as out:
+        out.write(f"{getattr(message, 'request_id', '')} {traceparent}\n")
+
+
 async def run_generate(
     engine: DataParallelEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
 ) -> None:
+    log_trace(engine, message, context)
     if engine.options.reject_new:
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "engine-sim rejects new requests (--reject-new)"

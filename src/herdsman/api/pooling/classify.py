@@ -3,21 +3,21 @@ input, in vLLM's shape, labels from the model's ``id2label``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from herdsman.api.bodies import decode_body
-from herdsman.api.errors import bad_request
+from herdsman.api.bodies import decode_body, split_inputs
 from herdsman.api.pooling.common import list_response, run, sigmoid, softmax, usage
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext
-from herdsman.pipeline.pooling import text_input
+from herdsman.pipeline.pooling import ids_input, text_input
 from herdsman.pipeline.prepare import new_request_id
 
 
 class ClassifyRequest(msgspec.Struct, kw_only=True):
-    input: str | list[str]
+    # A string, token ids, or a list of either (checked by split_inputs).
+    input: str | list[Any]
     model: str | None = None
     truncate_prompt_tokens: int | None = None
     truncation_side: Literal["left", "right"] | None = None
@@ -27,12 +27,13 @@ async def classify(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, ClassifyRequest)
     model = ctx.served(body.model, "classify")
     model.require("classify", "/v1/classify")
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts:
-        raise bad_request("'input' must hold at least one text", "input")
+    items, _batch = split_inputs(body.input, "input")
+    truncate, side = body.truncate_prompt_tokens, body.truncation_side
     inputs = [
-        await text_input(model, t, truncate=body.truncate_prompt_tokens, side=body.truncation_side)
-        for t in texts
+        await text_input(model, item, truncate=truncate, side=side)
+        if isinstance(item, str)
+        else ids_input(model, item, truncate=truncate, side=side)
+        for item in items
     ]
     request_id = new_request_id("classify")
     outputs = await run(ctx, model, request, request_id, inputs, "classify")

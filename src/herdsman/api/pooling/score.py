@@ -22,11 +22,14 @@ from herdsman.pipeline.prepare import new_request_id
 
 
 class ScoreRequest(msgspec.Struct, kw_only=True):
-    # vLLM's names: text_1/text_2, or (newer) queries/documents.
+    # vLLM's names for the two sides: text_1/text_2, queries/documents (or items), data_1/data_2.
     text_1: str | list[str] | None = None
     text_2: str | list[str] | None = None
     queries: str | list[str] | None = None
     documents: str | list[str] | None = None
+    items: str | list[str] | None = None
+    data_1: str | list[str] | None = None
+    data_2: str | list[str] | None = None
     model: str | None = None
     truncate_prompt_tokens: int | None = None
 
@@ -48,8 +51,8 @@ async def score(ctx: ServingContext, request: Request) -> Response:
     body = decode_body(request.body, ScoreRequest)
     model = ctx.served(body.model, "score")
     model.require("score", "/v1/score")
-    first = body.text_1 if body.text_1 is not None else body.queries
-    second = body.text_2 if body.text_2 is not None else body.documents
+    first = _first_given(body.text_1, body.queries, body.data_1)
+    second = _first_given(body.text_2, body.documents, body.items, body.data_2)
     if first is None or second is None:
         raise bad_request("send text_1 and text_2 (or queries and documents)", "text_1")
     firsts = [first] if isinstance(first, str) else first
@@ -70,6 +73,10 @@ async def score(ctx: ServingContext, request: Request) -> Response:
         {"index": i, "object": "score", "score": s} for i, s in enumerate(scores)
     ]
     return list_response(request_id, model, data, usage_of(tokens))
+
+
+def _first_given(*values: str | list[str] | None) -> str | list[str] | None:
+    return next((v for v in values if v is not None), None)
 
 
 async def rerank(ctx: ServingContext, request: Request) -> Response:

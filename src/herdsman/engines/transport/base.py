@@ -28,6 +28,10 @@ class TransportOptions:
     key_file: str | None = None
 
 
+# Custom metadata of a call: (key, value) pairs sent as request headers.
+Metadata = tuple[tuple[str, str], ...]
+
+
 class RpcError(Exception):
     """A call ended with a non-OK gRPC status (or could not be made at all)."""
 
@@ -45,14 +49,28 @@ class Transport(Protocol):
 
     def __init__(self, target: str, options: TransportOptions | None = None) -> None: ...
 
-    async def unary(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float,
+        metadata: Metadata | None = None,
+    ) -> Any:
         """Call ``method`` (``/package.Service/Method``) and return the decoded response."""
         ...
 
     def stream(
-        self, method: str, request: Any, response_type: Any, timeout: float | None = None
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncGenerator[Any, None]:
         """A server stream; closing the generator early cancels the call.
+
+        ``metadata``: extra request headers (lowercase ASCII keys), such as ``traceparent``.
 
         ``timeout`` is the call's deadline: past it the stream raises DEADLINE_EXCEEDED and the
         call is cancelled at the engine.

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import RpcError, TransportOptions
+from herdsman.engines.transport.base import Metadata, RpcError, TransportOptions
 from herdsman.engines.transport.tls import read_optional
 
 
@@ -74,26 +74,38 @@ class GrpcioTransport:
         else:
             self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
 
-    async def unary(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float,
+        metadata: Metadata | None = None,
+    ) -> Any:
         call = self._channel.unary_unary(
             method,
             request_serializer=_identity,
             response_deserializer=response_type.FromString,
         )
         try:
-            return await call(request.SerializeToString(), timeout=timeout)
+            return await call(request.SerializeToString(), timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc) from exc
 
     async def stream(
-        self, method: str, request: Any, response_type: Any, timeout: float | None = None
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncGenerator[Any, None]:
         multi = self._channel.unary_stream(
             method,
             request_serializer=_identity,
             response_deserializer=response_type.FromString,
         )
-        call = multi(request.SerializeToString(), timeout=timeout)
+        call = multi(request.SerializeToString(), timeout=timeout, metadata=metadata)
         try:
             async for response in call:
                 yield response

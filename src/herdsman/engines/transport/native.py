@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import RpcError, TransportOptions
+from herdsman.engines.transport.base import Metadata, RpcError, TransportOptions
 from herdsman.engines.transport.frames import grpc_timeout, literal_header_block
 from herdsman.engines.transport.http2 import Http2Connection
 from herdsman.engines.transport.keepalive import Keepalive, KeepalivePolicy
@@ -57,7 +57,9 @@ class NativeTransport:
     def connections(self) -> list[Http2Connection]:
         return list(self._connections)
 
-    def _header_block(self, method: str, timeout: float | None) -> bytes:
+    def _header_block(
+        self, method: str, timeout: float | None, metadata: Metadata | None = None
+    ) -> bytes:
         block = self._headers.get(method)
         if block is None:
             block = self._headers[method] = literal_header_block(
@@ -71,6 +73,8 @@ class NativeTransport:
                     ("user-agent", "herdsman"),
                 ]
             )
+        if metadata:  # custom metadata (a trace context): rare, so not cached
+            block += literal_header_block(list(metadata))
         if timeout is None:
             return block
         return block + literal_header_block([("grpc-timeout", grpc_timeout(timeout))])
@@ -185,7 +189,9 @@ class NativeTransport:
             self._connections.remove(connection)
 
     # -- calls ---------------------------------------------------------------------------------
-    async def _open(self, method: str, request: Any, timeout: float | None) -> _Opened:
+    async def _open(
+        self, method: str, request: Any, timeout: float | None, metadata: Metadata | None = None
+    ) -> _Opened:
         """Start a call and read its first message (None: it ended OK without one).
 
         The deadline covers everything: waiting for a connection or a slot, sending, then one
@@ -207,7 +213,7 @@ class NativeTransport:
                     connection = await self._acquire()
                     remaining = None if deadline is None else deadline - loop.time()
                     stream = await connection.start_call(
-                        self._header_block(method, remaining), message
+                        self._header_block(method, remaining, metadata), message
                     )
             except TimeoutError as exc:
                 raise RpcError(
@@ -231,8 +237,15 @@ class NativeTransport:
             return connection, stream, handle, first
         raise AssertionError("unreachable")
 
-    async def unary(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:
-        connection, stream, handle, data = await self._open(method, request, timeout)
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float,
+        metadata: Metadata | None = None,
+    ) -> Any:
+        connection, stream, handle, data = await self._open(method, request, timeout, metadata)
         try:
             if data is None:
                 raise RpcError(grpc.StatusCode.INTERNAL, "no response message")
@@ -246,9 +259,14 @@ class NativeTransport:
                 connection.cancel(stream)
 
     async def stream(
-        self, method: str, request: Any, response_type: Any, timeout: float | None = None
+        self,
+        method: str,
+        request: Any,
+        response_type: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncGenerator[Any, None]:
-        connection, stream, handle, data = await self._open(method, request, timeout)
+        connection, stream, handle, data = await self._open(method, request, timeout, metadata)
         parse = response_type.FromString
         try:
             while data is not None:
