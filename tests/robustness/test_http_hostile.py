@@ -424,7 +424,8 @@ def test_access_log_has_one_line_per_request(tls_gateway: Gateway, ca: trustme.C
         assert client.reply().status == 200
     # The client's own port tells its lines from those of earlier tests.
     peer = f"127.0.0.1:{client.sock.getsockname()[1]} "
-    line = re.compile(re.escape(peer) + r'"POST /v1/chat/completions" 200 \d+ [\d.]+ms$')
+    # Each line ends with the request's id (X-Request-Id), as its spans and engine request have it.
+    line = re.compile(re.escape(peer) + r'"POST /v1/chat/completions" 200 \d+ [\d.]+ms id=\S+$')
 
     def logged() -> list[str]:
         text = tls_gateway.stderr.read_text(errors="replace")
