@@ -42,16 +42,21 @@ def test_metrics_are_aggregated_over_processes() -> None:
                 pids.add(client.get(f"{base}/health").json()["pid"])
         assert len(pids) == 2
 
-        def tokens_timed() -> float:
-            with httpx.Client() as client:
-                text = client.get(f"{base}/metrics").text
-            return _value(text, "herdsman_inter_token_latency_seconds_count")
+        def scrape() -> tuple[int, str]:
+            with httpx.Client() as client:  # one connection: /health names the answering process
+                pid = client.get(f"{base}/health").json()["pid"]
+                return pid, client.get(f"{base}/metrics").text
 
-        # The per-token histogram of every process shows once each has written its snapshot
-        # (about once a second).
+        # Each process shows its own per-token histogram live and the other's as of its last
+        # snapshot (about once a second): wait until both processes' renders show every token.
+        complete: set[int] = set()
         deadline = time.monotonic() + 30
-        while tokens_timed() != 48 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while complete != pids and time.monotonic() < deadline:
+            pid, text = scrape()
+            if _value(text, "herdsman_inter_token_latency_seconds_count") == 48:
+                complete.add(pid)
+            time.sleep(0.05)
+        assert complete == pids
         seen = []
         for _ in range(6):
             with httpx.Client() as client:
