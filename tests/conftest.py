@@ -93,6 +93,30 @@ _SIM_READY = re.compile(rb"engine-sim listening on (\S+):(\d+)")
 _GATEWAY_READY = re.compile(rb"herdsman listening on https?://(\S+):(\d+)")
 
 
+def gateway_processes(supervisor: int) -> set[int]:
+    """The supervisor's gateway processes: the children of its fork server (not the fork server
+    itself, nor multiprocessing's resource tracker)."""
+    found: set[int] = set()
+    for child in _children(supervisor):
+        try:
+            if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found |= _children(child)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.update(int(p) for p in f.read().split())
+    except OSError:
+        pass
+    return found
+
+
 def start_sim(model: Path = QWEN3, backend: str = "vllm", *extra: str) -> Proc:
     argv = [
         sys.executable,

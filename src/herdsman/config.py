@@ -60,7 +60,10 @@ class GatewayConfig:
     health_check_interval: float = 5.0
     health_check_timeout: float = 2.0
     drain_timeout: float = 25.0
-    warm_spare: bool = True
+    warm_spare: bool = False
+    # How gateway processes start: forked by a fork server holding the tokenizers (shared), or
+    # spawned, each loading its own.
+    start_method: str = "forkserver"
     log_level: str = "info"
 
     # HTTP server (per gateway process).

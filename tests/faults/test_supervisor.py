@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import QWEN3, start_gateway
+from tests.conftest import QWEN3, gateway_processes, start_gateway
 from tests.faults.common import sim, wait_for
 
 pytestmark = pytest.mark.slow
@@ -23,15 +23,6 @@ def _pid(base: str) -> int | None:
     with contextlib.suppress(httpx.HTTPError), httpx.Client() as client:
         return int(client.get(f"{base}/health", timeout=2).json()["pid"])
     return None
-
-
-def _children(pid: int) -> set[int]:
-    """The supervisor's gateway processes (not multiprocessing's resource tracker)."""
-    found: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found.update(int(p) for p in f.read().split())
-    return {p for p in found if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()}
 
 
 def test_a_process_whose_loop_freezes_is_replaced(tmp_path: Path) -> None:
@@ -54,7 +45,8 @@ def test_a_process_whose_loop_freezes_is_replaced(tmp_path: Path) -> None:
     try:
         os.kill(frozen, signal.SIGSTOP)  # alive, socket open, event loop answering nothing
         assert wait_for(lambda: _pid(base) not in (None, frozen), timeout=90)
-        assert not os.path.exists(f"/proc/{frozen}") or frozen not in _children(gw.process.pid)
+        gone = not os.path.exists(f"/proc/{frozen}")
+        assert gone or frozen not in gateway_processes(gw.process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(frozen, signal.SIGCONT)
@@ -66,12 +58,13 @@ def test_replacements_and_spares_that_fail_to_start_are_retried(tmp_path: Path) 
     model = tmp_path / "model"
     shutil.copytree(QWEN3, model)
     engine, _ = sim(tmp_path, "engine")
-    gw = start_gateway(engine.address, extra=("--model-path", str(model), "--workers", "1"))
+    extra = ("--model-path", str(model), "--workers", "1", "--warm-spare")
+    gw = start_gateway(engine.address, extra=extra)
     base = f"http://{gw.address}"
     try:
         first = _pid(base)
         assert first is not None
-        spare = _children(gw.process.pid) - {first}
+        spare = gateway_processes(gw.process.pid) - {first}
         assert len(spare) == 1
         # From now on no new process can load the model: replacements die while starting.
         hidden = tmp_path / "hidden"
@@ -86,6 +79,38 @@ def test_replacements_and_spares_that_fail_to_start_are_retried(tmp_path: Path) 
         # ...until the model is back; the supervisor has kept retrying, with backoff.
         hidden.rename(model)
         assert wait_for(lambda: _pid(base) not in (None, first, second), timeout=120)
+        assert gw.process.poll() is None
+    finally:
+        gw.stop()
+        engine.stop()
+
+
+def _fork_server(supervisor: int) -> int:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    (server,) = [
+        pid
+        for pid in map(int, children)
+        if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return server
+
+
+def test_processes_of_a_dead_fork_server_are_replaced_not_left_running(tmp_path: Path) -> None:
+    engine, _ = sim(tmp_path, "engine")
+    gw = start_gateway(engine.address, extra=("--model-path", str(QWEN3), "--workers", "2"))
+    base = f"http://{gw.address}"
+    try:
+        old = gateway_processes(gw.process.pid)
+        assert len(old) == 2
+        os.kill(_fork_server(gw.process.pid), signal.SIGKILL)
+        # Its processes are stopped (nobody would watch them) and new ones forked by a new
+        # fork server take their slots.
+        assert wait_for(lambda: all(not os.path.exists(f"/proc/{p}") for p in old), timeout=60)
+        assert wait_for(lambda: len(gateway_processes(gw.process.pid) - old) == 2, timeout=120)
+        assert wait_for(lambda: _pid(base) not in (None, *old), timeout=60)
+        body = {"model": "qwen3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 200
         assert gw.process.poll() is None
     finally:
         gw.stop()

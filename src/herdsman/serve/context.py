@@ -39,6 +39,7 @@ from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.pairing import incompatibility
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
+from herdsman.serve.heap import trim_heap
 from herdsman.serve.model_task import model_task
 from herdsman.storage import default_storage_url, open_store
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
@@ -222,6 +223,7 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     """A model's tokenizer, template, parsers and image support, from its first worker's spec."""
     tokenizer_dir = Path(spec.tokenizer_dir)
     tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
+    trim_heap()
     cache = None
     if _cache_wanted(config.tokenizer_cache, tokenizer):
         cache = tokenizer.enable_cache(

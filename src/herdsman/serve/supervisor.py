@@ -5,8 +5,9 @@ all processes and broadcasts changes over the control channel, and it checks a w
 a process reports that a request could not reach it.
 
 Keeping processes alive:
-- a process that dies is replaced at once by the warm spare (already loaded) when there is one,
-  else by a fresh process;
+- a process that dies is replaced at once by a fresh one, forked from the fork server that holds
+  the serving code and tokenizers loaded (herdsman.serve.preload: serving again in ~0.2 s), or,
+  with ``--warm-spare``, by an idle process already connected to the engines;
 - a replacement (or spare) that dies before it is ready is retried with exponential backoff, and a
   slot whose processes keep dying young backs off the same way: a crash loop costs little;
 - a watchdog pings every ready process over its control channel; one whose event loop has not
@@ -58,11 +59,12 @@ from herdsman.serve.control import (
 )
 from herdsman.serve.fleet import WorkerSpec, probe_until_ready
 from herdsman.serve.gateway import gateway_process_main
+from herdsman.serve.preload import ENV as PRELOAD_ENV
+from herdsman.serve.preload import preload_spec
 from herdsman.tokenizer.shared_store import make_store_directory, remove_store_directory
 
 log = logging.getLogger(__name__)
 
-_spawn = multiprocessing.get_context("spawn")
 
 # A process that lived at least this long died of something else than its start: no backoff.
 _HEALTHY_LIFETIME = 60.0
@@ -105,6 +107,11 @@ class Supervisor:
         # A loaded process kept aside: a dead slot is handed to it at once instead of waiting
         # for a fresh process to import and load its tokenizer (seconds on a busy machine).
         self._spare: _Child | None = None
+        # Gateway processes are forked by a fork server that has imported the serving code and
+        # loaded the tokenizers once (herdsman.serve.preload): they share that memory, and a
+        # replacement starts loaded. The fork server is itself spawned: it holds none of this
+        # process's threads.
+        self._mp = multiprocessing.get_context(config.start_method)
         self._registry = WorkerRegistry()
         self._checker: HealthChecker | None = None
         self._stopping = False
@@ -140,6 +147,8 @@ class Supervisor:
         config.admission_board = str(self._board_path)
         if config.tokenizer_cache_shared_bytes > 0 and config.tokenizer_cache_l1_bytes > 0:
             config.tokenizer_cache_dir = make_store_directory()
+        if config.start_method == "forkserver":
+            self._start_fork_server()
         try:
             reservation = self._reserve_port()
             try:
@@ -428,16 +437,28 @@ class Supervisor:
         return sock
 
     # -- processes -----------------------------------------------------------------------------
+    def _start_fork_server(self) -> None:
+        """Have the fork server preload the tokenizers of the models known now (it starts with the
+        first process and reads its environment then)."""
+        dirs = [spec.tokenizer_dir for spec in self._config.worker_specs]
+        os.environ[PRELOAD_ENV] = preload_spec(dirs, self._config.chat_template)
+        self._mp.set_forkserver_preload(["herdsman.serve.forkserver_preload"])
+
     def _start_child(self, index: int | None) -> _Child:
-        parent_conn, child_conn = _spawn.Pipe(duplex=True)
-        process = _spawn.Process(
+        parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        process = self._mp.Process(
             target=gateway_process_main,
             args=(self._config, child_conn, index),
             name=f"herdsman-gateway-{'spare' if index is None else index}",
             daemon=False,
         )
-        process.start()
-        child_conn.close()
+        try:
+            process.start()
+        except BaseException:
+            parent_conn.close()
+            raise
+        finally:
+            child_conn.close()
         loop = asyncio.get_running_loop()
         child = _Child(
             index,
@@ -489,6 +510,11 @@ class Supervisor:
         # The sentinel closes as the process exits, a moment before it can be reaped.
         child.process.join(1)
         child.channel.stop()
+        # ...or as the fork server that forked it dies: then the process may still run, unseen
+        # and on the port. It goes (its exit status was the fork server's to report; its pid is
+        # not reused while it lives, and is gone once the fork server has reaped it).
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(child.process.pid, signal.SIGKILL)  # type: ignore[arg-type]
         if self._stopping or child.stopping:
             return
         lived = time.monotonic() - child.started
@@ -554,7 +580,14 @@ class Supervisor:
     def _start_replacement(self, index: int, started: float) -> None:
         if self._stopping:
             return
-        child = self._start_child(index)
+        try:
+            child = self._start_child(index)
+        except OSError as exc:
+            # The fork server died a moment ago and is not reaped yet (its socket refuses):
+            # the next try, after backoff, starts a new one.
+            log.warning("could not start gateway process %d (%s)", index, exc)
+            self._replace(index, retry=True)
+            return
         self._on_ready(child, index, started)
 
     def _on_ready(self, child: _Child, index: int, started: float) -> None:
@@ -567,7 +600,11 @@ class Supervisor:
     def _start_spare(self) -> None:
         if self._stopping or self._spare is not None or not self._config.warm_spare:
             return
-        self._spare = self._start_child(None)
+        try:
+            self._spare = self._start_child(None)
+        except OSError as exc:  # as in _start_replacement
+            log.warning("could not start the warm spare (%s)", exc)
+            self._schedule(self._delay(None, True), self._start_spare)
 
     def _delay(self, slot: int | None, retry: bool) -> float:
         """Backoff for a slot: none after a healthy life, doubling while its processes die young."""

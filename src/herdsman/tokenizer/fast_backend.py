@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -37,12 +38,11 @@ def _probe_texts(tokenizer: Tokenizer) -> list[str]:
     return [*PROBES, glued, f"{glued}{PROBES[3]}{glued}"]
 
 
-def load_fast_encoder(
-    path: Path, reference: Tokenizer, json_text: str | None = None
-) -> Encoder | None:
-    """A fastokens encoder for ``path`` when it agrees with ``reference`` on every probe.
+def open_fast_tokenizer(path: Path, json_text: str | None = None) -> Any | None:
+    """fastokens' tokenizer for ``path``, not yet checked (None: fastokens cannot load it).
 
     `json_text`, when given, is the tokenizer as loaded (changed after reading ``path``).
+    Loading runs no encode, so fastokens has started no thread yet: a process may fork after it.
     """
     try:
         import fastokens
@@ -50,12 +50,18 @@ def load_fast_encoder(
         return None
     try:
         if json_text is not None:
-            fast = fastokens.Tokenizer.from_json_str(json_text)
-        else:
-            fast = fastokens.Tokenizer.from_file(str(path))
+            return fastokens.Tokenizer.from_json_str(json_text)
+        return fastokens.Tokenizer.from_file(str(path))
     except Exception as exc:  # an unsupported model type or option: keep the reference
         log.info("fastokens cannot load %s (%s); using tokenizers", path, exc)
         return None
+
+
+def verified_encoder(fast: Any, reference: Tokenizer, path: Path) -> Encoder | None:
+    """An encoder on ``fast`` when it agrees with ``reference`` on every probe, else None.
+
+    The first encode starts fastokens' worker thread: run this in the process that will encode
+    (a forked process would inherit the pool's state without its thread)."""
     for text in _probe_texts(reference):
         for special in (False, True):
             expected = reference.encode(text, add_special_tokens=special).ids
@@ -74,3 +80,11 @@ def load_fast_encoder(
 
     log.info("fastokens matches tokenizers on %s; encoding with fastokens", path)
     return encode
+
+
+def load_fast_encoder(
+    path: Path, reference: Tokenizer, json_text: str | None = None
+) -> Encoder | None:
+    """A fastokens encoder for ``path`` when it agrees with ``reference`` on every probe."""
+    fast = open_fast_tokenizer(path, json_text)
+    return verified_encoder(fast, reference, path) if fast is not None else None

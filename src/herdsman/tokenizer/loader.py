@@ -9,7 +9,7 @@ from typing import Any
 from tokenizers import Tokenizer, processors
 
 from herdsman.tokenizer.chat_template import ChatTemplate
-from herdsman.tokenizer.fast_backend import load_fast_encoder
+from herdsman.tokenizer.fast_backend import open_fast_tokenizer, verified_encoder
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
 # What transformers hands a template as special_tokens_map.
@@ -156,8 +156,61 @@ def _apply_bos_eos_config(tokenizer: Tokenizer, config: dict[str, Any]) -> bool:
 def load_model_tokenizer(
     directory: str | Path, chat_template: str | None = None, *, fast: bool = True
 ) -> ModelTokenizer:
-    """Load from a local directory holding tokenizer.json (and usually tokenizer_config.json)."""
-    directory = Path(directory)
+    """Load from a local directory holding tokenizer.json (and usually tokenizer_config.json).
+
+    A tokenizer preloaded by this process (or the process it was forked from) is taken instead
+    of read again; its fast encoder is checked here, in the process that will use it."""
+    preloaded = _PRELOADED.pop(_key(directory, chat_template), None) if fast else None
+    if preloaded is not None and preloaded[2] == _identity(Path(directory)):
+        model, pending, _ = preloaded
+    else:  # not preloaded, or its files changed (or went) since
+        model, pending = _load(Path(directory), chat_template, fast)
+    if pending is not None and model.tokenizer_file is not None:
+        model.fast_encode = verified_encoder(pending, model.tokenizer, model.tokenizer_file)
+    return model
+
+
+def preload_model_tokenizers(directories: list[str], chat_template: str | None = None) -> None:
+    """Load tokenizers ahead, to be taken by ``load_model_tokenizer`` in this process or in the
+    processes forked from it (which share their memory copy-on-write). Nothing encodes here."""
+    for directory in directories:
+        key = _key(directory, chat_template)
+        if key not in _PRELOADED:
+            identity = _identity(Path(directory))
+            _PRELOADED[key] = (*_load(Path(directory), chat_template, True), identity)
+
+
+# Loaded ahead of need: the model, its fast tokenizer (not yet checked against the reference) and
+# the identity of the files it was read from.
+_PRELOADED: dict[tuple[str, str | None], tuple[ModelTokenizer, Any, tuple[Any, ...]]] = {}
+
+
+def _identity(directory: Path) -> tuple[Any, ...]:
+    """What changes when the files a tokenizer is read from change (or go)."""
+    out: list[Any] = []
+    for name in _SOURCE_FILES:
+        try:
+            stat = (directory / name).stat()
+            out.append((name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+_SOURCE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+def _key(directory: str | Path, chat_template: str | None) -> tuple[str, str | None]:
+    return str(Path(directory).resolve()), chat_template
+
+
+def _load(directory: Path, chat_template: str | None, fast: bool) -> tuple[ModelTokenizer, Any]:
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise TokenizerLoadError(f"no tokenizer.json in {directory}")
@@ -170,19 +223,20 @@ def load_model_tokenizer(
     special = special_tokens_from_config(config)
     source = _template_source(directory, config, chat_template)
     max_length = config.get("model_max_length")
-    return ModelTokenizer(
+    model = ModelTokenizer(
         tokenizer=tokenizer,
         chat_template=ChatTemplate(source, special) if source else None,
         eos_token_ids=_eos_ids(directory, tokenizer, special.get("eos_token")),
         special_tokens=special,
         model_max_length=max_length if isinstance(max_length, int) and max_length < 2**40 else None,
         source=str(directory),
-        fast_encode=(
-            load_fast_encoder(tokenizer_file, tokenizer, tokenizer.to_str() if rebuilt else None)
-            if fast
-            else None
-        ),
         tokenizer_file=tokenizer_file,
         sampling_defaults=sampling_defaults(directory),
         truncation_side="left" if config.get("truncation_side") == "left" else "right",
     )
+    pending = (
+        open_fast_tokenizer(tokenizer_file, tokenizer.to_str() if rebuilt else None)
+        if fast
+        else None
+    )
+    return model, pending

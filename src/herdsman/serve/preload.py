@@ -1,0 +1,57 @@
+"""What the fork server loads once for every gateway process it starts.
+
+The supervisor starts gateway processes with multiprocessing's ``forkserver``: a process that
+imports ``herdsman.serve.forkserver_preload`` (which runs ``preload`` here) once, then forks a
+gateway process on each request. So every gateway process (and the warm spare) starts with the
+serving code imported and the models' tokenizers loaded, and shares those pages with the fork
+server copy-on-write instead of holding its own copies: the vocabularies and merges live in Rust
+heaps that nothing writes after loading, and the Python objects are frozen out of the garbage
+collector's reach (``gc.freeze``), whose passes would otherwise write to every object and so copy
+every page.
+
+The supervisor names the tokenizers in ``HERDSMAN_PRELOAD`` (JSON: ``{"tokenizers": [dir, ...],
+"chat_template": str | null}``) before the fork server starts. Nothing here encodes: fastokens
+starts its worker thread on the first encode, and a thread does not survive a fork, so each
+process checks its fast encoder itself (``load_model_tokenizer``). A tokenizer that fails to load
+here is loaded, and its error reported, by the gateway process as before; one whose files changed
+since is read again (``load_model_tokenizer`` checks).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+
+from herdsman.serve.heap import trim_heap
+from herdsman.tokenizer.loader import preload_model_tokenizers
+
+ENV = "HERDSMAN_PRELOAD"
+
+log = logging.getLogger(__name__)
+
+
+def preload_spec(tokenizer_dirs: list[str], chat_template: str | None) -> str:
+    return json.dumps({"tokenizers": sorted(set(tokenizer_dirs)), "chat_template": chat_template})
+
+
+def preload() -> None:
+    """Import the serving code and load the tokenizers ``ENV`` names, then freeze the heap."""
+    import herdsman.serve.gateway  # noqa: F401  (the serving code, once for all processes)
+
+    try:
+        try:
+            spec = json.loads(os.environ.get(ENV) or "{}")
+        except ValueError:
+            spec = {}
+        template = spec.get("chat_template")
+        for directory in spec.get("tokenizers", []):
+            try:
+                preload_model_tokenizers([directory], template)
+            except Exception:  # the gateway process loads it again and reports the error
+                log.debug("preloading %s failed", directory, exc_info=True)
+    finally:
+        gc.collect()
+        gc.freeze()
+        trim_heap()
