@@ -88,6 +88,46 @@ def tree_rss(root: int) -> list[dict[str, int | str]]:
     return [{"pid": s.pid, "comm": s.comm, "rss_kb": s.rss_kb} for s in tree(root)]
 
 
+def pss_kb(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) in kB from /proc/PID/smaps_rollup: PSS divides each shared page among the
+    processes that map it, so PSS summed over processes is what they hold together."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
+    except OSError:
+        return None
+    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+
+
+def role(pid: int, root: int, ppid: int) -> str:
+    """What a process of a gateway's tree is, from its command line."""
+    if pid == root:
+        return "main"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return "gone"
+    if b"resource_tracker" in cmdline:
+        return "resource tracker"
+    if b"forkserver" in cmdline and ppid == root:
+        return "fork server"
+    return "gateway process"
+
+
+def tree_memory(root: int) -> list[dict[str, int | str]]:
+    """RSS and PSS of each process in the tree, with its role."""
+    out: list[dict[str, int | str]] = []
+    for s in tree(root):
+        memory = pss_kb(s.pid)
+        if memory is not None:
+            out.append(
+                {"pid": s.pid, "role": role(s.pid, root, s.ppid), "rss_kb": memory[0],
+                 "pss_kb": memory[1]}
+            )  # fmt: skip
+    return out
+
+
 def machine_cpu() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
     with open("/proc/stat") as f:

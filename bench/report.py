@@ -36,6 +36,11 @@ def load(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return meta, results
 
 
+def load_aiperf(out_dir: Path) -> list[dict[str, Any]]:
+    """aiperf's measurements (bench/aiperf_client.py), kept apart under aiperf/."""
+    return [json.loads(path.read_text()) for path in sorted((out_dir / "aiperf").glob("*.json"))]
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -171,6 +176,108 @@ def results_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list
     return out
 
 
+CLIENTS_SECTION = "## Two clients: bench/load.py and aiperf"
+
+CLIENT_DIFFERENCES = [
+    "Same requests: aiperf replays, verbatim (`--custom-dataset-type raw_payload`), the body "
+    "load.py sends for each turn of the same conversations (same seed, same first "
+    "conversation), one request in flight per conversation and the turns in order; "
+    "`--use-server-token-count` takes output tokens from the usage block as load.py does. "
+    "aiperf adds its own headers (X-Request-ID, X-Correlation-ID) and spreads sessions over "
+    "an aiohttp connection pool; load.py keeps one keep-alive connection per slot.",
+    "Same closed loop, different edges: load.py runs straight from warm-up into the measured "
+    "window and counts the requests that complete inside it (in-flight ones at its end are "
+    "dropped); aiperf lets the warm-up drain, starts the measured phase's sessions anew "
+    "(ramped over min(warm-up, 2 s), as load.py ramps its slots), stops issuing at the "
+    "duration and waits for every request issued before it, and divides by that longer span. "
+    "Its req/s therefore includes a ramp and a drain at lower concurrency (column `req/s`, "
+    "aiperf's request_throughput); `req/s after ramp` counts, from aiperf's per-request "
+    "records, the requests completing between the ramp's end and the duration's, as load.py "
+    "counts its window. Its sessions start at a conversation's first turn (shorter prompts) "
+    "where load.py's window meets conversations mid-way.",
+    "TTFT: both from just before the request is written to the first content chunk. "
+    "ITL: load.py's is every gap between successive content chunks over all requests, which "
+    "aiperf reports as inter-chunk latency (ICL); that is the `ITL` column for both. aiperf's "
+    "own ITL is one value per request, (latency − TTFT) ÷ (output tokens − 1), a per-request "
+    "mean: column `aiperf ITL`. Percentiles: load.py nearest-rank; aiperf interpolated (ICL "
+    "from a t-digest).",
+    "Gateway CPU for aiperf: /proc samples every 0.25 s of the gateway's process tree, "
+    "differenced between the samples nearest inside aiperf's measured phase (its phase "
+    "manifest's wall-clock edges), divided by the requests of that phase. Client cores: "
+    "aiperf's whole process tree (controller, workers, record processors) over the same span.",
+]
+
+
+def clients_section(
+    meta: dict[str, Any], results: list[dict[str, Any]], aiperf: list[dict[str, Any]]
+) -> list[str]:
+    """Both load clients against the same gateways, side by side."""
+    failures = meta.get("aiperf_failures") or []
+    if not aiperf and not failures and not meta.get("client_note"):
+        return []
+    out = [CLIENTS_SECTION, ""]
+    version = next((r.get("aiperf_version") for r in aiperf), None) or "?"
+    out += [
+        f"aiperf {version} (NVIDIA's benchmark client) measured the same gateways on the "
+        "standard workload, each with a fresh engine-sim and gateway of its own, in the same "
+        "run; `own` rows are the bench/load.py measurements above. Latencies in ms.",
+        "",
+    ]
+    if meta.get("client_note"):
+        out += [f"Note: {meta['client_note']}.", ""]
+    header = [
+        "c", "target", "client", "req/s", "req/s after ramp", "out tok/s", "TTFT p50",
+        "TTFT p99", "ITL p50", "ITL p99", "aiperf ITL p50", "aiperf ITL p99", "errors",
+        "gateway CPU ms/req", "client cores", "machine busy",
+    ]  # fmt: skip
+    for scenario in meta["scenarios"]:
+        mine = [r for r in aiperf if r["scenario"] == scenario["name"]]
+        if not mine:
+            continue
+        out += [f"### {scenario['title']}", ""]
+        body = []
+        for r in sorted(mine, key=lambda r: r["concurrency"]):
+            own = find(results, r["scenario"], r["concurrency"], r["target"])
+            if own is not None:
+                body.append(_own_row(own))
+            body.append(_aiperf_row(r))
+        out += table(header, body)
+        out.append("")
+    if failures:
+        out += ["aiperf failed in: " + "; ".join(f"`{f.splitlines()[0]}`" for f in failures), ""]
+    out += ["How the two clients differ:", ""]
+    out += [f"- {line}" for line in CLIENT_DIFFERENCES]
+    out.append("")
+    return out
+
+
+def _own_row(r: dict[str, Any]) -> list[str]:
+    return [
+        str(r["concurrency"]), r["target"], "own", fmt(r["req_per_s"], 2), "–",
+        fmt(r["out_tok_per_s"], 0), fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]),
+        fmt(r["itl_ms"]["p50"], 2), fmt(r["itl_ms"]["p99"], 2), "–", "–", str(r["errors"]),
+        fmt(r["gateway"]["cpu_ms_per_req"], 2), fmt(r["client"]["cpu_cores"], 2),
+        _percent(r["machine"]["busy"]),
+    ]  # fmt: skip
+
+
+def _aiperf_row(r: dict[str, Any]) -> list[str]:
+    cpu = r.get("cpu") or {}
+    return [
+        str(r["concurrency"]), r["target"], "aiperf", fmt(r["req_per_s"], 2),
+        fmt((r.get("steady") or {}).get("req_per_s"), 2), fmt(r["out_tok_per_s"], 0),
+        fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]),
+        fmt(r["icl_ms"]["p50"], 2), fmt(r["icl_ms"]["p99"], 2), fmt(r["itl_ms"]["p50"], 2),
+        fmt(r["itl_ms"]["p99"], 2), str(r["errors"]),
+        fmt((cpu.get("gateway") or {}).get("cpu_ms_per_req"), 2),
+        fmt((cpu.get("client") or {}).get("cpu_cores"), 2), _percent(cpu.get("machine_busy")),
+    ]  # fmt: skip
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
 def ratios_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
     herdsmen = [t["name"] for t in meta["targets"] if t["kind"] == "herdsman"]
     has_smg = any(t["kind"] == "smg" for t in meta["targets"])
@@ -284,7 +391,9 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def commands_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+def commands_section(
+    meta: dict[str, Any], results: list[dict[str, Any]], aiperf: list[dict[str, Any]] | None = None
+) -> list[str]:
     out = ["## Commands", ""]
     out += [f"The whole run: `{meta.get('invocation', './bench/run.sh')}`.", ""]
     out += [
@@ -293,18 +402,21 @@ def commands_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> lis
         "",
         "```sh",
     ]
-    seen: set[tuple[str, str]] = set()
-    for r in results:
-        key = (r["scenario"], r["target"])
+    seen: set[tuple[str, str, str]] = set()
+    for r in [*results, *(aiperf or [])]:
+        client = " (aiperf)" if r.get("kind") == "aiperf" else ""
+        key = (r["scenario"], r["target"], client)
         if key in seen:
             continue
         seen.add(key)
-        out.append(f"# {r['scenario']} / {r['target']}")
+        out.append(f"# {r['scenario']} / {r['target']}{client}")
         commands = r["commands"]
         out.append(commands["engine"] + " &")
         if commands["gateway"]:
             env = "HF_ENDPOINT=http://127.0.0.1:9 " if r["target_kind"] == "smg" else ""
             out.append(env + commands["gateway"] + " &")
+        if commands.get("dataset"):
+            out.append(commands["dataset"])
         out.append(commands["client"])
     out += ["```", ""]
     return out
@@ -384,7 +496,12 @@ def workload_line(results: list[dict[str, Any]]) -> str:
     )
 
 
-def render(meta: dict[str, Any], results: list[dict[str, Any]], out_dir: Path) -> str:
+def render(
+    meta: dict[str, Any],
+    results: list[dict[str, Any]],
+    out_dir: Path,
+    aiperf: list[dict[str, Any]] | None = None,
+) -> str:
     m, v, smg = meta["machine"], meta["versions"], meta["smg_defaults"]
     lines = [
         "# Benchmarks",
@@ -444,9 +561,10 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], out_dir: Path) -
     lines += ["## Results", ""]
     lines += ["Latencies in ms. `–`: not applicable.", ""]
     lines += results_section(meta, results)
+    lines += clients_section(meta, results, aiperf or [])
     lines += ratios_section(meta, results)
     lines += memory_section(results)
-    lines += commands_section(meta, results)
+    lines += commands_section(meta, results, aiperf)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -577,17 +695,32 @@ def split_http_section(text: str) -> tuple[str, str]:
     return text[:start] + text[end:], text[start:end]
 
 
+# bench/memory.py's section, kept as it is by the runs of this module.
+MEMORY_BEGIN = "<!-- bench/memory.py: begin -->"
+MEMORY_END = "<!-- bench/memory.py: end -->"
+
+
+def split_memory_section(text: str) -> tuple[str, str]:
+    """(the document without bench/memory.py's section, the section with its markers)."""
+    start, end = text.find(MEMORY_BEGIN), text.find(MEMORY_END)
+    if start < 0 or end < start:
+        return text, ""
+    end += len(MEMORY_END)
+    return text[:start] + text[end:].lstrip("\n"), text[start:end] + "\n"
+
+
 def write_report(out_dir: Path, docs: Path) -> None:
-    """Write the report; the HTTP server section and the rest come from separate runs, and each
-    kind of run keeps the other's part of the document."""
+    """Write the report; the HTTP server section, bench/memory.py's section and the rest come
+    from separate runs, and each kind of run keeps the others' parts of the document."""
     meta, results = load(out_dir)
     docs.parent.mkdir(parents=True, exist_ok=True)
-    rest, section = split_http_section(docs.read_text() if docs.exists() else "")
+    rest, memory = split_memory_section(docs.read_text() if docs.exists() else "")
+    rest, section = split_http_section(rest)
     if meta["mode"] == "http":
         section = http_section(meta, results, out_dir)
     else:
-        rest = render(meta, results, out_dir)
-    parts = [part.rstrip() + "\n" for part in (rest, section) if part.strip()]
+        rest = render(meta, results, out_dir, load_aiperf(out_dir))
+    parts = [part.rstrip() + "\n" for part in (rest, memory, section) if part.strip()]
     docs.write_text("\n".join(parts))
 
 

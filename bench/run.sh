@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: engine floor vs herdsman (1 and N workers) vs SMG, written to docs/benchmarks.md.
 #
-#   ./bench/run.sh            default run (~10 minutes)
-#   ./bench/run.sh --quick    smoke run (~2.5 minutes); also BENCH_MODE=quick
+#   ./bench/run.sh            default run (~10 minutes, ~18 with aiperf)
+#   ./bench/run.sh --quick    smoke run (~2.5 minutes, ~3.5 with aiperf); also BENCH_MODE=quick
 #   ./bench/run.sh --soak     long run at c=64 recording memory; BENCH_SOAK_SECONDS per gateway
 #                             (default 1200)
 #   ./bench/run.sh --http-servers   herdsman's HTTP server vs uvicorn vs granian (~9 minutes,
@@ -10,10 +10,13 @@
 #   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg)
 #   BENCH_HERDSMAN_ARGS='--tokenizer-cache on'     extra flags for the herdsman targets
 #   BENCH_DOCS=/tmp/report.md                      write the report elsewhere
+#   BENCH_CLIENTS=own,aiperf                       load clients (default both; aiperf 0.13.0
+#                                                  measures the standard workload too, quick and
+#                                                  default mode only; BENCH_CLIENTS=own skips it)
 #
 # Everything runs inside a private network namespace with only loopback: the script first
-# prepares what needs the network (the project venv, SMG in a cache venv), then re-executes
-# itself under `unshare -rn`.
+# prepares what needs the network (the project venv, SMG and aiperf in cache venvs), then
+# re-executes itself under `unshare -rn`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +29,7 @@ for arg in "$@"; do
         --http-servers) MODE=http ;;
         --default) MODE=default ;;
         -h | --help)
-            sed -n '2,16p' "$SELF"
+            sed -n '2,19p' "$SELF"
             exit 0
             ;;
         *)
@@ -38,6 +41,9 @@ done
 
 SMG_VERSION=1.13.0
 SMG_VENV="${BENCH_SMG_VENV:-$HOME/.cache/herdsman-bench/smg-venv}"
+AIPERF_VERSION=0.13.0
+AIPERF_VENV="${BENCH_AIPERF_VENV:-$HOME/.cache/herdsman-bench/aiperf-venv}"
+CLIENTS="${BENCH_CLIENTS:-own,aiperf}"
 PYTHON="$ROOT/.venv/bin/python"
 
 isolated() {
@@ -66,6 +72,18 @@ if ! isolated; then
         echo "run.sh: installing smg==$SMG_VERSION into $SMG_VENV" >&2
         python3 -m venv "$SMG_VENV"
         "$SMG_VENV/bin/pip" install --quiet "smg==$SMG_VERSION"
+    fi
+    # The second load client, for the standard workload in quick and default mode. Without it
+    # the suite runs herdsman's own client alone and says so.
+    installed="$("$AIPERF_VENV/bin/python" -c \
+        'import importlib.metadata as m; print(m.version("aiperf"))' 2>/dev/null || true)"
+    if [[ ",$CLIENTS," == *",aiperf,"* ]] && { [ "$MODE" = quick ] || [ "$MODE" = default ]; } &&
+        [ "$installed" != "$AIPERF_VERSION" ]; then
+        echo "run.sh: installing aiperf==$AIPERF_VERSION into $AIPERF_VENV" >&2
+        if ! { python3 -m venv "$AIPERF_VENV" &&
+            "$AIPERF_VENV/bin/pip" install --quiet "aiperf==$AIPERF_VERSION"; }; then
+            echo "run.sh: could not install aiperf; the run goes on without it" >&2
+        fi
     fi
     export BENCH_IN_NETNS=1 BENCH_MODE="$MODE"
     export BENCH_INVOCATION="${BENCH_INVOCATION:-./bench/run.sh $*}"
@@ -99,6 +117,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$PYTHON" -m bench.suite --mode "$MODE" --smg "$SMG_VENV/bin/smg" --out-dir "$OUT_DIR" &
+"$PYTHON" -m bench.suite --mode "$MODE" --smg "$SMG_VENV/bin/smg" --out-dir "$OUT_DIR" \
+    --aiperf "$AIPERF_VENV/bin/aiperf" --clients "$CLIENTS" &
 SUITE_PID=$!
 wait "$SUITE_PID"

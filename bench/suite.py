@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench import procstat
+from bench import aiperf_client, procstat
+from bench.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "models/qwen3"
@@ -103,6 +105,8 @@ class Plan:
     # Every measurement this many times, the targets interleaved within each round: the spread
     # between rounds shows how much background load moved the numbers.
     rounds: int = 1
+    # Scenario name -> the concurrency levels at which aiperf measures each gateway too.
+    aiperf_levels: dict[str, list[int]] = field(default_factory=dict)
 
 
 def make_plan(mode: str, nproc: int, has_workers_flag: bool, only: set[str] | None) -> Plan:
@@ -156,7 +160,9 @@ def make_plan(mode: str, nproc: int, has_workers_flag: bool, only: set[str] | No
         ]  # fmt: skip
     if only:
         targets = [t for t in targets if t.name in only or t.kind in only]
-    return Plan(mode, scenarios, targets)
+    # The second client, on the standard workload: every level by default, one in quick mode.
+    aiperf_levels = {"quick": {"standard": [32]}, "default": {"standard": [1, 8, 32, 64]}}
+    return Plan(mode, scenarios, targets, aiperf_levels=aiperf_levels.get(mode, {}))
 
 
 # ---- processes -------------------------------------------------------------------------------
@@ -413,6 +419,130 @@ def run_one(
     return result
 
 
+_workload: Workload | None = None
+
+
+def standard_workload() -> Workload:
+    """bench/workload.py's conversations, built once per suite (aiperf datasets are cut from it)."""
+    global _workload
+    if _workload is None:
+        _workload = Workload(ROOT / MODEL / "tokenizer.json")
+    return _workload
+
+
+def run_aiperf_one(
+    plan_index: int,
+    scenario: Scenario,
+    level_index: int,
+    concurrency: int,
+    target: Target,
+    smg: str,
+    out_dir: Path,
+    aiperf: Path,
+) -> dict[str, Any]:
+    """The measurement run_one makes, with aiperf as the client: a fresh engine-sim and gateway,
+    the same conversations (same offset) sent as verbatim request bodies."""
+    stem = f"{scenario.name}-c{concurrency}-{target.name}"
+    results, logs = out_dir / "aiperf", out_dir / "logs"
+    results.mkdir(exist_ok=True)
+    duration = scenario.duration
+    if concurrency == 1 and scenario.duration_c1:
+        duration = scenario.duration_c1
+    dataset = results / f"{stem}.dataset"
+    first = plan_index * 10_000_000 + level_index * 1_000_000
+    count = aiperf_client.conversations_needed(concurrency, scenario.warmup + duration)
+    summary = aiperf_client.write_dataset(
+        dataset, standard_workload(), first, count, max_tokens=scenario.max_tokens
+    )
+    make_dataset = [
+        sys.executable, "-m", "bench.aiperf_client", "dataset", str(dataset),
+        "--conversations", str(count), "--conversation-offset", str(first),
+        "--max-tokens", str(scenario.max_tokens),
+    ]  # fmt: skip
+    engine, engine_port = start_engine(scenario.engine_args, logs / f"{stem}.aiperf.engine.log")
+    gateway: Server | None = None
+    stops: dict[str, Any] = {}
+    try:
+        gateway, base = start_gateway(target, engine_port, smg, logs / f"{stem}.aiperf.gateway.log")
+        run = aiperf_client.AiperfRun(
+            label=target.name, url=base, concurrency=concurrency, duration=duration,
+            warmup=scenario.warmup, dataset=dataset, artifacts=results / f"{stem}.artifacts",
+            tokenizer=ROOT / MODEL, gateway_pid=gateway.pid, engine_pid=engine.pid,
+        )  # fmt: skip
+        limit = scenario.warmup + duration + run.grace + 120
+        result = aiperf_client.run_aiperf(run, aiperf, logs / f"{stem}.aiperf.log", limit)
+    finally:
+        if gateway is not None:
+            stops["gateway"] = gateway.stop()
+        stops["engine"] = engine.stop()
+        # Tens of MB of request bodies, rebuilt from the seed at will.
+        shutil.rmtree(dataset, ignore_errors=True)
+    command = result.pop("command")
+    result.update(
+        scenario=scenario.name,
+        scenario_title=scenario.title,
+        target=target.name,
+        target_kind=target.kind,
+        workers=target.workers,
+        dataset=summary,
+        commands={
+            "engine": _shell(engine.argv),
+            "gateway": _shell(gateway.argv) if gateway else None,
+            "dataset": _shell(make_dataset),
+            "client": "env -u HF_HUB_OFFLINE AIPERF_DATASET_MMAP_CACHE_ENABLED=false "
+            + _shell(command),
+        },
+        stop=stops,
+    )
+    (results / f"{stem}.json").write_text(json.dumps(result) + "\n")
+    print(aiperf_client.human_line(result), file=sys.stderr)
+    return result
+
+
+def aiperf_level(
+    plan: Plan,
+    plan_index: int,
+    scenario: Scenario,
+    level_index: int,
+    concurrency: int,
+    smg: str,
+    out_dir: Path,
+    aiperf: Path,
+) -> list[str]:
+    """aiperf against every gateway of the plan at one level; the failures, described."""
+    failures = []
+    for target in plan.targets:
+        if target.kind == "floor":
+            continue
+        try:
+            run_aiperf_one(
+                plan_index, scenario, level_index, concurrency, target, smg, out_dir, aiperf
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            # The second client failing must not lose the first one's results.
+            print(f"bench: aiperf {target.name} c={concurrency}: {exc}", file=sys.stderr)
+            failures.append(f"{scenario.name} c={concurrency} {target.name}: {str(exc)[:500]}")
+    return failures
+
+
+def clients_from(text: str, mode: str, aiperf: Path) -> tuple[set[str], str | None]:
+    """The load clients to run (BENCH_CLIENTS) and a note when aiperf had to be left out."""
+    clients = {c.strip() for c in text.split(",") if c.strip()} or {"own", "aiperf"}
+    unknown = clients - {"own", "aiperf"}
+    if unknown:
+        raise SystemExit(f"bench: unknown client(s) {', '.join(sorted(unknown))} (own, aiperf)")
+    if "aiperf" not in clients or mode not in ("quick", "default"):
+        return clients - {"aiperf"}, None
+    version = aiperf_client.aiperf_version(aiperf)
+    if version is None:
+        note = f"aiperf skipped: not installed at {aiperf} (bench/run.sh installs it)"
+        return clients - {"aiperf"}, note
+    if version != aiperf_client.AIPERF_VERSION:
+        note = f"aiperf {version} at {aiperf}, not the pinned {aiperf_client.AIPERF_VERSION}"
+        return clients, note
+    return clients, None
+
+
 def _shell(argv: list[str]) -> str:
     shown = []
     for arg in argv:
@@ -481,6 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--targets", default=os.environ.get("BENCH_TARGETS", ""), help="comma list to run only"
     )
+    parser.add_argument(
+        "--clients",
+        default=os.environ.get("BENCH_CLIENTS", ""),
+        help="load clients, comma list of own and aiperf (default both; aiperf only in quick "
+        "and default mode, on the standard workload)",
+    )
+    parser.add_argument(
+        "--aiperf", default=str(aiperf_client.aiperf_path()), help="path of the aiperf executable"
+    )
     args = parser.parse_args(argv)
 
     started_at = datetime.now(UTC)
@@ -494,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     workers_flag = has_workers_flag()
     only = {t.strip() for t in args.targets.split(",") if t.strip()} or None
     plan = make_plan(args.mode, nproc, workers_flag, only)
+    aiperf = Path(args.aiperf)
+    clients, client_note = clients_from(args.clients, args.mode, aiperf)
+    if client_note:
+        print(f"bench: {client_note}", file=sys.stderr)
+    if "aiperf" not in clients:
+        plan.aiperf_levels = {}
     meta = {
         "started": started_at.isoformat(timespec="seconds"),
         "mode": args.mode,
@@ -511,10 +656,14 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [s.__dict__ for s in plan.scenarios],
         "targets": [t.__dict__ for t in plan.targets],
         "rounds": plan.rounds,
+        "clients": sorted(clients),
+        "client_note": client_note,
+        "aiperf_levels": plan.aiperf_levels,
         "invocation": os.environ.get("BENCH_INVOCATION", "python -m bench.suite"),
     }
     print(
         f"bench: mode={args.mode} targets={','.join(t.name for t in plan.targets)} "
+        f"clients={','.join(sorted(clients))} "
         f"background busy {meta['background_busy_before']:.0%} -> {out_dir}",
         file=sys.stderr,
     )
@@ -522,11 +671,17 @@ def main(argv: list[str] | None = None) -> int:
         for plan_index, scenario in enumerate(plan.scenarios):
             for level_index, concurrency in enumerate(scenario.levels):
                 for round_index in range(plan.rounds):
-                    for target in plan.targets:
+                    for target in plan.targets if "own" in clients else []:
                         run_one(
                             plan_index, scenario, level_index, concurrency, target, args.smg,
                             out_dir, round_index if plan.rounds > 1 else None,
                         )  # fmt: skip
+                if concurrency in plan.aiperf_levels.get(scenario.name, []):
+                    failures = aiperf_level(
+                        plan, plan_index, scenario, level_index, concurrency, args.smg, out_dir,
+                        aiperf,
+                    )  # fmt: skip
+                    meta.setdefault("aiperf_failures", []).extend(failures)
     finally:
         Server.stop_all()
         meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

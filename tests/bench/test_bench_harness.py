@@ -302,3 +302,62 @@ def test_report_renders_every_section(workload: Workload, tmp_path: Path) -> Non
     assert "herdsman-w2 ÷ herdsman-w1" in text
     assert "TTFT p50 added" in text
     assert "smg: still running" in text
+
+
+def test_aiperf_dataset_replays_the_bodies_load_py_sends(
+    workload: Workload, tmp_path: Path
+) -> None:
+    import msgspec
+    from bench.aiperf_client import write_dataset
+
+    summary = write_dataset(tmp_path, workload, 5, 3)
+    files = sorted(tmp_path.glob("*.jsonl"))
+    assert [f.name for f in files] == ["conv-0000000.jsonl", "conv-0000001.jsonl",
+                                       "conv-0000002.jsonl"]  # fmt: skip
+    driver = HttpDriver("http://127.0.0.1:1", "qwen3", 128, {"separate_reasoning": False})
+    sent = 0
+    for k, path in zip(range(5, 8), files, strict=True):
+        lines = path.read_text().splitlines()
+        turns = list(workload.conversation(k))
+        assert len(lines) == len(turns)
+        for line, turn in zip(lines, turns, strict=True):
+            # The same JSON, key order included, as the body load.py writes for this turn.
+            assert msgspec.json.encode(json.loads(line)) == driver.body(turn)
+            sent += 1
+    assert summary["requests"] == sent and summary["first_conversation"] == 5
+
+
+def test_aiperf_export_parses_into_the_report(workload: Workload, tmp_path: Path) -> None:
+    from bench.aiperf_client import AiperfRun, Sample, Sampler, cpu_window, parse_export
+    from bench.report import clients_section
+
+    run = AiperfRun("herdsman-w1", "http://x", 32, 6.0, 1.5, tmp_path, tmp_path, tmp_path)
+    stats = {"unit": "ms", "avg": 12.0, "p50": 11.0, "p90": 13.0, "p99": 20.0}
+    export = {
+        "aiperf_version": "0.13.0", "benchmark_duration": {"avg": 6.5},
+        "request_throughput": {"avg": 20.0}, "output_token_throughput": {"avg": 2560.0},
+        "time_to_first_token": stats, "inter_chunk_latency": stats,
+        "inter_token_latency": stats, "request_latency": stats,
+        "output_sequence_length": {"avg": 128.0}, "http_req_chunks_received": {"avg": 129.0},
+        "input_sequence_length": {"avg": 2000.0},
+    }  # fmt: skip
+    phase = {"start_ns": 10_000_000_000, "end_ns": 16_500_000_000, "successful_request_count": 130,
+             "error_request_count": 0, "error_summary": []}  # fmt: skip
+    result = parse_export(run, export, phase)
+    sampler = Sampler(1, 2)
+    sampler.samples = [
+        Sample(9_900_000_000, 0.0, 0.0, 0.0, 0, 100),
+        Sample(10_100_000_000, 100.0, 50.0, 10.0, 10, 200),
+        Sample(16_100_000_000, 490.0, 350.0, 1210.0, 70, 400),
+        Sample(16_600_000_000, 999.0, 999.0, 999.0, 99, 999),
+    ]
+    result["cpu"] = cpu_window(sampler, result)
+    assert result["cpu"]["gateway"]["cpu_ms_per_req"] == 3.0  # 390 ms over 130 requests
+    assert result["cpu"]["client"]["cpu_cores"] == 0.2  # 1.2 s over 6 s
+    result.update(scenario="standard", target="herdsman-w1", target_kind="herdsman",
+                  commands={"engine": "sim", "gateway": "gw", "client": "aiperf"})  # fmt: skip
+    meta = {"scenarios": [{"name": "standard", "title": "Standard"}]}
+    text = "\n".join(clients_section(meta, [], [result]))
+    assert "## Two clients" in text
+    row = "| 32 | herdsman-w1 | aiperf | 20.00 | – | 2,560 | 11.0 | 20.0 | 11.00 | 20.00 | 11.00 |"
+    assert row + " 20.00 | 0 | 3.00 | 0.20 | 30% |" in text
