@@ -44,6 +44,7 @@ from herdsman.serve.model_task import model_task
 from herdsman.storage import default_storage_url, open_store
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
+from herdsman.tokenizer.tokenizer import encode_thread
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,10 @@ def policy_options(config: GatewayConfig) -> PolicyOptions:
 async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     """A model's tokenizer, template, parsers and image support, from its first worker's spec."""
     tokenizer_dir = Path(spec.tokenizer_dir)
-    tokenizer = await asyncio.to_thread(load_model_tokenizer, tokenizer_dir, config.chat_template)
+    # In the thread that encodes long texts later: checking the fast encoder encodes.
+    tokenizer = await asyncio.get_running_loop().run_in_executor(
+        encode_thread(), load_model_tokenizer, tokenizer_dir, config.chat_template
+    )
     trim_heap()
     cache = None
     if _cache_wanted(config.tokenizer_cache, tokenizer):

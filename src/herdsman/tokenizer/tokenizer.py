@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,21 @@ from herdsman.tokenizer.cache import Splitting, TokenizationCache, plan_splittin
 from herdsman.tokenizer.chat_template import ChatTemplate
 from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
+
+
+def encode_thread() -> ThreadPoolExecutor:
+    """The one thread a process encodes long texts in, off its event loop.
+
+    One, not asyncio's default pool of up to cores + 4: fastokens touches a 16 MB scratch buffer
+    in every thread that encodes, and a gateway process has one core to encode with anyway
+    (fastokens parallelises a long text over its own worker thread)."""
+    global _ENCODE_THREAD
+    if _ENCODE_THREAD is None:
+        _ENCODE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="herdsman-encode")
+    return _ENCODE_THREAD
+
+
+_ENCODE_THREAD: ThreadPoolExecutor | None = None
 
 # Characters encoded in about 2 ms on one core of the benchmark machine, per backend (measured
 # on varied text: tokenizers ~6k chars/ms, fastokens ~30k chars/ms).
@@ -90,7 +106,10 @@ class ModelTokenizer:
     async def _encode_many(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         if sum(map(len, texts)) < self.long_text_chars:
             return [self._raw_encode(t, add_special_tokens) for t in texts]
-        return await asyncio.to_thread(self._encode_without_gil, texts, add_special_tokens)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            encode_thread(), self._encode_without_gil, texts, add_special_tokens
+        )
 
     def _encode_without_gil(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         if self.fast_encode is not None:  # fastokens releases the GIL in encode
