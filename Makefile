@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench
 
-$(STAMP): pyproject.toml setup.py src/herdsman/multimodal/_resample.c src/herdsman/routing/_kvhash.c
+$(STAMP): pyproject.toml setup.py src/herdsman/multimodal/_resample.c src/herdsman/routing/_kvhash.c \
+		src/herdsman/engines/_varint.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -16,5 +16,11 @@ setup(
             sources=["src/herdsman/routing/_kvhash.c"],
             extra_compile_args=["-O3"],
         ),
+        # A prompt's token ids as a packed protobuf field (engines/wire.py has the fallback).
+        Extension(
+            "herdsman.engines._varint",
+            sources=["src/herdsman/engines/_varint.c"],
+            extra_compile_args=["-O3"],
+        ),
     ],
 )

@@ -30,6 +30,11 @@ from herdsman.engines.transport import RpcError, Transport
 from herdsman.observability.tracing import engine_metadata
 from herdsman.routing.load import WorkerLoad
 
+try:
+    from herdsman.engines._varint import tokenized_field
+except ImportError:  # not built: protobuf packs the ids
+    tokenized_field = None
+
 
 def engine_error(exc: RpcError) -> EngineError:
     message = f"engine {exc.code.name}: {exc.details or 'no details'}"
@@ -122,6 +127,18 @@ def _kv_transfer_params(done: Any) -> str | None:
     return None
 
 
+class Serialized:
+    """A message already serialized, where the transports expect a protobuf message."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def SerializeToString(self) -> bytes:  # protobuf's name: what the transports call
+        return self._data
+
+
 class GrpcEngine:
     """Base of the protocol adapters; subclasses supply the service, messages and conversions."""
 
@@ -150,7 +167,7 @@ class GrpcEngine:
             )
         }
 
-    def _generate_request(self, request: EngineRequest) -> Any:
+    def _generate_request(self, request: EngineRequest, *, with_ids: bool = True) -> Any:
         raise NotImplementedError
 
     def _abort_requests(self, request_ids: list[str]) -> list[Any]:
@@ -178,8 +195,24 @@ class GrpcEngine:
         except RpcError as exc:
             raise engine_error(exc) from exc
 
+    def _generate_wire(self, request: EngineRequest) -> Any:
+        """The GenerateRequest to send: the message without its prompt ids, serialized, then the
+        ids packed in C as its ``tokenized`` field (2 in both protocols). A field after the
+        others is valid protobuf, parsed as if in order; ~10 us instead of upb's ~125 us for a
+        2.4k-token prompt."""
+        ids = request.input_ids
+        if tokenized_field is not None and type(ids) is list and ids:
+            try:
+                tail = tokenized_field(2, ids)
+            except (TypeError, OverflowError):
+                pass  # not uint32 ids: protobuf says what is wrong
+            else:
+                head = self._generate_request(request, with_ids=False).SerializeToString()
+                return Serialized(head + tail)
+        return self._generate_request(request)
+
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        message = self._generate_request(request)
+        message = self._generate_wire(request)
         metadata = engine_metadata()  # the W3C trace context, if any
         if metadata is None:
             responses = self._transport.stream(

@@ -42,7 +42,9 @@ class SglangScheduler(GrpcEngine):
     _embed_decoder = EmbedResponseDecoder(values_field=5, tokens_field=6)
     pooling_tasks = frozenset({"embed", "classify"})
 
-    def _generate_request(self, request: EngineRequest) -> sglang_scheduler_pb2.GenerateRequest:
+    def _generate_request(
+        self, request: EngineRequest, *, with_ids: bool = True
+    ) -> sglang_scheduler_pb2.GenerateRequest:
         s = request.sampling
         # SGLang's scalar fields have no presence: absent means 0, so defaults are sent explicitly.
         params = sglang_scheduler_pb2.SamplingParams(
@@ -76,7 +78,9 @@ class SglangScheduler(GrpcEngine):
             params.custom_params.update({"sampling_seed": s.seed})
         message = sglang_scheduler_pb2.GenerateRequest(
             request_id=request.request_id,
-            tokenized=sglang_scheduler_pb2.TokenizedInput(input_ids=request.input_ids),
+            tokenized=sglang_scheduler_pb2.TokenizedInput(input_ids=request.input_ids)
+            if with_ids
+            else None,
             sampling_params=params,
             stream=request.stream,
         )

@@ -206,7 +206,9 @@ class VllmEngine(GrpcEngine):
         finally:
             await outputs.aclose()
 
-    def _generate_request(self, request: EngineRequest) -> vllm_engine_pb2.GenerateRequest:
+    def _generate_request(
+        self, request: EngineRequest, *, with_ids: bool = True
+    ) -> vllm_engine_pb2.GenerateRequest:
         s = request.sampling
         params = vllm_engine_pb2.SamplingParams(
             top_p=1.0 if s.top_p is None else s.top_p,
@@ -242,7 +244,9 @@ class VllmEngine(GrpcEngine):
                 setattr(params, kind, value)  # json_schema, regex, grammar, structural_tag
         message = vllm_engine_pb2.GenerateRequest(
             request_id=request.request_id,
-            tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids),
+            tokenized=vllm_engine_pb2.TokenizedInput(input_ids=request.input_ids)
+            if with_ids
+            else None,
             sampling_params=params,
             stream=request.stream,
         )

@@ -40,8 +40,40 @@ def _tojson(
     )
 
 
+# What getattr finds on a dict: its class's attributes (a dict instance has no others).
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """transformers' sandbox (Jinja's immutable one), answering its per-access checks faster with
+    the same answers. Rendering a chat is mostly ``message.role``/``message.content`` on dicts:
+    Jinja tries the attribute, catches the AttributeError, then indexes; a name that is no
+    attribute of dict is indexed at once here. Whether an attribute is safe depends only on the
+    object's type and the name (``is_internal_attribute``, ``modifies_known_mutable``), so it is
+    decided once per pair."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._safe: dict[tuple[type, str], bool] = {}
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        safe = self._safe.get(key)
+        if safe is None:
+            safe = self._safe[key] = super().is_safe_attribute(obj, attr, value)
+        return safe
+
+
 def _make_environment(now: Callable[[], datetime]) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
     )
     env.filters["tojson"] = _tojson
