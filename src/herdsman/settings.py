@@ -30,10 +30,14 @@ import yaml
 ENV_PREFIX = "HERDSMAN_"
 # Names the config file itself, for deployments that can only set the environment.
 CONFIG_ENV = "HERDSMAN_CONFIG"
-# HERDSMAN_* variables that are not settings (the test tooling's): never warned about.
+# What the supervisor tells the gateway's fork server to preload (herdsman.serve.preload).
+PRELOAD_ENV = "HERDSMAN_PRELOAD"
+# HERDSMAN_* variables that are not settings (the gateway's own and the test tooling's): never
+# warned about.
 NOT_SETTINGS_ENV = frozenset(
     {
         CONFIG_ENV,
+        PRELOAD_ENV,
         "HERDSMAN_SKIP_VLLM",
         "HERDSMAN_VLLM_PYTHON",
         "HERDSMAN_VLLM_START_TIMEOUT",

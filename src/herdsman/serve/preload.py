@@ -25,9 +25,8 @@ import logging
 import os
 
 from herdsman.serve.heap import trim_heap
+from herdsman.settings import PRELOAD_ENV as ENV
 from herdsman.tokenizer.loader import preload_model_tokenizers
-
-ENV = "HERDSMAN_PRELOAD"
 
 log = logging.getLogger(__name__)
 
