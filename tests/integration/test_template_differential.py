@@ -609,7 +609,15 @@ def outcomes(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
     dump = os.environ.get("HERDSMAN_TEMPLATE_DIFF_DUMP")
     if dump:
         Path(dump + ".request.json").write_text(json.dumps(request))
-    env = dict(os.environ, TIKTOKEN_ENCODINGS_BASE=str(tiktoken), PYTHONUNBUFFERED="1")
+    # vllm_shims: vLLM inspects Qwen2.5-VL's model class, whose transformers module imports
+    # torchvision, which the CPU venv lacks (test_vllm_images_differential.py says more). Without
+    # it the inspection fails on a machine whose vLLM cache has not seen that class yet.
+    env = dict(
+        os.environ,
+        TIKTOKEN_ENCODINGS_BASE=str(tiktoken),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(HERE / "vllm_shims"),
+    )
     done = subprocess.run(
         [str(vllm_python), str(HERE / "vllm_render.py")],
         input=json.dumps(request),
