@@ -12,6 +12,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from smg_grpc_proto import vllm_engine_pb2
 from tests.multimodal.test_families import config, image
 
 from herdsman.engines.base import EngineRequest, SamplingParams
@@ -118,7 +119,10 @@ def test_engine_asks_once_then_sends_raw_pixels() -> None:
     asyncio.run(run())
     assert engine.asked == 1 and engine.device_normalizes is True
     assert len(transport.sent) == 2
-    pixels = transport.sent[-1].mm_inputs.pixel_values
+    # What goes on the wire (the engine sends bytes: the prompt ids are packed apart).
+    sent = vllm_engine_pb2.GenerateRequest.FromString(transport.sent[-1].SerializeToString())
+    assert list(sent.tokenized.input_ids) == request.input_ids
+    pixels = sent.mm_inputs.pixel_values
     assert pixels.dtype == "uint8" and list(pixels.shape) == list(processed.pixel_values.shape)
     expected = _raw_pixels(processed.pixel_values, processor.lut)
     assert np.frombuffer(pixels.inline, np.uint8).tolist() == expected.ravel().tolist()

@@ -24,7 +24,7 @@ from herdsman.config import GatewayConfig
 from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
 from herdsman.observability import METRICS
-from herdsman.observability.tracing import TracingApp
+from herdsman.observability.tracing import TracingApp, shutdown_tracing
 from herdsman.pipeline.admission import SharedBoard
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
@@ -262,4 +262,10 @@ def gateway_process_main(config: GatewayConfig, conn: Connection, index: int | N
     )
     # Ctrl-C reaches the whole process group; the supervisor decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(GatewayProcess(config, conn, index).run())
+    try:
+        uvloop.run(GatewayProcess(config, conn, index).run())
+    finally:
+        # A process forked by the fork server ends in os._exit: no atexit handler runs, so the
+        # spans still batched and the log handlers are flushed here.
+        shutdown_tracing()
+        logging.shutdown()
