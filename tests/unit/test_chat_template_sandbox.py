@@ -13,6 +13,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from herdsman.tokenizer.chat_template import _make_environment
 
+
+def _frozen_now() -> datetime:
+    return datetime(2026, 1, 2, 3, 4, 5)  # no snippet reads the clock; a fixed one all the same
+
+
 SNIPPETS = [
     "{{ message.role }}:{{ message.content }}",
     "{{ message.missing }}|{{ message.missing is defined }}",
@@ -59,13 +64,13 @@ def test_accesses_are_answered_as_jinjas_sandbox_answers_them(source: str) -> No
             "ordered": OrderedDict(role="system"),
         }
 
-    ours = _outcome(_make_environment(datetime.now), source, context())
+    ours = _outcome(_make_environment(_frozen_now), source, context())
     reference = _outcome(_reference(), source, context())
     assert ours == reference
 
 
 def test_one_name_is_judged_per_type_and_stays_judged() -> None:
-    env = _make_environment(datetime.now)
+    env = _make_environment(_frozen_now)
     pop = env.from_string("{{ x.pop(0) }}")
     for _ in range(2):  # the second round answers from the cache
         with pytest.raises(Exception, match="access to attribute 'pop'"):
