@@ -23,6 +23,9 @@ class ProcStat:
     # cutime + cstime: what its reaped children (and their reaped descendants) used.
     reaped_ticks: int
     rss_kb: int
+    # stime + cstime: the part of the above spent in the kernel (syscalls, page faults, and on
+    # loopback the receiving side's TCP work, which runs in the sender's syscall).
+    kernel_ticks: int = 0
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -42,6 +45,7 @@ def read_stat(pid: int) -> ProcStat | None:
         own_ticks=int(fields[11]) + int(fields[12]),
         reaped_ticks=int(fields[13]) + int(fields[14]),
         rss_kb=int(fields[21]) * PAGE_KB,
+        kernel_ticks=int(fields[12]) + int(fields[14]),
     )
 
 
@@ -81,6 +85,11 @@ def tree_cpu_ms(root: int) -> float:
     members = tree(root)
     ticks = sum(s.own_ticks + s.reaped_ticks for s in members)
     return ticks * 1000.0 / CLOCK_TICKS
+
+
+def tree_kernel_ms(root: int) -> float:
+    """The kernel's part of tree_cpu_ms (stime of the live tree plus its reaped children's)."""
+    return sum(s.kernel_ticks for s in tree(root)) * 1000.0 / CLOCK_TICKS
 
 
 def tree_rss(root: int) -> list[dict[str, int | str]]:

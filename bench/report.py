@@ -352,12 +352,26 @@ def ratios_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[
     return out
 
 
+def pss_drift(samples: list[float]) -> str:
+    """First → last PSS sample, and the drift over the second half of the window (the first half
+    is when the tokenization caches fill to their budgets)."""
+    if not samples:
+        return "–"
+    half = samples[len(samples) // 2 :]
+    drift = (half[-1] - half[0]) / half[0] * 100 if half[0] else 0.0
+    return (
+        f"{samples[0]:.0f} → {samples[-1]:.0f} ({min(samples):.0f}–{max(samples):.0f}); "
+        f"second half {drift:+.1f}%"
+    )
+
+
 def memory_section(results: list[dict[str, Any]]) -> list[str]:
     out = ["## Memory", ""]
     out += [
         "Resident set size of the gateway's whole process tree: before warm-up, at the start and "
         "at the end of the measured window, and the samples taken during it (first → last, with "
-        "their range). "
+        "their range); then the tree's PSS samples (shared pages divided among the processes "
+        "that map them) and their drift over the second half of the window. "
         "Per process at the end: pid:comm=MB.",
         "",
     ]
@@ -367,6 +381,7 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
         if not gw.get("rss_start"):
             continue
         samples = [s[1] for s in gw.get("rss_samples_mb") or []]
+        pss = [s[2] for s in gw.get("rss_samples_mb") or [] if len(s) > 2]
         per_process = ", ".join(
             f"{p['pid']}:{p['comm']}={p['rss_kb'] / 1024:.0f}" for p in gw["rss_end"]["processes"]
         )
@@ -382,10 +397,12 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
                 f"n={len(samples)})"
                 if samples
                 else "–",
+                pss_drift(pss),
                 per_process,
             ]
         )
-    header = ["scenario", "c", "target", "before warm-up", "start", "end", "samples: first → last"]
+    header = ["scenario", "c", "target", "before warm-up", "start", "end", "samples: first → last",
+              "PSS samples: first → last"]  # fmt: skip
     out += table([*header, "processes at end"], body)
     out.append("")
     return out

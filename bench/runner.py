@@ -142,6 +142,7 @@ def percentiles(values: array | list[float], scale: float = 1000.0) -> dict[str,
 class Snapshot:
     at: float
     gateway_cpu_ms: float
+    gateway_kernel_ms: float
     engine_cpu_ms: float
     client_cpu_ms: float
     machine_busy: int
@@ -153,6 +154,9 @@ def _snapshot(config: LoadConfig) -> Snapshot:
     return Snapshot(
         at=time.perf_counter(),
         gateway_cpu_ms=procstat.tree_cpu_ms(config.gateway_pid) if config.gateway_pid else 0.0,
+        gateway_kernel_ms=(
+            procstat.tree_kernel_ms(config.gateway_pid) if config.gateway_pid else 0.0
+        ),
         engine_cpu_ms=procstat.tree_cpu_ms(config.engine_pid) if config.engine_pid else 0.0,
         # process_time covers every thread of this process (gRPC's included).
         client_cpu_ms=time.process_time() * 1000.0,
@@ -165,7 +169,14 @@ def _rss(pid: int | None) -> dict[str, Any] | None:
     if not pid:
         return None
     processes = procstat.tree_rss(pid)
-    return {"total_kb": sum(int(p["rss_kb"]) for p in processes), "processes": processes}
+    pss = [procstat.pss_kb(int(p["pid"])) for p in processes]
+    for process, memory in zip(processes, pss, strict=True):
+        process["pss_kb"] = memory[1] if memory else 0
+    return {
+        "total_kb": sum(int(p["rss_kb"]) for p in processes),
+        "pss_kb": sum(int(p["pss_kb"]) for p in processes),
+        "processes": processes,
+    }
 
 
 async def run_load(
@@ -227,7 +238,11 @@ async def run_load(
             sample = _rss(config.gateway_pid)
             if sample is not None:
                 rss_samples.append(
-                    [round(time.perf_counter() - started, 1), sample["total_kb"] / 1024]
+                    [
+                        round(time.perf_counter() - started, 1),
+                        sample["total_kb"] / 1024,
+                        sample["pss_kb"] / 1024,
+                    ]
                 )
 
     memory: dict[str, Any] = {"rss_before_warmup": _rss(config.gateway_pid)}
@@ -282,6 +297,7 @@ def _result(
         return round(ms / done, 3) if done else None
 
     gateway_ms = after.gateway_cpu_ms - before.gateway_cpu_ms
+    gateway_kernel_ms = after.gateway_kernel_ms - before.gateway_kernel_ms
     engine_ms = after.engine_cpu_ms - before.engine_cpu_ms
     client_ms = after.client_cpu_ms - before.client_cpu_ms
     machine_total = after.machine_total - before.machine_total
@@ -319,6 +335,7 @@ def _result(
             "cpu_ms": round(gateway_ms, 1),
             "cpu_ms_per_req": per_request(gateway_ms) if config.gateway_pid else None,
             "cpu_cores": round(gateway_ms / 1000 / elapsed, 3) if config.gateway_pid else None,
+            "kernel_ms_per_req": per_request(gateway_kernel_ms) if config.gateway_pid else None,
             "rss_before_warmup": memory["rss_before_warmup"],
             "rss_start": memory["rss_start"],
             "rss_end": memory["rss_end"],
