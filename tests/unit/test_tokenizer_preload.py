@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from tests.conftest import QWEN3
 
 from herdsman.tokenizer import load_model_tokenizer
@@ -45,20 +46,28 @@ def test_a_preloaded_tokenizer_whose_files_changed_is_read_again(tmp_path: Path)
     assert loaded.special_tokens == fresh.special_tokens
 
 
-def test_a_process_forked_after_preloading_encodes_with_its_own_fast_encoder() -> None:
-    # Preloading must not start fastokens' worker thread: a forked child would inherit the pool's
-    # state without the thread. Run in a fresh interpreter so no earlier encode has started it.
+@pytest.mark.parametrize(("bpe_threads", "warmed"), [(None, True), ("2", False)])
+def test_a_process_forked_after_preloading_encodes_with_its_own_fast_encoder(
+    bpe_threads: str | None, warmed: bool
+) -> None:
+    # Preloading must not start fastokens' worker threads: a forked child would inherit the
+    # pool's state without them. With one BPE thread (the gateway's default) it warms fastokens
+    # (an encode that starts no thread); with more (an operator's choice) it must not encode.
+    # A fresh interpreter, so that no earlier encode has started anything.
     script = textwrap.dedent(
         f"""
         import os, sys
-        from herdsman.tokenizer.loader import load_model_tokenizer, preload_model_tokenizers
+        from herdsman.tokenizer.loader import (
+            _PRELOADED, load_model_tokenizer, preload_model_tokenizers,
+        )
 
         def threads():
             return sorted(open(f"/proc/self/task/{{t}}/comm").read().strip()
                           for t in os.listdir("/proc/self/task"))
 
         preload_model_tokenizers([{str(QWEN3)!r}])
-        assert threads() == ["python"] or len(threads()) == 1, threads()
+        assert len(threads()) == 1, threads()
+        assert [entry[2] for entry in _PRELOADED.values()] == [{warmed!r}]
         pid = os.fork()
         if pid == 0:
             model = load_model_tokenizer({str(QWEN3)!r})
@@ -66,11 +75,15 @@ def test_a_process_forked_after_preloading_encodes_with_its_own_fast_encoder() -
             ok = model.backend == "fastokens" and model.encode(
                 text, add_special_tokens=False
             ) == model.tokenizer.encode(text, add_special_tokens=False).ids
-            os._exit(0 if ok else 3)
+            single = {bpe_threads is None!r}
+            os._exit(0 if ok and (not single or len(threads()) == 1) else 3)
         _, status = os.waitpid(pid, 0)
         sys.exit(os.waitstatus_to_exitcode(status))
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("FASTOKENS_BPE_THREADS", None)
+    if bpe_threads is not None:
+        env["FASTOKENS_BPE_THREADS"] = bpe_threads
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=240, check=False)
     assert done.returncode == 0

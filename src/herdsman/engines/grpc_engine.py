@@ -31,9 +31,9 @@ from herdsman.observability.tracing import engine_metadata
 from herdsman.routing.load import WorkerLoad
 
 try:
-    from herdsman.engines._varint import tokenized_field
-except ImportError:  # not built: protobuf packs the ids
-    tokenized_field = None
+    from herdsman.engines._varint import stream_chunk, tokenized_field
+except ImportError:  # not built: protobuf packs the ids and parses every message
+    stream_chunk = tokenized_field = None
 
 
 def engine_error(exc: RpcError) -> EngineError:
@@ -139,6 +139,32 @@ class Serialized:
         return self._data
 
 
+class GenerateDecoder:
+    """GenerateResponse's ``FromString`` for a Generate stream. A plain streamed chunk (new ids
+    and counts: the message of every token) is read in C straight into an EngineOutput, ~1 us
+    instead of ~5 us for upb's parse and the attribute reads after it; any other message (the
+    complete one, logprobs, a field the C reader does not know) is protobuf's message."""
+
+    __slots__ = ("_fields", "_message")
+
+    def __init__(self, message: Any, chunk_fields: tuple[int, int, int]) -> None:
+        self._message = message
+        self._fields = chunk_fields
+
+    def FromString(self, data: bytes) -> Any:  # protobuf's name: what the transports call
+        fields = stream_chunk(data, *self._fields)
+        if fields is None:
+            return self._message.FromString(data)
+        index, token_ids, prompt_tokens, completion_tokens, cached_tokens = fields
+        return EngineOutput(
+            index=index,
+            token_ids=token_ids,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+        )
+
+
 class GrpcEngine:
     """Base of the protocol adapters; subclasses supply the service, messages and conversions."""
 
@@ -148,10 +174,18 @@ class GrpcEngine:
     pooling_tasks: ClassVar[frozenset[str]]
     service: ClassVar[str]
     pb2: ClassVar[Any]
+    # For GenerateDecoder: GenerateResponse's chunk field, the chunk's index field, and a
+    # top-level field beside the chunk to ignore (0: none).
+    chunk_fields: ClassVar[tuple[int, int, int]]
 
     def __init__(self, address: str, transport: Transport) -> None:
         self.address = address
         self._transport = transport
+        self._responses: Any = (
+            GenerateDecoder(self.pb2.GenerateResponse, self.chunk_fields)
+            if stream_chunk is not None
+            else self.pb2.GenerateResponse
+        )
         self._methods = {
             name: f"/{self.service}/{name}"
             for name in (
@@ -216,16 +250,13 @@ class GrpcEngine:
         metadata = engine_metadata()  # the W3C trace context, if any
         if metadata is None:
             responses = self._transport.stream(
-                self._methods["Generate"],
-                message,
-                self.pb2.GenerateResponse,
-                timeout=request.timeout,
+                self._methods["Generate"], message, self._responses, timeout=request.timeout
             )
         else:
             responses = self._transport.stream(
                 self._methods["Generate"],
                 message,
-                self.pb2.GenerateResponse,
+                self._responses,
                 timeout=request.timeout,
                 metadata=metadata,
             )
@@ -236,7 +267,9 @@ class GrpcEngine:
         want_prompt_logprobs = request.sampling.prompt_logprobs is not None
         try:
             async for response in responses:
-                if response.HasField("chunk"):
+                if type(response) is EngineOutput:  # a plain chunk, read by GenerateDecoder
+                    yield response
+                elif response.HasField("chunk"):
                     chunk = response.chunk
                     yield EngineOutput(
                         index=chunk.index,

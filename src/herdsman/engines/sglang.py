@@ -38,6 +38,8 @@ class SglangScheduler(GrpcEngine):
     backend = "sglang"
     service = "sglang.grpc.scheduler.SglangScheduler"
     pb2 = sglang_scheduler_pb2
+    # GenerateResponse.chunk, GenerateStreamChunk.index, and request_id beside them.
+    chunk_fields = (2, 8, 1)
     # SGLang's Embed runs the model's own pooler: an embedding, or a classifier's scores.
     _embed_decoder = EmbedResponseDecoder(values_field=5, tokens_field=6)
     pooling_tasks = frozenset({"embed", "classify"})

@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
 from herdsman.engines.base import EmbedRequest, EngineError, EngineOutput, EngineRequest
@@ -46,6 +45,10 @@ class _Layout:
 
 
 def _vllm_layout(pixel_values: Any, tensors: dict[str, Any]) -> _Layout:
+    # numpy is imported here, not at the top: the supervisor connects to engines through this
+    # module and must stay small (the gateway processes have numpy loaded already).
+    import numpy as np
+
     if "image_grid_thw" in tensors:
         # Qwen2/2.5/3-VL: patch rows of all images in one run, split by patch count per image.
         grid = tensors["image_grid_thw"]
@@ -117,6 +120,8 @@ def _raw_pixels(pixel_values: Any, lut: Any) -> Any:
             "this vLLM engine normalizes pixels on device (mm_device_do_normalize) and the "
             "model's image processor has no uint8 table to send it raw pixels from"
         )
+    import numpy as np  # here, not at the top: see _vllm_layout
+
     values = np.asarray(pixel_values)
     channels = lut.shape[0]
     leading = values.shape[0] if values.ndim == 2 else int(np.prod(values.shape[:-3]))
@@ -180,6 +185,8 @@ class VllmEngine(GrpcEngine):
     backend = "vllm"
     service = "vllm.grpc.engine.VllmEngine"
     pb2 = vllm_engine_pb2
+    # GenerateResponse.chunk, GenerateStreamChunk.index, no other top-level field.
+    chunk_fields = (1, 7, 0)
     # Its servicer's Embed runs vLLM's "embed" pooling task and nothing else: a classifier's head
     # cannot be reached through this protocol.
     _embed_decoder = EmbedResponseDecoder(values_field=1, tokens_field=2)

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from herdsman.config import GatewayConfig
-from herdsman.engines import EngineClient, ModelInfo, connect_engine
-from herdsman.engines.transport import TransportOptions
+from herdsman.engines import EngineClient, ModelInfo
 from herdsman.mcp import load_mcp_config
 from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
 from herdsman.multimodal.registry import load_processor
@@ -38,11 +37,12 @@ from herdsman.routing import (
 from herdsman.routing.kv_events import KvEventSubscriber
 from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.pairing import incompatibility
-from herdsman.serve.fleet import WorkerSpec, probe_until_ready
+from herdsman.serve.fleet import WorkerSpec, connect_worker_engine, probe_until_ready
 from herdsman.serve.heap import trim_heap
 from herdsman.serve.model_task import model_task
 from herdsman.storage import default_storage_url, open_store
-from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
+from herdsman.tokenizer import ModelTokenizer
+from herdsman.tokenizer.loader import check_fast_encoder, open_model_tokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
 from herdsman.tokenizer.tokenizer import encode_thread
 
@@ -92,28 +92,6 @@ def admission(config: GatewayConfig) -> Admission:
         queue_size=config.queue_size,
         queue_timeout=config.queue_timeout,
         max_prompt_tokens=config.max_prompt_tokens_in_flight,
-    )
-
-
-def transport_options(config: GatewayConfig) -> TransportOptions:
-    return TransportOptions(
-        connect_timeout=config.engine_connect_timeout,
-        keepalive_interval=config.engine_keepalive_interval,
-        keepalive_timeout=config.engine_keepalive_timeout,
-        max_message_bytes=config.engine_max_message_bytes,
-        ca_file=config.engine_ca,
-        cert_file=config.engine_cert,
-        key_file=config.engine_key,
-    )
-
-
-async def connect_worker_engine(config: GatewayConfig, url: str) -> EngineClient:
-    return await connect_engine(
-        url,
-        config.backend,
-        config.grpc_transport,
-        timeout=config.engine_connect_timeout,
-        options=transport_options(config),
     )
 
 
@@ -223,10 +201,19 @@ def policy_options(config: GatewayConfig) -> PolicyOptions:
 async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     """A model's tokenizer, template, parsers and image support, from its first worker's spec."""
     tokenizer_dir = Path(spec.tokenizer_dir)
-    # In the thread that encodes long texts later: checking the fast encoder encodes.
-    tokenizer = await asyncio.get_running_loop().run_in_executor(
-        encode_thread(), load_model_tokenizer, tokenizer_dir, config.chat_template
+    tokenizer, pending, warmed = await asyncio.to_thread(
+        open_model_tokenizer, tokenizer_dir, config.chat_template
     )
+    # Checking the fast encoder encodes, and fastokens keeps ~16 MB of matching state in each
+    # thread that encodes: check it in the loop's thread, which encodes every text below
+    # long_text_chars, when the fork server warmed it (a few ms); else in the encode thread, so
+    # that its ~100 ms first encode does not hold the loop.
+    if warmed:
+        check_fast_encoder(tokenizer, pending)
+    else:
+        await asyncio.get_running_loop().run_in_executor(
+            encode_thread(), check_fast_encoder, tokenizer, pending
+        )
     trim_heap()
     cache = None
     if _cache_wanted(config.tokenizer_cache, tokenizer):

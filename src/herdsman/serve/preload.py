@@ -10,9 +10,10 @@ collector's reach (``gc.freeze``), whose passes would otherwise write to every o
 every page.
 
 The supervisor names the tokenizers in ``HERDSMAN_PRELOAD`` (JSON: ``{"tokenizers": [dir, ...],
-"chat_template": str | null}``) before the fork server starts. Nothing here encodes: fastokens
-starts its worker thread on the first encode, and a thread does not survive a fork, so each
-process checks its fast encoder itself (``load_model_tokenizer``). A tokenizer that fails to load
+"chat_template": str | null}``) before the fork server starts. fastokens' first encode builds
+~40 MB of tables; with one BPE thread it starts no thread (a thread does not survive a fork), so
+it runs here once (``fast_backend.warm``) and every process shares the tables. Each process still
+checks its fast encoder itself (``load_model_tokenizer``). A tokenizer that fails to load
 here is loaded, and its error reported, by the gateway process as before; one whose files changed
 since is read again (``load_model_tokenizer`` checks).
 """
@@ -26,7 +27,6 @@ import os
 
 from herdsman.serve.heap import trim_heap
 from herdsman.settings import PRELOAD_ENV as ENV
-from herdsman.tokenizer.loader import preload_model_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,17 @@ def preload_spec(tokenizer_dirs: list[str], chat_template: str | None) -> str:
 
 def preload() -> None:
     """Import the serving code and load the tokenizers ``ENV`` names, then freeze the heap."""
-    import herdsman.serve.gateway  # noqa: F401  (the serving code, once for all processes)
+    # Imported here, in the fork server: the supervisor imports this module for ENV and
+    # preload_spec, and must stay small. The serving code, once for all processes (the processes'
+    # target, and yaml, which every process needs to read a YAML --api-keys-file, included):
+    import yaml  # noqa: F401
+
+    # A forked process runs the supervisor's main script again (multiprocessing's `prepare`),
+    # which imports the CLI: imported here, it is shared too.
+    import herdsman.cli
+    import herdsman.serve.entry
+    import herdsman.serve.gateway  # noqa: F401
+    from herdsman.tokenizer.loader import preload_model_tokenizers
 
     try:
         try:

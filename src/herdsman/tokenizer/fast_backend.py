@@ -10,6 +10,7 @@ and the gateway keeps the reference encoder for that model.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,25 @@ def _probe_texts(tokenizer: Tokenizer) -> list[str]:
     return [*PROBES, glued, f"{glued}{PROBES[3]}{glued}"]
 
 
+# fastokens splits a long text's BPE over worker threads (by default as many as cores), read
+# from this variable at a process's first encode. The gateway runs one process per core, so a
+# second BPE thread only takes time from another process's core; one thread also means an encode
+# starts no thread, so the fork server can run fastokens' one-time initialisation (see `warm`)
+# and a process may still fork after it. An operator's own setting is kept.
+THREADS_ENV = "FASTOKENS_BPE_THREADS"
+
+# Text for `warm`: every kind of piece the pre-tokenizer tells apart (letters, digits, spaces,
+# punctuation, CJK, emoji), so that the tables built on first use are built in the fork server.
+_WARM_TEXT = "Hello, world! 1234 naïve café  日本語 🙂\n\tdef f(x): return {'a': [1, 2]}  "
+
+
 def open_fast_tokenizer(path: Path, json_text: str | None = None) -> Any | None:
     """fastokens' tokenizer for ``path``, not yet checked (None: fastokens cannot load it).
 
     `json_text`, when given, is the tokenizer as loaded (changed after reading ``path``).
     Loading runs no encode, so fastokens has started no thread yet: a process may fork after it.
     """
+    os.environ.setdefault(THREADS_ENV, "1")
     try:
         import fastokens
     except ImportError:
@@ -57,11 +71,28 @@ def open_fast_tokenizer(path: Path, json_text: str | None = None) -> Any | None:
         return None
 
 
+def warm(fast: Any) -> bool:
+    """Run fastokens' one-time initialisation, where that starts no thread (one BPE thread).
+
+    Its first encode builds ~40 MB of matching tables and takes ~100 ms (Qwen3). Done in the fork
+    server, those pages are shared by every gateway process instead of built in each; each thread
+    that encodes then adds only its own matching state (~16 MB, a few ms). False: not warmed, as
+    the encode would start worker threads, which do not survive a fork."""
+    if os.environ.get(THREADS_ENV) != "1":
+        return False
+    try:
+        fast.encode(_WARM_TEXT, add_special_tokens=False)
+    except Exception:  # the gateway process's check reports what is wrong with it
+        return False
+    return True
+
+
 def verified_encoder(fast: Any, reference: Tokenizer, path: Path) -> Encoder | None:
     """An encoder on ``fast`` when it agrees with ``reference`` on every probe, else None.
 
-    The first encode starts fastokens' worker thread: run this in the process that will encode
-    (a forked process would inherit the pool's state without its thread)."""
+    It encodes: run it in the process that will encode (with more than one BPE thread, the
+    first encode starts worker threads, which a forked process would not inherit), and in the
+    thread that will encode most (fastokens keeps matching state per thread that encodes)."""
     for text in _probe_texts(reference):
         for special in (False, True):
             expected = reference.encode(text, add_special_tokens=special).ids

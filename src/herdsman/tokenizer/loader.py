@@ -9,7 +9,7 @@ from typing import Any
 from tokenizers import Tokenizer, processors
 
 from herdsman.tokenizer.chat_template import ChatTemplate
-from herdsman.tokenizer.fast_backend import open_fast_tokenizer, verified_encoder
+from herdsman.tokenizer.fast_backend import open_fast_tokenizer, verified_encoder, warm
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
 # What transformers hands a template as special_tokens_map.
@@ -160,29 +160,48 @@ def load_model_tokenizer(
 
     A tokenizer preloaded by this process (or the process it was forked from) is taken instead
     of read again; its fast encoder is checked here, in the process that will use it."""
+    model, pending, _ = open_model_tokenizer(directory, chat_template, fast=fast)
+    check_fast_encoder(model, pending)
+    return model
+
+
+def open_model_tokenizer(
+    directory: str | Path, chat_template: str | None = None, *, fast: bool = True
+) -> tuple[ModelTokenizer, Any, bool]:
+    """``load_model_tokenizer`` without the fast encoder's check: the model, its fastokens
+    tokenizer still to check (or None), and whether that one is warm (see fast_backend.warm),
+    which makes the check a few milliseconds."""
     preloaded = _PRELOADED.pop(_key(directory, chat_template), None) if fast else None
-    if preloaded is not None and preloaded[2] == _identity(Path(directory)):
-        model, pending, _ = preloaded
-    else:  # not preloaded, or its files changed (or went) since
-        model, pending = _load(Path(directory), chat_template, fast)
+    if preloaded is not None and preloaded[3] == _identity(Path(directory)):
+        model, pending, warmed, _ = preloaded
+        return model, pending, warmed
+    # Not preloaded, or its files changed (or went) since.
+    model, pending = _load(Path(directory), chat_template, fast)
+    return model, pending, False
+
+
+def check_fast_encoder(model: ModelTokenizer, pending: Any) -> None:
+    """Encode with ``pending`` (fastokens) from now on if it gives ``model``'s ids."""
     if pending is not None and model.tokenizer_file is not None:
         model.fast_encode = verified_encoder(pending, model.tokenizer, model.tokenizer_file)
-    return model
 
 
 def preload_model_tokenizers(directories: list[str], chat_template: str | None = None) -> None:
     """Load tokenizers ahead, to be taken by ``load_model_tokenizer`` in this process or in the
-    processes forked from it (which share their memory copy-on-write). Nothing encodes here."""
+    processes forked from it (which share their memory copy-on-write). fastokens is warmed where
+    that starts no thread (fast_backend.warm); nothing else encodes here."""
     for directory in directories:
         key = _key(directory, chat_template)
         if key not in _PRELOADED:
             identity = _identity(Path(directory))
-            _PRELOADED[key] = (*_load(Path(directory), chat_template, True), identity)
+            model, pending = _load(Path(directory), chat_template, True)
+            warmed = pending is not None and warm(pending)
+            _PRELOADED[key] = (model, pending, warmed, identity)
 
 
-# Loaded ahead of need: the model, its fast tokenizer (not yet checked against the reference) and
-# the identity of the files it was read from.
-_PRELOADED: dict[tuple[str, str | None], tuple[ModelTokenizer, Any, tuple[Any, ...]]] = {}
+# Loaded ahead of need: the model, its fast tokenizer (not yet checked against the reference),
+# whether that one is warm, and the identity of the files it was read from.
+_PRELOADED: dict[tuple[str, str | None], tuple[ModelTokenizer, Any, bool, tuple[Any, ...]]] = {}
 
 
 def _identity(directory: Path) -> tuple[Any, ...]:
