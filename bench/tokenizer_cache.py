@@ -21,13 +21,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.workload import make_text
+from herdsman.serve.shared_files import make_store_directory, remove_store_directory
 from herdsman.tokenizer import load_model_tokenizer
 from herdsman.tokenizer.cache import TokenizationCache, split_segments
-from herdsman.tokenizer.shared_store import (
-    SharedSegmentStore,
-    make_store_directory,
-    remove_store_directory,
-)
+from herdsman.tokenizer.shared_store import SharedSegmentStore
 from herdsman.tokenizer.tokenizer import ModelTokenizer
 
 READING = """

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 ENV_PREFIX = "HERDSMAN_"
 # Names the config file itself, for deployments that can only set the environment.
@@ -234,19 +236,28 @@ def convert(
 # -- reading the sources --------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice (PyYAML would silently keep the last)."""
+@functools.cache
+def _unique_key_loader() -> type[yaml.SafeLoader]:
+    """safe_load that refuses a key given twice (PyYAML would silently keep the last).
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+    Made, and PyYAML imported, when a YAML file is read: ``herdsman serve`` without a config
+    file (its supervisor must stay small) does without it.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -256,15 +267,18 @@ def load_file(path: str) -> dict[str, Any]:
             text = f.read()
     except OSError as exc:
         raise SettingsError(f"cannot read it: {exc.strerror or exc}") from None
-    try:
-        if path.endswith(".json"):
+    if path.endswith(".json"):
+        try:
             data = json.loads(text) if text.strip() else {}
-        else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"not valid JSON: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"not valid YAML: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"not valid JSON: {exc}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -471,6 +485,8 @@ def render(args: argparse.Namespace, fmt: str, sources: bool) -> str:
         else:
             data = values
         return json.dumps(data, indent=2) + "\n"
+    import yaml  # only here and for YAML files: see _unique_key_loader
+
     lines: list[str] = []
     if resolved.config_file:
         lines.append(f"# herdsman config show (file: {resolved.config_file})")

@@ -125,6 +125,25 @@ def test_processes_share_the_preloaded_tokenizer_and_a_fork_replaces_the_dead() 
         sim.stop()
 
 
+def test_spawned_processes_serve() -> None:
+    """--start-method spawn: no fork server; each process imports the serving code itself."""
+    sim = start_sim(QWEN3, "vllm")
+    extra = ("--model-path", str(QWEN3), "--workers", "1", "--start-method", "spawn")
+    gateway = start_gateway(sim.address, extra=extra)
+    base = f"http://{gateway.address}"
+    try:
+        assert gateway_processes(gateway.process.pid) == set()  # none forked by a fork server
+        (pid,) = _pids(base, 5)
+        assert pid != gateway.process.pid
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 200
+        assert response.json()["usage"]["completion_tokens"] == 3
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
 def test_sigterm_drains_in_flight_streams() -> None:
     sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "10")
     gateway = start_gateway(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from herdsman.pipeline.admission import Admission, SharedBoard
+from herdsman.pipeline.admission import Admission
 from herdsman.pipeline.errors import Overloaded
+from herdsman.serve.shared_files import SharedBoard
 
 
 async def test_no_limit_admits_everything() -> None:

@@ -13,13 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import QWEN3
 
+from herdsman.serve.shared_files import make_store_directory, remove_store_directory
 from herdsman.tokenizer import load_model_tokenizer
 from herdsman.tokenizer.cache import TokenizationCache
-from herdsman.tokenizer.shared_store import (
-    SharedSegmentStore,
-    make_store_directory,
-    remove_store_directory,
-)
+from herdsman.tokenizer.shared_store import SharedSegmentStore
 
 REFERENCE = load_model_tokenizer(QWEN3, fast=False)
 SPLITTING = REFERENCE.enable_cache(0, 1 << 20)._splitting  # type: ignore[union-attr]

@@ -10,9 +10,12 @@ Anything else in the message is skipped, as protobuf would.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from herdsman.engines.base import EmbedOutput, EngineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -38,6 +41,10 @@ class EmbedResponseDecoder:
         self._tokens = tokens_field
 
     def FromString(self, data: bytes) -> EmbedOutput:
+        # numpy is imported here, not at the top: every engine client imports this module, the
+        # supervisor's too, and the supervisor must stay small (gateway processes have numpy).
+        import numpy as np
+
         chunks: list[np.ndarray] = []
         singles: list[bytes] = []
         tokens = 0

@@ -1,9 +1,10 @@
 """Admission: how many generation requests run at once, how many wait, and for how long.
 
 The concurrency limit is gateway-wide: every gateway process publishes its own count of requests
-in flight on a shared board (one slot per process), and admits a request while the sum is under
-the limit. Two processes deciding at the same instant can overshoot the limit by at most one
-request each; no lock is shared between processes, so a process that dies holds nothing.
+in flight on a shared board (one slot per process; ``herdsman.serve.shared_files.SharedBoard``),
+and admits a request while the sum is under the limit. Two processes deciding at the same instant
+can overshoot the limit by at most one request each; no lock is shared between processes, so a
+process that dies holds nothing.
 
 Requests over the limit wait in a bounded per-process queue (first come, first served) for at
 most the queue timeout; a full queue or a timeout is an ``Overloaded`` failure (HTTP 429).
@@ -15,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mmap
 from collections import deque
-from pathlib import Path
 from typing import Protocol
 
 from herdsman.pipeline.errors import Overloaded
 
-_SLOT = 8  # bytes per process slot: one native int64
 # Releases in other processes cannot wake this process's queue: it looks again this often.
 _POLL_SECONDS = 0.01
 
@@ -48,34 +46,6 @@ class LocalBoard:
 
     def publish(self, count: int) -> None:
         self._count = count
-
-
-class SharedBoard:
-    """Counts of every gateway process in a small file mapped by all of them (in /dev/shm or the
-    supervisor's temporary directory). Each process writes only its own aligned 8-byte slot."""
-
-    def __init__(self, path: Path, slots: int, index: int) -> None:
-        self._file = open(path, "r+b")  # noqa: SIM115 (kept open for the mapping's lifetime)
-        self._map = mmap.mmap(self._file.fileno(), slots * _SLOT)
-        self._counts = memoryview(self._map).cast("q")
-        self._index = index
-
-    @staticmethod
-    def create(path: Path, slots: int) -> None:
-        path.write_bytes(bytes(slots * _SLOT))
-
-    @staticmethod
-    def clear_slot(path: Path, index: int) -> None:
-        """The supervisor zeroes a dead process's slot before its replacement starts."""
-        with open(path, "r+b") as f:
-            f.seek(index * _SLOT)
-            f.write(bytes(_SLOT))
-
-    def total(self) -> int:
-        return sum(self._counts)
-
-    def publish(self, count: int) -> None:
-        self._counts[self._index] = count
 
 
 class Admission:

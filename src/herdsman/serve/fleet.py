@@ -16,7 +16,8 @@ from pathlib import Path
 import msgspec
 
 from herdsman.config import GatewayConfig
-from herdsman.engines import EngineClient, EngineError, ModelInfo
+from herdsman.engines import EngineClient, EngineError, ModelInfo, connect_engine
+from herdsman.engines.transport import TransportOptions
 from herdsman.routing import worker_id
 from herdsman.routing.pairing import bootstrap_port, pairing_info
 from herdsman.serve.tokenizer_source import fetch_from_worker
@@ -66,6 +67,30 @@ def _int(info: dict[str, object], key: str, default: int) -> int:
         return int(value) if value not in (None, "", 0) else default  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
+
+
+def transport_options(config: GatewayConfig) -> TransportOptions:
+    return TransportOptions(
+        connect_timeout=config.engine_connect_timeout,
+        keepalive_interval=config.engine_keepalive_interval,
+        keepalive_timeout=config.engine_keepalive_timeout,
+        max_message_bytes=config.engine_max_message_bytes,
+        ca_file=config.engine_ca,
+        cert_file=config.engine_cert,
+        key_file=config.engine_key,
+    )
+
+
+async def connect_worker_engine(config: GatewayConfig, url: str) -> EngineClient:
+    """A client of engine ``url`` as configured: the supervisor's probes and health checks and
+    every gateway process connect alike."""
+    return await connect_engine(
+        url,
+        config.backend,
+        config.grpc_transport,
+        timeout=config.engine_connect_timeout,
+        options=transport_options(config),
+    )
 
 
 async def probe(

@@ -25,7 +25,6 @@ from herdsman.http import HttpServer, ServerLimits
 from herdsman.http.server import bind_socket
 from herdsman.observability import METRICS
 from herdsman.observability.tracing import TracingApp, shutdown_tracing
-from herdsman.pipeline.admission import SharedBoard
 from herdsman.pipeline.context import ServingContext
 from herdsman.routing import Worker
 from herdsman.serve.context import add_worker, build_context, remove_engine, stop_kv_streams
@@ -48,6 +47,7 @@ from herdsman.serve.control import (
     WorkerSuspect,
 )
 from herdsman.serve.fleet import WorkerSpec
+from herdsman.serve.shared_files import SharedBoard
 
 log = logging.getLogger(__name__)
 

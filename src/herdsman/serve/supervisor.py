@@ -12,6 +12,11 @@ Keeping processes alive:
   slot whose processes keep dying young backs off the same way: a crash loop costs little;
 - a watchdog pings every ready process over its control channel; one whose event loop has not
   answered for ``--watchdog-timeout`` is killed, and so replaced.
+
+The supervisor serves no request, and its memory adds to the gateway's: it imports only what it
+runs (engine clients for probes and health checks, the worker registry, the control channel),
+never the serving code (the API, the pipeline, tokenizers, image processing); its processes'
+target is ``herdsman.serve.entry``. tests/unit/test_supervisor_imports.py checks it.
 """
 
 from __future__ import annotations
@@ -36,9 +41,7 @@ import msgspec
 from herdsman.config import GatewayConfig
 from herdsman.engines.connect import parse_worker_url
 from herdsman.http.server import bind_socket
-from herdsman.pipeline.admission import SharedBoard
 from herdsman.routing import HealthChecker, Worker, WorkerRegistry
-from herdsman.serve.context import connect_worker_engine
 from herdsman.serve.control import (
     Activate,
     AdminReply,
@@ -57,11 +60,11 @@ from herdsman.serve.control import (
     WorkerRemoved,
     WorkerSuspect,
 )
-from herdsman.serve.fleet import WorkerSpec, probe_until_ready
-from herdsman.serve.gateway import gateway_process_main
+from herdsman.serve.entry import gateway_process
+from herdsman.serve.fleet import WorkerSpec, connect_worker_engine, probe_until_ready
 from herdsman.serve.preload import ENV as PRELOAD_ENV
 from herdsman.serve.preload import preload_spec
-from herdsman.tokenizer.shared_store import make_store_directory, remove_store_directory
+from herdsman.serve.shared_files import SharedBoard, make_store_directory, remove_store_directory
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +450,7 @@ class Supervisor:
     def _start_child(self, index: int | None) -> _Child:
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
         process = self._mp.Process(
-            target=gateway_process_main,
+            target=gateway_process,
             args=(self._config, child_conn, index),
             name=f"herdsman-gateway-{'spare' if index is None else index}",
             daemon=False,

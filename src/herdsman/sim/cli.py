@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import logging
 
-from herdsman.sim.options import SimOptions
-from herdsman.sim.pooling import ARCHITECTURES, DEFAULT_EMBEDDING_DIM, DEFAULT_NUM_LABELS
-from herdsman.sim.server import serve
+from herdsman.sim.options import (
+    ARCHITECTURES,
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_NUM_LABELS,
+    SimOptions,
+)
 
 
 def _positive_int(text: str) -> int:
@@ -402,6 +405,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_loop(options: SimOptions) -> int:
+    # The simulator (numpy, tokenizers, grpc) is imported to run it, not to build the parser:
+    # every herdsman command builds it, `herdsman serve` too.
+    from herdsman.sim.server import serve
+
     try:
         import uvloop
     except ImportError:

@@ -12,6 +12,13 @@ Backend = Literal["vllm", "sglang"]
 Role = Literal["regular", "prefill", "decode"]
 # A pooling model served through Embed (see sim/pooling.py) instead of a generation model.
 Pooling = Literal["embed", "classify"]
+# The pooling model's defaults, and the architecture it reports for each task.
+DEFAULT_EMBEDDING_DIM = 64
+DEFAULT_NUM_LABELS = 2
+ARCHITECTURES: dict[Pooling, str] = {
+    "embed": "BertModel",
+    "classify": "BertForSequenceClassification",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,7 @@ class SimOptions:
     # (None: from each other, else 2 labels LABEL_i).
     pooling: Pooling | None = None
     architecture: str | None = None
-    embedding_dim: int = 64
+    embedding_dim: int = DEFAULT_EMBEDDING_DIM
     num_labels: int | None = None
     id2label: str | None = None
 

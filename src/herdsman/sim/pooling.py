@@ -29,16 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from herdsman.sim.options import Pooling, SimOptions
+# The defaults and architectures live in options: the CLI's help shows them without numpy.
+from herdsman.sim.options import (
+    ARCHITECTURES,
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_NUM_LABELS,
+    Pooling,
+    SimOptions,
+)
 
-DEFAULT_EMBEDDING_DIM = 64
-DEFAULT_NUM_LABELS = 2
 # BERT's type_vocab_size: a pair encoding's segment 0 and segment 1.
 TYPE_VOCAB_SIZE = 2
-ARCHITECTURES: dict[Pooling, str] = {
-    "embed": "BertModel",
-    "classify": "BertForSequenceClassification",
-}
 
 _POSITION_WEIGHT = 0.2
 _TYPE_WEIGHT = 0.5

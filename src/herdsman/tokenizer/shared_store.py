@@ -18,20 +18,14 @@ behaviour without a write to shared pages on every hit and without per-entry boo
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import struct
-import tempfile
 from array import array
 from collections.abc import Sequence
 from hashlib import blake2b
 from pathlib import Path
 
 import lmdb
-
-from herdsman.pids import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +37,6 @@ _GENERATION_SHARE = 0.4
 _PAGE = 4096
 _LEAF_OVERHEAD = 16
 _INLINE_LIMIT = 2000  # larger values take overflow pages of their own
-_DIR_PREFIX = "herdsman-tokcache-"
 
 
 def segment_key(piece: str) -> bytes:
@@ -159,21 +152,3 @@ def _current(txn: lmdb.Transaction, meta: lmdb._Database) -> int:
 def _used(txn: lmdb.Transaction, meta: lmdb._Database) -> int:
     value = txn.get(_USED, db=meta)
     return struct.unpack("<Q", value)[0] if value else 0
-
-
-def make_store_directory() -> str:
-    """A fresh directory for one gateway run, in RAM (/dev/shm) where the system has it.
-
-    Directories left by gateways that were killed (their pid is in the name) are removed first.
-    """
-    parent = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    for stale in Path(parent).glob(f"{_DIR_PREFIX}*"):
-        pid = stale.name[len(_DIR_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=parent)
-
-
-def remove_store_directory(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        shutil.rmtree(directory)
