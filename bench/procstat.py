@@ -100,12 +100,20 @@ def tree_rss(root: int) -> list[dict[str, int | str]]:
 def pss_kb(pid: int) -> tuple[int, int] | None:
     """(RSS, PSS) in kB from /proc/PID/smaps_rollup: PSS divides each shared page among the
     processes that map it, so PSS summed over processes is what they hold together."""
+    memory = smaps_kb(pid)
+    return (memory[0], memory[1]) if memory else None
+
+
+def smaps_kb(pid: int) -> tuple[int, int, int] | None:
+    """(RSS, PSS, USS) in kB. USS, the pages only this process maps, is what growth shows in
+    alone: PSS also moves when another process maps (or stops mapping) the same library files."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
     except OSError:
         return None
-    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+    private = int(fields["Private_Clean"].split()[0]) + int(fields["Private_Dirty"].split()[0])
+    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0]), private
 
 
 def role(pid: int, root: int, ppid: int) -> str:

@@ -353,8 +353,8 @@ def ratios_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[
 
 
 def pss_drift(samples: list[float]) -> str:
-    """First → last PSS sample, and the drift over the second half of the window (the first half
-    is when the tokenization caches fill to their budgets)."""
+    """First → last sample (PSS or USS), and the drift over the second half of the window (the
+    first half is when the tokenization caches fill to their budgets)."""
     if not samples:
         return "–"
     half = samples[len(samples) // 2 :]
@@ -371,7 +371,9 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
         "Resident set size of the gateway's whole process tree: before warm-up, at the start and "
         "at the end of the measured window, and the samples taken during it (first → last, with "
         "their range); then the tree's PSS samples (shared pages divided among the processes "
-        "that map them) and their drift over the second half of the window. "
+        "that map them) and USS samples (pages no other process maps: PSS also moves when "
+        "other processes map the same library files, USS only when the tree's own memory "
+        "does), with their drift over the second half of the window. "
         "Per process at the end: pid:comm=MB.",
         "",
     ]
@@ -382,6 +384,7 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
             continue
         samples = [s[1] for s in gw.get("rss_samples_mb") or []]
         pss = [s[2] for s in gw.get("rss_samples_mb") or [] if len(s) > 2]
+        uss = [s[3] for s in gw.get("rss_samples_mb") or [] if len(s) > 3]
         per_process = ", ".join(
             f"{p['pid']}:{p['comm']}={p['rss_kb'] / 1024:.0f}" for p in gw["rss_end"]["processes"]
         )
@@ -398,11 +401,12 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
                 if samples
                 else "–",
                 pss_drift(pss),
+                pss_drift(uss),
                 per_process,
             ]
         )
     header = ["scenario", "c", "target", "before warm-up", "start", "end", "samples: first → last",
-              "PSS samples: first → last"]  # fmt: skip
+              "PSS samples: first → last", "USS samples: first → last"]  # fmt: skip
     out += table([*header, "processes at end"], body)
     out.append("")
     return out

@@ -169,12 +169,14 @@ def _rss(pid: int | None) -> dict[str, Any] | None:
     if not pid:
         return None
     processes = procstat.tree_rss(pid)
-    pss = [procstat.pss_kb(int(p["pid"])) for p in processes]
-    for process, memory in zip(processes, pss, strict=True):
+    smaps = [procstat.smaps_kb(int(p["pid"])) for p in processes]
+    for process, memory in zip(processes, smaps, strict=True):
         process["pss_kb"] = memory[1] if memory else 0
+        process["uss_kb"] = memory[2] if memory else 0
     return {
         "total_kb": sum(int(p["rss_kb"]) for p in processes),
         "pss_kb": sum(int(p["pss_kb"]) for p in processes),
+        "uss_kb": sum(int(p["uss_kb"]) for p in processes),
         "processes": processes,
     }
 
@@ -242,6 +244,7 @@ async def run_load(
                         round(time.perf_counter() - started, 1),
                         sample["total_kb"] / 1024,
                         sample["pss_kb"] / 1024,
+                        sample["uss_kb"] / 1024,
                     ]
                 )
 
