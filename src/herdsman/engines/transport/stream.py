@@ -44,6 +44,7 @@ class Http2Stream:
     __slots__ = (
         "_batch",
         "_buffer",
+        "_loop",
         "_max_message",
         "_sink",
         "_waiter",
@@ -75,6 +76,9 @@ class Http2Stream:
         self._sink = sink
         self._buffer = b""
         self._waiter: asyncio.Future[None] | None = None
+        # Held, not looked up per message: on Python 3.11 asyncio.get_running_loop() makes a
+        # getpid() system call every time (it checks for a fork), one per streamed token.
+        self._loop = asyncio.get_running_loop()
 
     @property
     def buffered_bytes(self) -> int:
@@ -143,6 +147,6 @@ class Http2Stream:
             # falls behind stops its stream after one window and restarts it once caught up.
             if self.received - self.credited >= self._batch:
                 self._credit()
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             await self._waiter
         return messages.popleft()
