@@ -361,3 +361,15 @@ def test_aiperf_export_parses_into_the_report(workload: Workload, tmp_path: Path
     assert "## Two clients" in text
     row = "| 32 | herdsman-w1 | aiperf | 20.00 | – | 2,560 | 11.0 | 20.0 | 11.00 | 20.00 | 11.00 |"
     assert row + " 20.00 | 0 | 3.00 | 0.20 | 30% |" in text
+
+
+def test_relay_floor_streams_every_token_and_counts_its_cpu(tmp_path: Path) -> None:
+    # The floor's relay must answer as a gateway does, or its CPU per request means nothing:
+    # every request streamed whole through bench/load.py's parser, none failing.
+    from bench.relay_floor import _measure
+
+    result = _measure(concurrency=2, duration=2.0, max_tokens=16, out=tmp_path / "floor.json")
+    assert result["errors"] == 0 and result["completed"] > 0
+    assert result["tokens_per_request"] == 16 and result["chunks_per_request"] == 16
+    assert result["gateway"]["cpu_ms_per_req"] is not None
+    assert result["gateway"]["kernel_ms_per_req"] is not None
