@@ -97,16 +97,11 @@ def tree_rss(root: int) -> list[dict[str, int | str]]:
     return [{"pid": s.pid, "comm": s.comm, "rss_kb": s.rss_kb} for s in tree(root)]
 
 
-def pss_kb(pid: int) -> tuple[int, int] | None:
-    """(RSS, PSS) in kB from /proc/PID/smaps_rollup: PSS divides each shared page among the
-    processes that map it, so PSS summed over processes is what they hold together."""
-    memory = smaps_kb(pid)
-    return (memory[0], memory[1]) if memory else None
-
-
 def smaps_kb(pid: int) -> tuple[int, int, int] | None:
-    """(RSS, PSS, USS) in kB. USS, the pages only this process maps, is what growth shows in
-    alone: PSS also moves when another process maps (or stops mapping) the same library files."""
+    """(RSS, PSS, USS) in kB from /proc/PID/smaps_rollup. PSS divides each shared page among the
+    processes that map it, so PSS summed over processes is what they hold together; USS counts the
+    pages no other process maps. Both also move when another process maps (or stops mapping) the
+    same library files; RSS does not."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
@@ -136,7 +131,7 @@ def tree_memory(root: int) -> list[dict[str, int | str]]:
     """RSS and PSS of each process in the tree, with its role."""
     out: list[dict[str, int | str]] = []
     for s in tree(root):
-        memory = pss_kb(s.pid)
+        memory = smaps_kb(s.pid)
         if memory is not None:
             out.append(
                 {"pid": s.pid, "role": role(s.pid, root, s.ppid), "rss_kb": memory[0],

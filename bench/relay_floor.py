@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -39,17 +38,22 @@ _ITL_MS = 10.0
 _ITL_PER_RUNNING_MS = 0.02
 
 
-# ---- the step engine ---------------------------------------------------------------------------
+class _Connection(asyncio.Protocol):
+    """A protocol that keeps its transport."""
 
-
-class _EngineConnection(asyncio.Protocol):
-    def __init__(self, engine: StepEngine) -> None:
-        self._engine = engine
-        self._buffer = b""
-        self.transport: asyncio.Transport | None = None
+    transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+
+# ---- the step engine ---------------------------------------------------------------------------
+
+
+class _EngineConnection(_Connection):
+    def __init__(self, engine: StepEngine) -> None:
+        self._engine = engine
+        self._buffer = b""
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data
@@ -106,11 +110,11 @@ class StepEngine:
                     connection.transport.write(b"".join(messages))
 
 
-async def _serve_engine(ready: Path) -> None:
+async def _serve_engine() -> None:
     engine = StepEngine()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _EngineConnection(engine), "127.0.0.1", 0)
-    ready.write_text(str(server.sockets[0].getsockname()[1]))
+    _announce(server)
     await engine.loop()
 
 
@@ -151,16 +155,12 @@ def _tail(tokens: int) -> bytes:
     )
 
 
-class _Upstream(asyncio.Protocol):
+class _Upstream(_Connection):
     """The relay's one engine connection: splits messages and hands each to its client."""
 
     def __init__(self, clients: dict[int, _Client]) -> None:
         self._clients = clients
         self._buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -175,7 +175,7 @@ class _Upstream(asyncio.Protocol):
         self._buffer = buffer[offset:]
 
 
-class _Client(asyncio.Protocol):
+class _Client(_Connection):
     """One keep-alive HTTP/1.1 client connection: a request head and body in, a stream out."""
 
     next_id = 0
@@ -185,10 +185,6 @@ class _Client(asyncio.Protocol):
         self._buffer = b""
         self._stream = -1
         self._tokens = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._relay.clients.pop(self._stream, None)
@@ -237,52 +233,59 @@ class Relay:
         )
 
 
-async def _serve_relay(engine_port: int, max_tokens: int, ready: Path) -> None:
+async def _serve_relay(engine_port: int, max_tokens: int) -> None:
     loop = asyncio.get_running_loop()
     relay = Relay(max_tokens)
     _, relay.upstream = await loop.create_connection(
         lambda: _Upstream(relay.clients), "127.0.0.1", engine_port
     )
     server = await loop.create_server(lambda: _Client(relay), "127.0.0.1", 0)
-    ready.write_text(str(server.sockets[0].getsockname()[1]))
+    _announce(server)
     await asyncio.Event().wait()
 
 
 # ---- the run -----------------------------------------------------------------------------------
 
 
-def _spawn(role: str, ready: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def _announce(server: asyncio.AbstractServer) -> None:
+    """The listening port, on the line the parent waits for (see _spawn)."""
+    print(server.sockets[0].getsockname()[1], flush=True)
+
+
+def _spawn(role: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a role and wait for the port it listens on (its first line out; EOF: it died)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.relay_floor", role, "--ready", str(ready), *extra]
+        [sys.executable, "-m", "bench.relay_floor", role, *extra], stdout=subprocess.PIPE
     )
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text()):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"relay_floor: the {role} did not start")
-        time.sleep(0.05)
-    return process, int(ready.read_text())
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.strip().isdigit():
+        process.kill()
+        raise RuntimeError(f"relay_floor: the {role} did not start")
+    return process, int(line)
 
 
 def _measure(concurrency: int, duration: float, max_tokens: int, out: Path) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        engine, engine_port = _spawn("engine", Path(tmp, "engine"))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        engine, engine_port = _spawn("engine")
+        started.append(engine)
         relay, port = _spawn(
-            "relay", Path(tmp, "relay"), "--engine-port", str(engine_port),
-            "--max-tokens", str(max_tokens),
+            "relay", "--engine-port", str(engine_port), "--max-tokens", str(max_tokens)
+        )
+        started.append(relay)
+        subprocess.run(
+            [sys.executable, "-m", "bench.load", "--url", f"http://127.0.0.1:{port}",
+             "--label", "python-relay", "--concurrency", str(concurrency),
+             "--duration", str(duration), "--warmup", "3", "--max-tokens", str(max_tokens),
+             "--gateway-pid", str(relay.pid), "--engine-pid", str(engine.pid),
+             "--json-out", str(out)],
+            check=True,
         )  # fmt: skip
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "bench.load", "--url", f"http://127.0.0.1:{port}",
-                 "--label", "python-relay", "--concurrency", str(concurrency),
-                 "--duration", str(duration), "--warmup", "3", "--max-tokens", str(max_tokens),
-                 "--gateway-pid", str(relay.pid), "--engine-pid", str(engine.pid),
-                 "--json-out", str(out)],
-                check=True,
-            )  # fmt: skip
-        finally:
-            for process in (relay, engine):
-                process.terminate()
-                process.wait(10)
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(10)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -304,14 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--compare", type=Path, help="a bench/results run to set beside")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results/relay-floor"))
-    parser.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--engine-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "engine":
-        uvloop.run(_serve_engine(args.ready))
+        uvloop.run(_serve_engine())
         return 0
     if args.role == "relay":
-        uvloop.run(_serve_relay(args.engine_port, args.max_tokens, args.ready))
+        uvloop.run(_serve_relay(args.engine_port, args.max_tokens))
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     lines = [

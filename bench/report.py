@@ -352,7 +352,7 @@ def ratios_section(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[
     return out
 
 
-def pss_drift(samples: list[float]) -> str:
+def sample_drift(samples: list[float]) -> str:
     """First → last sample (PSS or USS), and the drift over the second half of the window (the
     first half is when the tokenization caches fill to their budgets)."""
     if not samples:
@@ -400,8 +400,8 @@ def memory_section(results: list[dict[str, Any]]) -> list[str]:
                 f"n={len(samples)})"
                 if samples
                 else "–",
-                pss_drift(pss),
-                pss_drift(uss),
+                sample_drift(pss),
+                sample_drift(uss),
                 per_process,
             ]
         )

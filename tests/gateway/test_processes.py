@@ -33,6 +33,13 @@ def _wait(predicate, timeout: float) -> bool:
     return False
 
 
+def _assert_chat_answered(base_url: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 3
+
+
 def test_processes_share_the_port_and_restart() -> None:
     sim = start_sim(QWEN3, "vllm", "--itl-base-ms", "5")
     extra = ("--model-path", str(QWEN3), "--workers", "2", "--warm-spare")
@@ -115,11 +122,8 @@ def test_processes_share_the_preloaded_tokenizer_and_a_fork_replaces_the_dead() 
         replacement = gateway_processes(gateway.process.pid) - pids
         assert len(replacement) == 1 and victim not in replacement
         assert _wait(lambda: replacement <= _pids(base, 10), timeout=60)
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         for _ in range(4):
-            response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
-            assert response.status_code == 200
-            assert response.json()["usage"]["completion_tokens"] == 3
+            _assert_chat_answered(base)
     finally:
         gateway.stop()
         sim.stop()
@@ -135,10 +139,7 @@ def test_spawned_processes_serve() -> None:
         assert gateway_processes(gateway.process.pid) == set()  # none forked by a fork server
         (pid,) = _pids(base, 5)
         assert pid != gateway.process.pid
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-        response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
-        assert response.status_code == 200
-        assert response.json()["usage"]["completion_tokens"] == 3
+        _assert_chat_answered(base)
     finally:
         gateway.stop()
         sim.stop()

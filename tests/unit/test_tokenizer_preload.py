@@ -67,7 +67,7 @@ def test_a_process_forked_after_preloading_encodes_with_its_own_fast_encoder(
 
         preload_model_tokenizers([{str(QWEN3)!r}])
         assert len(threads()) == 1, threads()
-        assert [entry[2] for entry in _PRELOADED.values()] == [{warmed!r}]
+        assert [entry.warmed for entry in _PRELOADED.values()] == [{warmed!r}]
         pid = os.fork()
         if pid == 0:
             model = load_model_tokenizer({str(QWEN3)!r})

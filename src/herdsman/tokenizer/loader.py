@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer, processors
 
@@ -172,9 +172,8 @@ def open_model_tokenizer(
     tokenizer still to check (or None), and whether that one is warm (see fast_backend.warm),
     which makes the check a few milliseconds."""
     preloaded = _PRELOADED.pop(_key(directory, chat_template), None) if fast else None
-    if preloaded is not None and preloaded[3] == _identity(Path(directory)):
-        model, pending, warmed, _ = preloaded
-        return model, pending, warmed
+    if preloaded is not None and preloaded.identity == _identity(Path(directory)):
+        return preloaded.model, preloaded.fast, preloaded.warmed
     # Not preloaded, or its files changed (or went) since.
     model, pending = _load(Path(directory), chat_template, fast)
     return model, pending, False
@@ -194,14 +193,21 @@ def preload_model_tokenizers(directories: list[str], chat_template: str | None =
         key = _key(directory, chat_template)
         if key not in _PRELOADED:
             identity = _identity(Path(directory))
-            model, pending = _load(Path(directory), chat_template, True)
-            warmed = pending is not None and warm(pending)
-            _PRELOADED[key] = (model, pending, warmed, identity)
+            model, fast = _load(Path(directory), chat_template, True)
+            warmed = fast is not None and warm(fast)
+            _PRELOADED[key] = _Preloaded(model, fast, warmed, identity)
 
 
-# Loaded ahead of need: the model, its fast tokenizer (not yet checked against the reference),
-# whether that one is warm, and the identity of the files it was read from.
-_PRELOADED: dict[tuple[str, str | None], tuple[ModelTokenizer, Any, bool, tuple[Any, ...]]] = {}
+class _Preloaded(NamedTuple):
+    """A tokenizer loaded ahead of need."""
+
+    model: ModelTokenizer
+    fast: Any  # its fastokens tokenizer, not yet checked against the reference (or None)
+    warmed: bool  # see fast_backend.warm
+    identity: tuple[Any, ...]  # of the files it was read from
+
+
+_PRELOADED: dict[tuple[str, str | None], _Preloaded] = {}
 
 
 def _identity(directory: Path) -> tuple[Any, ...]:
