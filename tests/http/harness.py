@@ -23,7 +23,14 @@ from typing import TypeVar
 
 import uvloop
 
-from herdsman.http import HttpServer, Request, Response, ServerLimits, StreamingResponse
+from herdsman.http import (
+    BodyWriter,
+    HttpServer,
+    Request,
+    Response,
+    ServerLimits,
+    StreamingResponse,
+)
 from herdsman.http.server import bind_socket
 
 T = TypeVar("T")
@@ -40,7 +47,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> bool
 
 
 class App:
-    """Routes: /echo (any method), /stream (held until released), /fail-stream, /id."""
+    """Routes: /echo (any method), /stream (held until released; /stream?push hands its body
+    writer to ``writers``), /fail-stream, /id."""
 
     def __init__(self) -> None:
         self.release: asyncio.Event | None = None
@@ -48,6 +56,7 @@ class App:
         self.stream_cancelled = threading.Event()
         self.on_close_calls: list[str] = []
         self.served: list[str] = []
+        self.writers: list[BodyWriter] = []
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         self.served.append(f"{request.method} {request.path}?{request.query}")
@@ -82,7 +91,10 @@ class App:
                 self.stream_cancelled.set()
                 raise
 
-        return StreamingResponse(chunks(), on_close=self._closed(request.query or "stream"))
+        on_start = self.writers.append if request.query == "push" else None
+        return StreamingResponse(
+            chunks(), on_close=self._closed(request.query or "stream"), on_start=on_start
+        )
 
     async def _failing(self) -> AsyncIterator[bytes]:
         yield b"data: one\n\n"

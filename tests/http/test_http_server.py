@@ -170,6 +170,30 @@ def test_on_close_once_however_the_stream_ends(serve: Serve) -> None:
     assert sorted(server.app.on_close_calls) == ["done", "fail-stream"]
 
 
+def test_a_body_writer_writes_while_the_iterator_waits_and_dies_with_its_body(
+    serve: Serve,
+) -> None:
+    """StreamingResponse.on_start's writer (the push path's): its chunks go out in the body
+    while the iterator waits; once that body ended it writes nothing, so nothing of it can land
+    in the next response on the connection."""
+    server = serve()
+    client = Client(server.port)
+    client.send(request("GET", "/stream?push"))
+    assert server.app.stream_started.wait(15)
+    writer = server.call(lambda: server.app.writers[0])
+    assert server.call(writer.body_ready)
+    server.call(lambda: writer.write_body(b"data: pushed\n\n"))
+    server.release_streams()
+    assert client.reply().body == b"data: first\n\ndata: pushed\n\ndata: last\n\n"
+    assert wait_until(lambda: server.call(lambda: list(server.app.on_close_calls)) == ["push"])
+    assert not server.call(writer.body_ready)
+    server.call(lambda: writer.write_body(b"data: stale\n\n"))
+    client.send(request("GET", "/echo"))
+    reply = client.reply()
+    assert reply.status == 200 and reply.json()["path"] == "/echo"
+    assert b"stale" not in client.seen
+
+
 # -- sizes -------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import msgspec
 from herdsman.api.errors import APIError, api_error, bad_request
 from herdsman.api.sse import DONE, ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
-from herdsman.http import Request, Response
+from herdsman.http import BodyWriter, Request, Response, StreamingResponse
 from herdsman.observability import METRICS
 from herdsman.pipeline.batch import GenerationGroup
 from herdsman.pipeline.errors import RequestError
@@ -142,7 +142,52 @@ async def sse_body(
     yield DONE
 
 
-def stream_events(
+# One step of a generation as the SSE frame to send (None: nothing to send for it).
+FrameStep = Callable[[ChoiceOutput, str, TokenLogprobs | None, str | None], bytes | None]
+
+
+class PushedFrames:
+    """A generation's step sink (Generation.push_to): each step framed as the body's iterator
+    frames it, and written straight to the client (BodyWriter)."""
+
+    __slots__ = ("_frame", "_writer")
+
+    def __init__(self, frame: FrameStep, writer: BodyWriter) -> None:
+        self._frame = frame
+        self._writer = writer
+
+    def ready(self) -> bool:
+        return self._writer.body_ready()
+
+    def step(
+        self,
+        choice: ChoiceOutput,
+        text: str,
+        logprobs: TokenLogprobs | None,
+        finish_reason: str | None,
+    ) -> None:
+        frame = self._frame(choice, text, logprobs, finish_reason)
+        if frame is not None:
+            self._writer.write_body(frame)
+
+
+def streamed(
+    body: AsyncIterator[bytes],
+    generation: Generation | GenerationGroup,
+    frame: FrameStep | None,
+) -> StreamingResponse:
+    """A streamed response; with ``frame`` (how ``body`` frames a step), the generation's steps
+    are pushed to the client as they come rather than each waking the body's iterator."""
+    if frame is None:
+        return StreamingResponse(body)
+
+    def start(writer: BodyWriter) -> None:
+        generation.push_to(PushedFrames(frame, writer))
+
+    return StreamingResponse(body, on_start=start)
+
+
+def text_stream(
     frames: ChunkFrames,
     generation: Generation | GenerationGroup,
     *,
@@ -152,14 +197,29 @@ def stream_events(
     echo: dict[int, str] | None = None,
     echo_logprobs: Callable[[ChoiceOutput], object] | None = None,
     ids: StreamedIds | None = None,
-) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed chat or completion whose text is sent as it comes.
+) -> StreamingResponse:
+    """The streamed response of a chat or completion whose text is sent as it comes.
 
     With `echo_logprobs`, a choice's echoed prompt waits for its first step: the prompt's
     logprobs arrive with the engine's first output.
     """
     events = _text_frames(frames, generation, announce_role, logprobs, echo, echo_logprobs, ids)
-    return sse_body(frames, generation, events, include_usage=include_usage)
+    body = sse_body(frames, generation, events, include_usage=include_usage)
+    plain = logprobs is None and echo_logprobs is None and ids is None
+    return streamed(body, generation, _plain_text_frame(frames) if plain else None)
+
+
+def _plain_text_frame(frames: ChunkFrames) -> FrameStep:
+    """How ``_text_frames`` frames a step without logprobs or ids."""
+
+    def frame(
+        choice: ChoiceOutput, text: str, logprobs: TokenLogprobs | None, finish_reason: str | None
+    ) -> bytes:
+        if finish_reason is None:
+            return frames.text(choice.index, text)
+        return frames.finish(choice.index, text, finish_reason, choice.matched_stop)
+
+    return frame
 
 
 async def _text_frames(

@@ -13,7 +13,8 @@ from herdsman.api.bodies import (
     routing_key,
     run_to_end,
     sse_body,
-    stream_events,
+    streamed,
+    text_stream,
     usage_of,
 )
 from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
@@ -43,7 +44,7 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
     plan = await prepare_chat(model, body, images, ctx.limits.max_choices)
     echo = _echoed(body)
     plan.routing_key = routing_key(request)
-    generation = Generation(ctx, model, plan, request.received_at)
+    generation = Generation(ctx, model, plan, request.received_at, push=True)
     await generation.start()
     created = int(time.time())
     if plan.stream:
@@ -61,20 +62,21 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
         if plan.return_token_ids:
             ids = StreamedIds({c.index: plan.input_ids for c in generation.choices})
         if plan.parsers is not None:
-            events = _stream_parsed(
-                frames, generation, plan.parsers, include_usage, logprobs, ids, echo
-            )
-        else:
-            events = stream_events(
-                frames,
-                generation,
-                include_usage=include_usage,
-                announce_role=True,
-                logprobs=logprobs,
-                echo={c.index: echo for c in generation.choices} if echo else None,
-                ids=ids,
-            )
-        return StreamingResponse(events)
+            parsed = _ParsedFrames(frames, generation, plan.parsers, logprobs, ids)
+            body = sse_body(frames, generation, parsed.events(echo), include_usage=include_usage)
+            # Pushed steps are framed outside the request's context, where a parse span could
+            # not be recorded: with tracing on, every step comes through the iterator.
+            pushable = logprobs is None and ids is None and not parsed.timed
+            return streamed(body, generation, parsed.frame if pushable else None)
+        return text_stream(
+            frames,
+            generation,
+            include_usage=include_usage,
+            announce_role=True,
+            logprobs=logprobs,
+            echo={c.index: echo for c in generation.choices} if echo else None,
+            ids=ids,
+        )
     return await _complete(model, plan, generation, created, echo)
 
 
@@ -131,42 +133,52 @@ def _choice_logprobs(
     return {"content": chat_logprobs(model.tokenizer, choice.logprobs or (), top_n)}
 
 
-def _stream_parsed(
-    frames: ChunkFrames,
-    generation: Generation,
-    setup: ParserSetup,
-    include_usage: bool,
-    logprobs: LogprobsFormat | None,
-    ids: StreamedIds | None,
-    echo: str,
-) -> AsyncIterator[bytes]:
-    events = _parsed_frames(frames, generation, setup, logprobs, ids, echo)
-    return sse_body(frames, generation, events, include_usage=include_usage)
-
-
-async def _parsed_frames(
-    frames: ChunkFrames,
-    generation: Generation,
-    setup: ParserSetup,
-    logprobs: LogprobsFormat | None,
-    ids: StreamedIds | None,
-    echo: str,
-) -> AsyncIterator[bytes]:
+class _ParsedFrames:
     """Each choice's text split into reasoning, content and tool calls as it streams."""
-    parsers = {c.index: setup.for_choice() for c in generation.choices}
-    for n, choice in enumerate(generation.choices):
-        yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
-        if echo:
-            yield frames.text(choice.index, echo)
-    # Tracing on: the parsers' time, summed over the stream (a "parse" span spanning the first
-    # to the last parse, with the busy time as an attribute).
-    timed = tracing.enabled()
-    first_parse = busy = 0.0
-    async for choice, text, token_logprobs, finish_reason in generation.run():
-        if timed:
+
+    def __init__(
+        self,
+        frames: ChunkFrames,
+        generation: Generation,
+        setup: ParserSetup,
+        logprobs: LogprobsFormat | None,
+        ids: StreamedIds | None,
+    ) -> None:
+        self._frames = frames
+        self._generation = generation
+        self._parsers = {c.index: setup.for_choice() for c in generation.choices}
+        self._logprobs = logprobs
+        self._ids = ids
+        # Tracing on: the parsers' time, summed over the stream (a "parse" span spanning the
+        # first to the last parse, with the busy time as an attribute).
+        self.timed = tracing.enabled()
+        self._first_parse = self._busy = 0.0
+
+    async def events(self, echo: str) -> AsyncIterator[bytes]:
+        frames, ids, generation = self._frames, self._ids, self._generation
+        for n, choice in enumerate(generation.choices):
+            yield frames.role(choice.index, ids.top(choice.index) if ids and n == 0 else b"")
+            if echo:
+                yield frames.text(choice.index, echo)
+        frame = self.frame
+        async for choice, text, token_logprobs, finish_reason in generation.run():
+            event = frame(choice, text, token_logprobs, finish_reason)
+            if event is not None:
+                yield event
+
+    def frame(
+        self,
+        choice: ChoiceOutput,
+        text: str,
+        token_logprobs: TokenLogprobs | None,
+        finish_reason: str | None,
+    ) -> bytes | None:
+        """One step parsed and framed (None: it adds nothing to the stream yet)."""
+        frames, ids, logprobs = self._frames, self._ids, self._logprobs
+        if self.timed:
             parse_started = time.perf_counter()
-            first_parse = first_parse or parse_started
-        parser = parsers[choice.index]
+            self._first_parse = self._first_parse or parse_started
+        parser = self._parsers[choice.index]
         delta = parser.feed(text)
         if finish_reason is not None:
             tail = parser.finish()
@@ -175,20 +187,20 @@ async def _parsed_frames(
             delta.tool_calls += tail.tool_calls
             if parser.calls and finish_reason == "stop":
                 finish_reason = "tool_calls"
-        if timed:
+        if self.timed:
             parsed = time.perf_counter()
-            busy += parsed - parse_started
+            self._busy += parsed - parse_started
             if finish_reason is not None:
-                tracing.stage("parse", first_parse, parsed, {"herdsman.parse.busy_s": busy})
+                attributes = {"herdsman.parse.busy_s": self._busy}
+                tracing.stage("parse", self._first_parse, parsed, attributes)
         lp = b"null"
         if logprobs is not None and token_logprobs is not None:
             lp = encode_json(logprobs(choice, token_logprobs))
         if not (delta or finish_reason or token_logprobs or ids):
-            continue
+            return None
         extra = ids.chunk(choice) if ids is not None else b""
         if not delta.reasoning and not delta.tool_calls and finish_reason is None:
-            yield frames.text(choice.index, delta.content, lp, extra)
-            continue
+            return frames.text(choice.index, delta.content, lp, extra)
         body: dict[str, object] = {}
         if delta.reasoning:
             body["reasoning_content"] = delta.reasoning
@@ -197,7 +209,7 @@ async def _parsed_frames(
         if delta.tool_calls:
             body["tool_calls"] = delta.tool_calls
         finish = (finish_reason, choice.matched_stop) if finish_reason else None
-        yield frames.delta(choice.index, body, lp, finish, extra)
+        return frames.delta(choice.index, body, lp, finish, extra)
 
 
 async def _complete(

@@ -10,7 +10,7 @@ from herdsman.api.bodies import (
     json_response,
     routing_key,
     run_to_end,
-    stream_events,
+    text_stream,
     usage_of,
 )
 from herdsman.api.logprobs import CompletionLogprobs
@@ -33,7 +33,9 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
     key = routing_key(request)
     for plan in plans:
         plan.routing_key = key
-    group = GenerationGroup([Generation(ctx, model, plan, request.received_at) for plan in plans])
+    group = GenerationGroup(
+        [Generation(ctx, model, plan, request.received_at, push=len(plans) == 1) for plan in plans]
+    )
     await group.start()
     created = int(time.time())
     top_n = body.logprobs
@@ -56,7 +58,7 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
                 return None
             return formatters[choice.index].format([choice.prompt_logprobs])
 
-        events = stream_events(
+        return text_stream(
             frames,
             group,
             include_usage=include_usage,
@@ -66,7 +68,6 @@ async def completions(ctx: ServingContext, request: Request) -> Response | Strea
             echo_logprobs=echo_logprobs if body.echo and formatters else None,
             ids=StreamedIds(prompts) if body.return_token_ids else None,
         )
-        return StreamingResponse(events)
     await run_to_end(group)
     choices = [
         {

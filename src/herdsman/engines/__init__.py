@@ -1,6 +1,9 @@
 """Engine clients: one interface, one adapter per gRPC protocol of smg-grpc-proto."""
 
 from herdsman.engines.base import (
+    PUSH_DECLINED,
+    PUSH_ENOUGH,
+    PUSH_TAKEN,
     Bootstrap,
     EmbedOutput,
     EmbedRequest,
@@ -12,6 +15,7 @@ from herdsman.engines.base import (
     EngineRequest,
     EngineUnavailable,
     ModelInfo,
+    OutputSink,
     PromptLogprobs,
     SamplingParams,
     TokenLogprobs,
@@ -20,6 +24,9 @@ from herdsman.engines.connect import BACKENDS, connect_engine
 
 __all__ = [
     "BACKENDS",
+    "PUSH_DECLINED",
+    "PUSH_ENOUGH",
+    "PUSH_TAKEN",
     "Bootstrap",
     "EmbedOutput",
     "EmbedRequest",
@@ -31,6 +38,7 @@ __all__ = [
     "EngineRequest",
     "EngineUnavailable",
     "ModelInfo",
+    "OutputSink",
     "PromptLogprobs",
     "SamplingParams",
     "TokenLogprobs",

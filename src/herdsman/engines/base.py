@@ -6,10 +6,12 @@ Adapters translate these structs to and from one proto each. They are msgspec st
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+
+from herdsman.engines.transport.base import DECLINED, ENOUGH, TAKEN
 
 if TYPE_CHECKING:
     from smg_grpc_proto.generated import common_pb2
@@ -170,6 +172,15 @@ class EngineDeadlineExceeded(EngineError):
         super().__init__(message, code="deadline_exceeded")
 
 
+# The push path: a generation may hand ``generate`` a sink that is offered each plain streamed
+# output (new ids and counts, nothing else) as it arrives, in the engine connection's callback,
+# while the generator waits with nothing queued. It answers DECLINED (the generator yields the
+# output as usual), TAKEN (handled; not yielded), or ENOUGH (handled, and the generation wants
+# no more: the generator ends and the engine call is cancelled).
+OutputSink = Callable[["EngineOutput"], int]
+PUSH_DECLINED, PUSH_TAKEN, PUSH_ENOUGH = DECLINED, TAKEN, ENOUGH
+
+
 class EngineClient(Protocol):
     backend: str
     address: str
@@ -178,7 +189,11 @@ class EngineClient(Protocol):
     # model's own head (a classifier's) pool the input.
     pooling_tasks: frozenset[str]
 
-    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...
+    def generate(
+        self, request: EngineRequest, push: OutputSink | None = None
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """The request's outputs; ``push``: see OutputSink (an engine may never offer any)."""
+        ...
 
     async def embed(self, request: EmbedRequest) -> EmbedOutput: ...
 

@@ -22,11 +22,13 @@ from herdsman.engines.base import (
     EngineRequest,
     EngineUnavailable,
     ModelInfo,
+    OutputSink,
     PromptLogprobs,
     TokenLogprobs,
 )
 from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.transport import RpcError, Transport
+from herdsman.engines.transport.base import DECLINED, Listener
 from herdsman.observability.tracing import engine_metadata
 from herdsman.routing.load import WorkerLoad
 
@@ -245,21 +247,22 @@ class GrpcEngine:
                 return Serialized(head + tail)
         return self._generate_request(request)
 
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        message = self._generate_wire(request)
+    async def generate(
+        self, request: EngineRequest, push: OutputSink | None = None
+    ) -> AsyncGenerator[EngineOutput, None]:
+        options: dict[str, Any] = {}
         metadata = engine_metadata()  # the W3C trace context, if any
-        if metadata is None:
-            responses = self._transport.stream(
-                self._methods["Generate"], message, self._responses, timeout=request.timeout
-            )
-        else:
-            responses = self._transport.stream(
-                self._methods["Generate"],
-                message,
-                self._responses,
-                timeout=request.timeout,
-                metadata=metadata,
-            )
+        if metadata is not None:
+            options["metadata"] = metadata
+        if push is not None and stream_chunk is not None:
+            options["listener"] = self._listener(push)
+        responses = self._transport.stream(
+            self._methods["Generate"],
+            self._generate_wire(request),
+            self._responses,
+            timeout=request.timeout,
+            **options,
+        )
         # In a streamed generation every token arrives in a chunk; the complete message repeats
         # (vLLM: the last delta) or restates them, so its ids only count when nothing streamed.
         take_final_ids = not request.stream
@@ -286,6 +289,28 @@ class GrpcEngine:
             raise engine_error(exc) from exc
         finally:
             await responses.aclose()
+
+    def _listener(self, push: OutputSink) -> Listener:
+        """The transport's listener for a push sink: a plain chunk read in C goes to the sink;
+        anything else is declined, for the generator (which parses it again: rare)."""
+        fields = self.chunk_fields
+
+        def listen(data: bytes) -> int:
+            chunk = stream_chunk(data, *fields)
+            if chunk is None:
+                return DECLINED
+            index, token_ids, prompt_tokens, completion_tokens, cached_tokens = chunk
+            return push(
+                EngineOutput(
+                    index=index,
+                    token_ids=token_ids,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens,
+                )
+            )
+
+        return listen
 
     async def embed(self, request: EmbedRequest) -> EmbedOutput:
         output: EmbedOutput = await self._unary(

@@ -9,7 +9,13 @@ from typing import Any
 
 from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2
 
-from herdsman.engines.base import EmbedRequest, EngineError, EngineOutput, EngineRequest
+from herdsman.engines.base import (
+    EmbedRequest,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    OutputSink,
+)
 from herdsman.engines.embed_wire import EmbedResponseDecoder
 from herdsman.engines.grpc_engine import GrpcEngine
 
@@ -195,18 +201,20 @@ class VllmEngine(GrpcEngine):
     # None until the first request with images asks.
     device_normalizes: bool | None = None
 
-    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+    def generate(
+        self, request: EngineRequest, push: OutputSink | None = None
+    ) -> AsyncGenerator[EngineOutput, None]:
         if request.images is not None and self.device_normalizes is None:
-            return self._generate_after_asking(request)
-        return super().generate(request)  # no extra generator on the hot path
+            return self._generate_after_asking(request, push)
+        return super().generate(request, push)  # no extra generator on the hot path
 
     async def _generate_after_asking(
-        self, request: EngineRequest
+        self, request: EngineRequest, push: OutputSink | None
     ) -> AsyncGenerator[EngineOutput, None]:
         """The first request with images: learn the pixel format the engine takes, then go."""
         info = await self.server_info()  # an engine error here is this request's error
         self.device_normalizes = bool(info.get("mm_device_do_normalize", False))
-        outputs = super().generate(request)
+        outputs = super().generate(request, push)
         try:
             async for output in outputs:
                 yield output

@@ -7,10 +7,11 @@ and body limits answered early, a connection cap, bounded pipelining, a send tim
 that goes away cancels its handler at once, so the engine gets an Abort.
 """
 
-from herdsman.http.messages import Handler, Request, Response, StreamingResponse
+from herdsman.http.messages import BodyWriter, Handler, Request, Response, StreamingResponse
 from herdsman.http.server import HttpServer, ServerLimits
 
 __all__ = [
+    "BodyWriter",
     "Handler",
     "HttpServer",
     "Request",

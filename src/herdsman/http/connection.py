@@ -401,10 +401,14 @@ class Connection(asyncio.Protocol):
 
     async def _stream(self, response: StreamingResponse, *, close: bool) -> bool:
         chunks = response.chunks
+        writer: _BodyWriter | None = None
         try:
             head_ = head(response.status, response.content_type, response.headers, close=close)
             self._write(head_ + b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
             body = self._counted(chunks) if self._server.access_log else chunks
+            if response.on_start is not None:
+                writer = _BodyWriter(self)
+                response.on_start(writer)
             complete = await self._send(body)
             if not complete:
                 return False
@@ -416,6 +420,8 @@ class Connection(asyncio.Protocol):
             self._close()
             return False
         finally:
+            if writer is not None:
+                writer.live = False
             try:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
@@ -440,6 +446,18 @@ class Connection(asyncio.Protocol):
                 ):
                     return False
         return True
+
+    def _ready_for_chunk(self) -> bool:
+        """Not once writing is paused: the iterator's path then writes the chunk and waits,
+        within the send timeout, for the client to read."""
+        writable = self._writable
+        return not self._closed and (writable is None or writable.done())
+
+    def _write_chunk(self, chunk: bytes) -> None:
+        """One chunk of a streamed body, as ``_send`` writes the iterator's."""
+        if chunk:
+            self._sent += len(chunk)
+            self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
 
     async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body's chunks, their bytes counted for the access log (only when it is on: one
@@ -590,6 +608,24 @@ class Connection(asyncio.Protocol):
         ACCESS_LOG.info(
             '%s "%s %s" %d %d %.1fms%s', self._peer, method, path, status, size, took, request_id
         )
+
+
+class _BodyWriter:
+    """The BodyWriter of one streamed body: dead once that body has ended, whoever still holds
+    it, so nothing can write into the connection's next response."""
+
+    __slots__ = ("_connection", "live")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.live = True
+
+    def body_ready(self) -> bool:
+        return self.live and self._connection._ready_for_chunk()
+
+    def write_body(self, chunk: bytes) -> None:
+        if self.live:
+            self._connection._write_chunk(chunk)
 
 
 def _address(peer: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -24,6 +25,16 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+class BodyWriter(Protocol):
+    """Writes chunks of a streamed body straight to the client, in the iterator's stead: valid
+    only while the server waits on the body's iterator for its next chunk, and only while
+    ``body_ready()`` (the client is there and the server is not waiting for it to read)."""
+
+    def body_ready(self) -> bool: ...
+
+    def write_body(self, chunk: bytes) -> None: ...
+
+
 @dataclass(slots=True)
 class StreamingResponse:
     """A body written as it is produced, with chunked transfer encoding."""
@@ -35,6 +46,9 @@ class StreamingResponse:
     # Called once when the server is done with the body, however it ended (written, client gone,
     # failed), even if it never started: what the handler holds for the stream is released here.
     on_close: Callable[[], None] | None = None
+    # Called once the headers are written, with a writer the handler may use while the server
+    # waits on ``chunks`` (a chunk written so must be one ``chunks`` would have yielded next).
+    on_start: Callable[[BodyWriter], None] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

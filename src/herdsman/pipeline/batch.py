@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from herdsman.pipeline.generate import Generation, Step
+from herdsman.pipeline.generate import Generation, Step, StepSink
 
 _DONE = object()
 
@@ -29,6 +29,12 @@ class GenerationGroup:
     @property
     def cached_tokens(self) -> int:
         return sum(g.cached_tokens for g in self.generations)
+
+    def push_to(self, sink: StepSink) -> None:
+        """One generation's steps may be pushed (Generation.push_to); several are merged by
+        tasks of their own, so their steps always come through ``run``."""
+        if len(self.generations) == 1:
+            self.generations[0].push_to(sink)
 
     async def start(self) -> None:
         try:

@@ -17,11 +17,15 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
 
 import msgspec
 
 from herdsman.access.usage import count_tokens
 from herdsman.engines import (
+    PUSH_DECLINED,
+    PUSH_ENOUGH,
+    PUSH_TAKEN,
     Bootstrap,
     EngineClient,
     EngineDeadlineExceeded,
@@ -79,6 +83,24 @@ class GenerationPlan(msgspec.Struct, kw_only=True):
 
 Step = tuple[ChoiceOutput, str, TokenLogprobs | None, str | None]
 
+
+class StepSink(Protocol):
+    """Takes a streamed generation's steps as the engine's outputs arrive (Generation.push_to),
+    instead of ``run`` yielding them: no task wake-up and no generator hops per token."""
+
+    def ready(self) -> bool:
+        """Whether a step can be taken now (the client is there and reading)."""
+        ...
+
+    def step(
+        self,
+        choice: ChoiceOutput,
+        text: str,
+        logprobs: TokenLogprobs | None,
+        finish_reason: str | None,
+    ) -> None: ...
+
+
 # While no worker is available: how often to look again (only then, never per request).
 _WORKER_POLL_SECONDS = 0.1
 
@@ -100,8 +122,16 @@ class _Retry(Exception):
 
 class Generation:
     def __init__(
-        self, ctx: ServingContext, model: ServedModel, plan: GenerationPlan, received_at: float
+        self,
+        ctx: ServingContext,
+        model: ServedModel,
+        plan: GenerationPlan,
+        received_at: float,
+        *,
+        push: bool = False,
     ) -> None:
+        """``push``: the consumer will hand over a step sink (``push_to``) once its response
+        starts; until then, and without one, every step comes through ``run``."""
         self._ctx = ctx
         self._model = model
         self._plan = plan
@@ -134,6 +164,19 @@ class Generation:
         self._started: _Attempt | None = None
         self._tokens_held = 0
         self._wait_end: float | None = None
+        # The current attempt: choices not finished yet, and when its tokens came.
+        self._remaining = 0
+        self._first_token_at = 0.0
+        self._last_token_at = 0.0
+        # Steps are pushed to the sink while ``run``'s consumer waits for one (see push_to).
+        # Only plain streamed outputs are pushed: no logprobs of any kind, one worker.
+        self._sink: StepSink | None = None
+        self._pushable = (
+            push
+            and plan.stream
+            and plan.sampling.logprobs is None
+            and plan.sampling.prompt_logprobs is None
+        )
 
     @property
     def plan(self) -> GenerationPlan:
@@ -142,6 +185,17 @@ class Generation:
     @property
     def completion_tokens(self) -> int:
         return sum(c.token_count for c in self.choices)
+
+    def push_to(self, sink: StepSink) -> None:
+        """Hand steps to ``sink`` while ``run``'s consumer waits for the next one.
+
+        The consumer must treat a pushed step exactly as one it was yielded; it is pushed only
+        while the consumer waits inside ``run`` with every step before it taken, so order holds.
+        A step that cannot be pushed (the sink is not ready, the output is not a plain one) is
+        yielded as usual.
+        """
+        if self._pushable:
+            self._sink = sink
 
     async def start(self) -> None:
         """Pick a worker and wait for the engine's first output.
@@ -191,6 +245,7 @@ class Generation:
                         # At once, not when the generator is collected: its cleanup aborts.
                         await steps.aclose()
             finally:
+                self._sink = None
                 metrics.in_flight.dec()
                 metrics.e2e.observe(time.perf_counter() - self._received_at)
                 metrics.prompt_tokens.inc(self.prompt_tokens)
@@ -210,55 +265,25 @@ class Generation:
     async def _steps(self, attempt: _Attempt) -> AsyncIterator[Step]:
         """The steps of one attempt; raises ``_Retry`` when another attempt should follow."""
         outputs, out, worker = attempt.outputs, attempt.first, attempt.worker
-        remaining = len(self.choices)
+        self._remaining = len(self.choices)
         worker.in_flight += 1
         metrics = METRICS
-        engine_started = last = now = time.perf_counter()
-        first_token_at = 0.0
+        engine_started = self._last_token_at = time.perf_counter()
+        self._first_token_at = 0.0
         failure: EngineError | None = None
         try:
             while out is not None:
-                if out.token_ids:
-                    now = time.perf_counter()
-                    if first_token_at:
-                        metrics.itl.observe(now - last)
-                    else:
-                        first_token_at = now
-                        if not self._ttft_seen:
-                            self._ttft_seen = True
-                            metrics.ttft.observe(now - self._received_at)
-                    last = now
-                choice = self.choices[out.index]
-                if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
-                    # Every choice has the same prompt, and vLLM sends its logprobs with only
-                    # one choice when it coalesces several choices' outputs into one.
-                    for sibling in self.choices:
-                        if sibling.prompt_logprobs is None:
-                            sibling.prompt_logprobs = out.prompt_logprobs
-                if not choice.done:
-                    before = choice.token_count
-                    text = choice.push(out.token_ids) if out.token_ids else ""
-                    logprobs = out.logprobs
-                    if logprobs is not None:
-                        if choice.done:  # a stop string: the tokens after it are not output
-                            logprobs = _first_logprobs(logprobs, choice.token_count - before)
-                        choice.keep_logprobs(logprobs)
-                    if out.finish_reason is not None and not choice.done:
-                        text += choice.finish(_finish_reason(out), out.matched_token_id)
-                        self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
-                    if choice.done:
-                        remaining -= 1
-                        yield choice, text, logprobs, choice.finish_reason
-                        if remaining == 0:
-                            break
-                    elif text or logprobs is not None:
-                        yield choice, text, logprobs, None
+                step = self._take(out)
+                if step is not None:
+                    yield step
+                    if not self._remaining:
+                        break
                 out = await anext(outputs, None)
-            if remaining:
+            if self._remaining:
                 raise EngineError("engine ended the stream before every choice finished")
         except EngineError as exc:
             failure = exc
-            produced = first_token_at > 0.0 or self.completion_tokens > 0
+            produced = self._first_token_at > 0.0 or self.completion_tokens > 0
             self._judge(worker, exc, produced=produced)
             if self._may_retry(exc):
                 log.warning(
@@ -269,7 +294,7 @@ class Generation:
             raise self._failure(exc) from exc
         finally:
             worker.in_flight -= 1
-            metrics.stage.observe(now - engine_started, ("engine",))
+            metrics.stage.observe(self._last_token_at - engine_started, ("engine",))
             if tracing.enabled():
                 tracing.stage(
                     "stream",
@@ -284,9 +309,58 @@ class Generation:
                 worker.circuit.record_success()
             await outputs.aclose()
             # Stopped early (stop string, client gone, error): the engine must stop too.
-            stopped = remaining or any(isinstance(c.matched_stop, str) for c in self.choices)
+            stopped = self._remaining or any(isinstance(c.matched_stop, str) for c in self.choices)
             if stopped and not isinstance(failure, EngineUnavailable):
                 self._abort(worker, attempt.request_id, attempt.prefill)
+
+    def _take(self, out: EngineOutput) -> Step | None:
+        """One engine output into its choice; the step to show, if any."""
+        if out.token_ids:
+            now = time.perf_counter()
+            if self._first_token_at:
+                METRICS.itl.observe(now - self._last_token_at)
+            else:
+                self._first_token_at = now
+                if not self._ttft_seen:
+                    self._ttft_seen = True
+                    METRICS.ttft.observe(now - self._received_at)
+            self._last_token_at = now
+        choice = self.choices[out.index]
+        if out.prompt_logprobs is not None and choice.prompt_logprobs is None:
+            # Every choice has the same prompt, and vLLM sends its logprobs with only one
+            # choice when it coalesces several choices' outputs into one.
+            for sibling in self.choices:
+                if sibling.prompt_logprobs is None:
+                    sibling.prompt_logprobs = out.prompt_logprobs
+        if choice.done:
+            return None
+        before = choice.token_count
+        text = choice.push(out.token_ids) if out.token_ids else ""
+        logprobs = out.logprobs
+        if logprobs is not None:
+            if choice.done:  # a stop string: the tokens after it are not output
+                logprobs = _first_logprobs(logprobs, choice.token_count - before)
+            choice.keep_logprobs(logprobs)
+        if out.finish_reason is not None and not choice.done:
+            text += choice.finish(_finish_reason(out), out.matched_token_id)
+            self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+        if choice.done:
+            self._remaining -= 1
+            return choice, text, logprobs, choice.finish_reason
+        if text or logprobs is not None:
+            return choice, text, logprobs, None
+        return None
+
+    def _push(self, out: EngineOutput) -> int:
+        """The engine's push sink: a plain output taken straight to the step sink."""
+        sink = self._sink
+        if sink is None or out.index >= len(self.choices) or not sink.ready():
+            return PUSH_DECLINED
+        step = self._take(out)
+        if step is not None:
+            self._shown = True
+            sink.step(*step)
+        return PUSH_TAKEN if self._remaining else PUSH_ENOUGH
 
     async def _open(self, previous: BaseException | None) -> _Attempt:
         """Open an engine stream and wait for its first output, retrying while that is allowed.
@@ -457,6 +531,8 @@ class Generation:
         self, worker: Worker, prefill: Worker | None, request: EngineRequest
     ) -> AsyncGenerator[EngineOutput, None]:
         if prefill is None:
+            if self._pushable:
+                return worker.engine.generate(request, push=self._push)
             return worker.engine.generate(request)
         timeout = self._ctx.limits.kv_transfer_timeout
         if worker.engine.backend == "sglang":

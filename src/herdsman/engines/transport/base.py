@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,13 @@ class TransportOptions:
 
 # Custom metadata of a call: (key, value) pairs sent as request headers.
 Metadata = tuple[tuple[str, str], ...]
+
+# A stream's listener is offered each message as it arrives, in the connection's callback,
+# while the stream's reader waits with nothing queued; it answers with one of these.
+DECLINED = 0  # not taken: the message is read as usual, and the listener rests until then
+TAKEN = 1
+ENOUGH = 2  # taken, and nothing more is wanted: the stream ends and the call is cancelled
+Listener = Callable[[bytes], int]
 
 
 class RpcError(Exception):
@@ -67,8 +74,12 @@ class Transport(Protocol):
         response_type: Any,
         timeout: float | None = None,
         metadata: Metadata | None = None,
+        listener: Listener | None = None,
     ) -> AsyncGenerator[Any, None]:
         """A server stream; closing the generator early cancels the call.
+
+        ``listener``: offered the raw messages after the first while the generator waits for
+        one (a transport may never offer any); what it takes the generator does not yield.
 
         ``metadata``: extra request headers (lowercase ASCII keys), such as ``traceparent``.
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import Metadata, RpcError, TransportOptions
+from herdsman.engines.transport.base import Listener, Metadata, RpcError, TransportOptions
 from herdsman.engines.transport.tls import read_optional
 
 
@@ -99,7 +99,10 @@ class GrpcioTransport:
         response_type: Any,
         timeout: float | None = None,
         metadata: Metadata | None = None,
+        listener: Listener | None = None,
     ) -> AsyncGenerator[Any, None]:
+        # grpcio reads in its own tasks: every message comes through the generator, and the
+        # listener is never offered one.
         multi = self._channel.unary_stream(
             method,
             request_serializer=_identity,

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import Metadata, RpcError, TransportOptions
+from herdsman.engines.transport.base import Listener, Metadata, RpcError, TransportOptions
 from herdsman.engines.transport.frames import grpc_timeout, literal_header_block
 from herdsman.engines.transport.http2 import Http2Connection
 from herdsman.engines.transport.keepalive import Keepalive, KeepalivePolicy
@@ -265,14 +265,18 @@ class NativeTransport:
         response_type: Any,
         timeout: float | None = None,
         metadata: Metadata | None = None,
+        listener: Listener | None = None,
     ) -> AsyncGenerator[Any, None]:
         connection, stream, handle, data = await self._open(method, request, timeout, metadata)
         parse = response_type.FromString
+        # Offered the messages after the first while this generator waits (Http2Stream).
+        stream.listener = listener
         try:
             while data is not None:
                 yield parse(data)
                 data = await stream.read()
         finally:
+            stream.listener = None
             if handle is not None:
                 handle.cancel()
             if not stream.closed:

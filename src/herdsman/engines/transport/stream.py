@@ -16,7 +16,7 @@ from typing import Protocol
 
 import grpc
 
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import ENOUGH, TAKEN, Listener, RpcError
 
 # Per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE). A streamed token message is 20-300
 # bytes, so 256 KiB holds thousands of them: a consumer's hiccup (a GC pause, a slow socket
@@ -50,9 +50,12 @@ class Http2Stream:
         "_waiter",
         "closed",
         "credited",
+        "enough",
         "error",
+        "fault",
         "headers_seen",
         "id",
+        "listener",
         "messages",
         "received",
         "send_window",
@@ -76,6 +79,12 @@ class Http2Stream:
         self._sink = sink
         self._buffer = b""
         self._waiter: asyncio.Future[None] | None = None
+        # Offered each message as it arrives while read() waits with nothing queued: the
+        # caller's whole chain is then idle, so handling it here, in the connection's callback,
+        # keeps order and saves a task wake-up per message (the per-token push path).
+        self.listener: Listener | None = None
+        self.enough = False  # the listener wanted no more: read() ends the call
+        self.fault: BaseException | None = None  # the listener failed: read() raises it
         # Held, not looked up per message: on Python 3.11 asyncio.get_running_loop() makes a
         # getpid() system call every time (it checks for a fork), one per streamed token.
         self._loop = asyncio.get_running_loop()
@@ -90,6 +99,9 @@ class Http2Stream:
         buffer = self._buffer + data if self._buffer else data
         offset, size = 0, len(buffer)
         messages = self.messages
+        listener = self.listener
+        if listener is not None and (self._waiter is None or self._waiter.done()):
+            listener = None  # the caller is busy: it reads what comes now in order
         while size - offset >= 5:
             length = int.from_bytes(buffer[offset + 1 : offset + 5], "big")
             if length > self._max_message:
@@ -103,18 +115,37 @@ class Http2Stream:
                 break
             if buffer[offset]:
                 return RpcError(grpc.StatusCode.INTERNAL, "compressed messages unsupported")
-            messages.append(buffer[offset + 5 : end])
+            message = buffer[offset + 5 : end]
             offset = end
-        if offset < size:
-            self._buffer = buffer[offset:]
-            # Only an incomplete message is held: reading cannot free any window, so credit
-            # it now, or a message larger than the window would never complete.
-            if not messages and self.received - self.credited >= self._batch:
-                self._credit()
-        else:
-            self._buffer = b""
-        self._wake()
+            if listener is not None and not messages:
+                taken = self._offer(listener, message)
+                if taken == TAKEN:
+                    continue
+                listener = None
+                if taken == ENOUGH:
+                    break
+            messages.append(message)
+        self._buffer = buffer[offset:] if offset < size and not self.enough else b""
+        # Nothing complete waits to be read (a listener took it, or only part of a message
+        # came): reading cannot free any window, so credit it now, or a message larger than
+        # the window would never complete and a listened-to stream would never be credited.
+        if not messages and self.received - self.credited >= self._batch:
+            self._credit()
+        if messages or self.enough or self.fault is not None:
+            self._wake()
         return None
+
+    def _offer(self, listener: Listener, message: bytes) -> int:
+        try:
+            taken = listener(message)
+        except Exception as exc:  # the caller's failure, raised from read(); the call ends
+            self.fault = exc
+            self.listener = None
+            return ENOUGH
+        if taken == ENOUGH:
+            self.enough = True
+            self.listener = None
+        return taken
 
     def _credit(self) -> None:
         amount = self.received - self.credited
@@ -134,9 +165,17 @@ class Http2Stream:
             waiter.set_result(None)
 
     async def read(self) -> bytes | None:
-        """The next message; None when the call ended OK; raises RpcError otherwise."""
+        """The next message; None when the call ended OK (or its listener wanted no more);
+        raises RpcError, or what the listener raised, otherwise."""
         messages = self.messages
-        while not messages:
+        while True:
+            if self.fault is not None:
+                raise self.fault
+            if self.enough:
+                messages.clear()
+                return None
+            if messages:
+                return messages.popleft()
             if self.closed:
                 if self.error is not None:
                     raise self.error
@@ -149,4 +188,3 @@ class Http2Stream:
                 self._credit()
             self._waiter = self._loop.create_future()
             await self._waiter
-        return messages.popleft()
