@@ -172,13 +172,11 @@ class PushedFrames:
 
 
 def streamed(
-    body: AsyncIterator[bytes],
-    generation: Generation | GenerationGroup,
-    frame: FrameStep | None,
+    body: AsyncIterator[bytes], generation: Generation | GenerationGroup, frame: FrameStep
 ) -> StreamingResponse:
-    """A streamed response; with ``frame`` (how ``body`` frames a step), the generation's steps
-    are pushed to the client as they come rather than each waking the body's iterator."""
-    if frame is None:
+    """A streamed response; when the generation pushes, its steps are framed by ``frame`` (as
+    ``body`` frames them) and written as they come rather than each waking the iterator."""
+    if not generation.pushes:
         return StreamingResponse(body)
 
     def start(writer: BodyWriter) -> None:
@@ -205,8 +203,8 @@ def text_stream(
     """
     events = _text_frames(frames, generation, announce_role, logprobs, echo, echo_logprobs, ids)
     body = sse_body(frames, generation, events, include_usage=include_usage)
-    plain = logprobs is None and echo_logprobs is None and ids is None
-    return streamed(body, generation, _plain_text_frame(frames) if plain else None)
+    # A generation that pushes has no logprobs (nor prompt logprobs to echo) and no ids to send.
+    return streamed(body, generation, _plain_text_frame(frames))
 
 
 def _plain_text_frame(frames: ChunkFrames) -> FrameStep:

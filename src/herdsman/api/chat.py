@@ -44,7 +44,10 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
     plan = await prepare_chat(model, body, images, ctx.limits.max_choices)
     echo = _echoed(body)
     plan.routing_key = routing_key(request)
-    generation = Generation(ctx, model, plan, request.received_at, push=True)
+    # A pushed step is parsed outside the request's context, where the parse span could not be
+    # recorded: with tracing on, parsed output comes through the iterator.
+    push = plan.parsers is None or not tracing.enabled()
+    generation = Generation(ctx, model, plan, request.received_at, push=push)
     await generation.start()
     created = int(time.time())
     if plan.stream:
@@ -64,10 +67,7 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response | 
         if plan.parsers is not None:
             parsed = _ParsedFrames(frames, generation, plan.parsers, logprobs, ids)
             body = sse_body(frames, generation, parsed.events(echo), include_usage=include_usage)
-            # Pushed steps are framed outside the request's context, where a parse span could
-            # not be recorded: with tracing on, every step comes through the iterator.
-            pushable = logprobs is None and ids is None and not parsed.timed
-            return streamed(body, generation, parsed.frame if pushable else None)
+            return streamed(body, generation, parsed.frame)
         return text_stream(
             frames,
             generation,
@@ -151,7 +151,7 @@ class _ParsedFrames:
         self._ids = ids
         # Tracing on: the parsers' time, summed over the stream (a "parse" span spanning the
         # first to the last parse, with the busy time as an attribute).
-        self.timed = tracing.enabled()
+        self._timed = tracing.enabled()
         self._first_parse = self._busy = 0.0
 
     async def events(self, echo: str) -> AsyncIterator[bytes]:
@@ -175,7 +175,7 @@ class _ParsedFrames:
     ) -> bytes | None:
         """One step parsed and framed (None: it adds nothing to the stream yet)."""
         frames, ids, logprobs = self._frames, self._ids, self._logprobs
-        if self.timed:
+        if self._timed:
             parse_started = time.perf_counter()
             self._first_parse = self._first_parse or parse_started
         parser = self._parsers[choice.index]
@@ -187,7 +187,7 @@ class _ParsedFrames:
             delta.tool_calls += tail.tool_calls
             if parser.calls and finish_reason == "stop":
                 finish_reason = "tool_calls"
-        if self.timed:
+        if self._timed:
             parsed = time.perf_counter()
             self._busy += parsed - parse_started
             if finish_reason is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import grpc
@@ -36,6 +36,17 @@ try:
     from herdsman.engines._varint import stream_chunk, tokenized_field
 except ImportError:  # not built: protobuf packs the ids and parses every message
     stream_chunk = tokenized_field = None
+
+
+def _listener(plain: Callable[[bytes], EngineOutput | None], push: OutputSink) -> Listener:
+    """The transport's listener for a push sink: a plain chunk goes to the sink; anything else
+    is declined, for the generator (which reads it again: rare)."""
+
+    def listen(data: bytes) -> int:
+        output = plain(data)
+        return DECLINED if output is None else push(output)
+
+    return listen
 
 
 def engine_error(exc: RpcError) -> EngineError:
@@ -154,9 +165,14 @@ class GenerateDecoder:
         self._fields = chunk_fields
 
     def FromString(self, data: bytes) -> Any:  # protobuf's name: what the transports call
+        output = self.plain(data)
+        return self._message.FromString(data) if output is None else output
+
+    def plain(self, data: bytes) -> EngineOutput | None:
+        """A plain streamed chunk read in C; None for any other message."""
         fields = stream_chunk(data, *self._fields)
         if fields is None:
-            return self._message.FromString(data)
+            return None
         index, token_ids, prompt_tokens, completion_tokens, cached_tokens = fields
         return EngineOutput(
             index=index,
@@ -254,8 +270,8 @@ class GrpcEngine:
         metadata = engine_metadata()  # the W3C trace context, if any
         if metadata is not None:
             options["metadata"] = metadata
-        if push is not None and stream_chunk is not None:
-            options["listener"] = self._listener(push)
+        if push is not None and isinstance(self._responses, GenerateDecoder):
+            options["listener"] = _listener(self._responses.plain, push)
         responses = self._transport.stream(
             self._methods["Generate"],
             self._generate_wire(request),
@@ -289,28 +305,6 @@ class GrpcEngine:
             raise engine_error(exc) from exc
         finally:
             await responses.aclose()
-
-    def _listener(self, push: OutputSink) -> Listener:
-        """The transport's listener for a push sink: a plain chunk read in C goes to the sink;
-        anything else is declined, for the generator (which parses it again: rare)."""
-        fields = self.chunk_fields
-
-        def listen(data: bytes) -> int:
-            chunk = stream_chunk(data, *fields)
-            if chunk is None:
-                return DECLINED
-            index, token_ids, prompt_tokens, completion_tokens, cached_tokens = chunk
-            return push(
-                EngineOutput(
-                    index=index,
-                    token_ids=token_ids,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cached_tokens=cached_tokens,
-                )
-            )
-
-        return listen
 
     async def embed(self, request: EmbedRequest) -> EmbedOutput:
         output: EmbedOutput = await self._unary(

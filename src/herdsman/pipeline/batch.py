@@ -30,10 +30,14 @@ class GenerationGroup:
     def cached_tokens(self) -> int:
         return sum(g.cached_tokens for g in self.generations)
 
-    def push_to(self, sink: StepSink) -> None:
+    @property
+    def pushes(self) -> bool:
         """One generation's steps may be pushed (Generation.push_to); several are merged by
         tasks of their own, so their steps always come through ``run``."""
-        if len(self.generations) == 1:
+        return len(self.generations) == 1 and self.generations[0].pushes
+
+    def push_to(self, sink: StepSink) -> None:
+        if self.pushes:
             self.generations[0].push_to(sink)
 
     async def start(self) -> None:

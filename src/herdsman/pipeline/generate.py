@@ -169,11 +169,13 @@ class Generation:
         self._first_token_at = 0.0
         self._last_token_at = 0.0
         # Steps are pushed to the sink while ``run``'s consumer waits for one (see push_to).
-        # Only plain streamed outputs are pushed: no logprobs of any kind, one worker.
+        # Only plain streamed steps are pushed: no logprobs of any kind and no ids asked back
+        # (their frames carry state the consumer's iterator keeps), one worker.
         self._sink: StepSink | None = None
-        self._pushable = (
+        self.pushes = (
             push
             and plan.stream
+            and not plan.return_token_ids
             and plan.sampling.logprobs is None
             and plan.sampling.prompt_logprobs is None
         )
@@ -194,7 +196,7 @@ class Generation:
         A step that cannot be pushed (the sink is not ready, the output is not a plain one) is
         yielded as usual.
         """
-        if self._pushable:
+        if self.pushes:
             self._sink = sink
 
     async def start(self) -> None:
@@ -531,7 +533,7 @@ class Generation:
         self, worker: Worker, prefill: Worker | None, request: EngineRequest
     ) -> AsyncGenerator[EngineOutput, None]:
         if prefill is None:
-            if self._pushable:
+            if self.pushes:
                 return worker.engine.generate(request, push=self._push)
             return worker.engine.generate(request)
         timeout = self._ctx.limits.kv_transfer_timeout
