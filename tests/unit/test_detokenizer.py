@@ -16,7 +16,7 @@ from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
 @functools.cache
 def id_kinds(name: str) -> tuple[list[int], list[int]]:
     """Ids that are not a whole character alone (they split a multi-byte one), and added tokens."""
-    tok = tokenizer(name)
+    tok = tokenizer(name, fast=False)
     singles = tok.tokenizer.decode_batch(
         [[i] for i in range(tok.vocab_size)], skip_special_tokens=False
     )
@@ -192,3 +192,68 @@ def test_metaspace_output_keeps_the_space_of_its_first_word() -> None:
         detok = IncrementalDetokenizer(tok, context=[bos, 3, 4, inst])
         assert detok.push([1, 2]) == " Hello world"
         assert IncrementalDetokenizer(tok).push([1, 2]) == "Hello world"
+
+
+# --- one tokenizer copy: fastokens decodes, through WindowStream -------------------------------
+
+
+@functools.cache
+def reference(name: str) -> ModelTokenizer:
+    """The same model decoding with ``tokenizers`` (and ``DecodeStream``)."""
+    return tokenizer(name, fast=False)
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_fixture_models_decode_with_fastokens(name: str) -> None:
+    tok = tokenizer(name)
+    assert tok.decodes_with == "fastokens"
+    assert tok.reference is None  # let go: the process holds one tokenizer
+    assert reference(name).decodes_with == "tokenizers"
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_window_stream_steps_as_decode_stream(name: str, data: st.DataObject) -> None:
+    """Step by step, held back or emitted, the fastokens stream gives what tokenizers'
+    DecodeStream gives, primed or not."""
+    fast, ref = tokenizer(name), reference(name)
+    partial, added = id_kinds(name)
+    pick = st.integers(0, fast.vocab_size - 1) | st.sampled_from(partial) | st.sampled_from(added)
+    context = data.draw(st.lists(pick, max_size=8))
+    ids = data.draw(st.lists(pick, max_size=40))
+    skip = data.draw(st.booleans())
+    mine = fast.detokenizer(skip_special_tokens=skip, context=context)
+    theirs = ref.detokenizer(skip_special_tokens=skip, context=context)
+    assert [mine.push([i]) for i in ids] == [theirs.push([i]) for i in ids]
+    assert mine.flush() == theirs.flush()
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_fastokens_decodes_as_tokenizers(name: str) -> None:
+    fast, ref = tokenizer(name), reference(name)
+    partial, added = id_kinds(name)
+    for ids in ([*partial[:50], *added[:50]], added, list(range(0, fast.vocab_size, 97))):
+        for skip in (True, False):
+            assert fast.decode(ids, skip_special_tokens=skip) == ref.decode(
+                ids, skip_special_tokens=skip
+            )
+    for i in [*partial[:20], *added[:20], 0, fast.vocab_size - 1]:
+        assert fast.token_text(i) == ref.token_text(i)
+        assert fast.token_piece(i) == ref.token_piece(i)
+
+
+def test_window_stream_refuses_a_text_that_is_not_monotonic() -> None:
+    """DecodeStream fails a step whose text no longer starts with what it emitted; so does
+    WindowStream, and the detokenizer then decodes the output on its own."""
+    from herdsman.tokenizer.detokenizer import InvalidPrefix, WindowStream
+
+    class Rewriting:  # decodes id 1 after anything else as a rewrite of the text before it
+        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+            return "xyz" if ids and ids[-1] == 1 and len(ids) > 1 else "ab" * len(ids)
+
+    stream = WindowStream(True)
+    assert stream.step(Rewriting(), 0) == "ab"
+    with pytest.raises(InvalidPrefix):
+        stream.step(Rewriting(), 1)
+    assert IncrementalDetokenizer(Rewriting(), context=[0, 1]).push([0]) == "ab"

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.fixture_tokenizers import TOKENIZERS, tokenizer
+from tokenizers import Tokenizer
+
+from herdsman.tokenizer.fast_backend import EncodeProbes
 
 # What the load-time probes decide; every fixture tokenizer passes them today.
 FAST = {name: "fastokens" for name in TOKENIZERS}
@@ -18,7 +23,7 @@ COMMON = [" ", "\n", "hi", "42", "日本", "🙂", "  ", "'s", "x", "\t", "\r\n"
 
 @functools.cache
 def markers(name: str) -> list[str]:
-    added = tokenizer(name).tokenizer.get_added_tokens_decoder()
+    added = tokenizer(name, fast=False).tokenizer.get_added_tokens_decoder()
     own = [
         t.content for _, t in sorted(added.items()) if not re.search(r"reserved|holder", t.content)
     ]
@@ -103,3 +108,98 @@ def test_qwen2_5_vl_has_its_own_added_tokens() -> None:
         assert len(vl.encode(text, add_special_tokens=False)) > 1
     chat = "<|im_start|>user\nDescribe <|vision_start|><|image_pad|><|vision_end|> please<|im_end|>"
     assert vl.encode(chat, add_special_tokens=False) == qwen3.encode(chat, add_special_tokens=False)
+
+
+class _Altered:
+    """fastokens' tokenizer, but one method answers differently for one input."""
+
+    def __init__(self, fast: object, method: str, when: object, answer: object) -> None:
+        self._fast, self._method, self._when, self._answer = fast, method, when, answer
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._fast, name)
+        if name != self._method:
+            return real
+
+        def altered(arg: object, *args: object, **kwargs: object) -> object:
+            return self._answer if arg == self._when else real(arg, *args, **kwargs)
+
+        return altered
+
+
+def _candidate(name: str) -> tuple[Any, Tokenizer, EncodeProbes, Path]:
+    """fastokens' tokenizer for a fixture, the reference, its probes and the file."""
+    from tests.fixture_tokenizers import model_dir
+
+    from herdsman.tokenizer.fast_backend import encode_probes, open_fast_tokenizer
+
+    path = model_dir(name) / "tokenizer.json"
+    reference = tokenizer(name, fast=False).tokenizer
+    return open_fast_tokenizer(path), reference, encode_probes(reference), path
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_decode_parity_holds_for_the_fixtures(name: str) -> None:
+    from herdsman.tokenizer.fast_backend import decodes_alike
+
+    fast, reference, probes, path = _candidate(name)
+    assert decodes_alike(fast, reference, probes, path)
+
+
+def test_decode_parity_fails_on_any_difference() -> None:
+    """One id decoded, one token's id or one token named otherwise, and the reference stays."""
+    from herdsman.tokenizer.fast_backend import decodes_alike
+
+    fast, reference, probes, path = _candidate("qwen3")
+    im_end = reference.token_to_id("<|im_end|>")
+    for method, when, answer in (
+        ("decode", [im_end], "<|im_end|>?"),
+        ("id_to_token", 1234, "other"),
+        ("token_to_id", "<|im_end|>", im_end + 1),
+    ):
+        assert not decodes_alike(_Altered(fast, method, when, answer), reference, probes, path)
+
+
+def test_the_reference_is_let_go_and_read_again_on_need() -> None:
+    from tests.fixture_tokenizers import model_dir
+
+    from herdsman.tokenizer import load_model_tokenizer
+
+    tok = load_model_tokenizer(model_dir("llama3"))
+    assert (tok.backend, tok.decodes_with, tok.reference) == ("fastokens", "fastokens", None)
+    text = "Grüße 🙂 <|eot_id|> again"
+    # What fastokens does not do (a pooling input's truncation) reads the reference again,
+    # as the model uses it (tokenizer_config's BOS included).
+    reference = tok.tokenizer
+    assert tok.reference is reference
+    assert reference.encode(text).ids == tok.encode(text, add_special_tokens=True)
+    assert tok.decodes_with == "fastokens"
+
+
+def test_without_fastokens_the_reference_decodes() -> None:
+    from tests.fixture_tokenizers import model_dir
+
+    from herdsman.tokenizer import load_model_tokenizer
+
+    tok = load_model_tokenizer(model_dir("qwen3"), fast=False)
+    assert (tok.backend, tok.decodes_with) == ("tokenizers", "tokenizers")
+    assert tok.reference is not None
+
+
+def test_a_failed_check_keeps_or_reads_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixture_tokenizers import model_dir
+
+    from herdsman.tokenizer import loader
+
+    monkeypatch.setattr(loader, "decodes_alike", lambda *args: False)
+    tok = loader.load_model_tokenizer(model_dir("qwen3"))
+    assert (tok.backend, tok.decodes_with) == ("fastokens", "tokenizers")
+    assert tok.reference is not None
+    monkeypatch.undo()
+
+    # Decoding alike but encoding otherwise: the reference encodes, read again at load time
+    # (not by the first request).
+    monkeypatch.setattr(loader, "verified_encoder", lambda *args: None)
+    tok = loader.load_model_tokenizer(model_dir("qwen3"))
+    assert (tok.backend, tok.decodes_with) == ("tokenizers", "fastokens")
+    assert tok.reference is not None

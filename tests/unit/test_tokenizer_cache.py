@@ -45,7 +45,7 @@ OTHER_MARKERS = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "<tool_call>", "<th
 @functools.cache
 def markers(name: str) -> list[str]:
     """The model's own added tokens (but not hundreds of placeholders) and other models' ones."""
-    added = tokenizer(name).tokenizer.get_added_tokens_decoder()
+    added = tokenizer(name, fast=False).tokenizer.get_added_tokens_decoder()
     own = [
         t.content
         for _, t in sorted(added.items())

@@ -225,9 +225,10 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
     if cache is not None:
         METRICS.watch_tokenizer_cache(cache)
     log.info(
-        "tokenizer %s: encoding with %s; cache L0 %s, L1 %s%s",
+        "tokenizer %s: encoding with %s, decoding with %s; cache L0 %s, L1 %s%s",
         tokenizer_dir,
         tokenizer.backend,
+        tokenizer.decodes_with,
         "on" if cache is not None and cache.l0 is not None else "off",
         "on" if cache is not None and cache.l1_enabled else "off",
         " (shared by the gateway's processes)" if cache is not None and cache.shared else "",

@@ -13,7 +13,9 @@ The supervisor names the tokenizers in ``HERDSMAN_PRELOAD`` (JSON: ``{"tokenizer
 "chat_template": str | null}``) before the fork server starts. fastokens' first encode builds
 ~40 MB of tables; with one BPE thread it starts no thread (a thread does not survive a fork), so
 it runs here once (``fast_backend.warm``) and every process shares the tables. Each process still
-checks its fast encoder itself (``load_model_tokenizer``). A tokenizer that fails to load
+checks its fast encoder itself (``load_model_tokenizer``), against the ids the reference gave
+the probes here: where fastokens decodes alike, the reference (``tokenizers``) was let go while
+loading, before the heap is trimmed and any process forked. A tokenizer that fails to load
 here is loaded, and its error reported, by the gateway process as before; one whose files changed
 since is read again (``load_model_tokenizer`` checks).
 """

@@ -2,7 +2,8 @@
 
 Backed by ``tokenizers.decoders.DecodeStream``, which keeps a small window of ids and only emits
 text once it forms complete UTF-8 characters, so a multi-byte character split across tokens is
-never emitted half-way.
+never emitted half-way. A model that decodes with fastokens (one tokenizer copy, see
+fast_backend.decodes_alike) gets `WindowStream`, the same algorithm over fastokens' decode.
 
 The stream is primed with the end of the prompt, as vLLM primes its own with the prompt: the
 output's first token is then decoded as the prompt's continuation. That matters twice: a prompt
@@ -14,6 +15,7 @@ completes it, and decoders that drop the leading space of a text's first piece (
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
@@ -25,19 +27,94 @@ _CONTEXT = 6
 _CONTEXT_MAX = 32
 
 
+class Decoding(Protocol):
+    """What a detokenizer needs of a tokenizer: ``tokenizers.Tokenizer`` and fastokens' both
+    have it."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class InvalidPrefix(ValueError):
+    """The window's text no longer starts with what was emitted (a non-monotonic decoder)."""
+
+
+class WindowStream:
+    """``DecodeStream``'s algorithm (tokenizers 0.22, ``step_decode_stream``) over any decode.
+
+    It keeps the ids since the last emitted text but one and that one's text (the prefix); each
+    step decodes the window and emits what it adds to the prefix, unless it ends in U+FFFD (a
+    character still incomplete), which holds it back. Lengths are compared in UTF-8 bytes as
+    Rust does; when the text extends the prefix, comparing characters is the same thing.
+    """
+
+    __slots__ = ("_ids", "_prefix", "_prefix_index", "_singles", "_skip")
+
+    def __init__(self, skip_special_tokens: bool, singles: dict[int, str] | None = None) -> None:
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = ""
+        self._prefix_index = 0
+        # Text of one id alone, shared by a model's streams: in the common step the window
+        # left is the one id just emitted, and its text is then a lookup, not a second decode.
+        self._singles = singles if singles is not None else {}
+
+    def step(self, tokenizer: Decoding, token_id: int) -> str | None:
+        ids = self._ids
+        ids.append(token_id)
+        text = tokenizer.decode(ids, skip_special_tokens=self._skip)
+        prefix = self._prefix
+        if text.startswith(prefix):
+            if len(text) <= len(prefix) or text.endswith("\ufffd"):
+                return None
+        elif len(text.encode()) > len(prefix.encode()) and not text.endswith("\ufffd"):
+            raise InvalidPrefix(text, prefix)
+        else:
+            return None
+        index = self._prefix_index
+        self._prefix_index = len(ids) - index
+        del ids[:index]
+        if len(ids) == 1:
+            singles = self._singles
+            alone = singles.get(token_id)
+            if alone is None:
+                alone = tokenizer.decode(ids, skip_special_tokens=self._skip)
+                if len(singles) < _SINGLES_MAX:
+                    singles[token_id] = alone
+            self._prefix = alone
+        else:
+            self._prefix = tokenizer.decode(ids, skip_special_tokens=self._skip)
+        return text[len(prefix) :]
+
+
+# Ids whose text alone a model keeps per skip_special_tokens (a few MB at most).
+_SINGLES_MAX = 65_536
+
+
+def _stream(
+    tokenizer: Any, skip_special_tokens: bool, singles: dict[int, str] | None
+) -> DecodeStream | WindowStream:
+    if isinstance(tokenizer, Tokenizer):
+        return DecodeStream(skip_special_tokens=skip_special_tokens)
+    return WindowStream(skip_special_tokens, singles)
+
+
 class IncrementalDetokenizer:
-    __slots__ = ("_pending", "_skip", "_stream", "_tokenizer")
+    __slots__ = ("_pending", "_singles", "_skip", "_stream", "_tokenizer")
 
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | Decoding,
         *,
         skip_special_tokens: bool = True,
         context: Sequence[int] = (),
+        singles: dict[int, str] | None = None,
     ) -> None:
+        """`singles`: the model's cache of single-id texts for this `skip_special_tokens`
+        (see WindowStream)."""
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
-        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._singles = singles
+        self._stream = _stream(tokenizer, skip_special_tokens, singles)
         # Ids whose text the stream still holds back (an incomplete character so far).
         self._pending: list[int] = []
         if context:
@@ -59,7 +136,7 @@ class IncrementalDetokenizer:
         except Exception:
             # A prompt the stream cannot take (an id outside the vocabulary, a decoder whose
             # text is not monotonic): decode the output on its own instead.
-            self._stream = DecodeStream(skip_special_tokens=self._skip)
+            self._stream = _stream(self._tokenizer, self._skip, self._singles)
             self._pending.clear()
 
     def push(self, token_ids: Iterable[int]) -> str:

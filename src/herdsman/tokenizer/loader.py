@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer, processors
 
 from herdsman.tokenizer.chat_template import ChatTemplate
-from herdsman.tokenizer.fast_backend import open_fast_tokenizer, verified_encoder, warm
+from herdsman.tokenizer.fast_backend import (
+    EncodeProbes,
+    decodes_alike,
+    encode_probes,
+    open_fast_tokenizer,
+    verified_encoder,
+    warm,
+)
 from herdsman.tokenizer.tokenizer import ModelTokenizer
+
+log = logging.getLogger(__name__)
 
 # What transformers hands a template as special_tokens_map.
 _SPECIAL_TOKEN_KEYS = (
@@ -179,10 +190,20 @@ def open_model_tokenizer(
     return model, pending, False
 
 
-def check_fast_encoder(model: ModelTokenizer, pending: Any) -> None:
-    """Encode with ``pending`` (fastokens) from now on if it gives ``model``'s ids."""
-    if pending is not None and model.tokenizer_file is not None:
-        model.fast_encode = verified_encoder(pending, model.tokenizer, model.tokenizer_file)
+class FastCandidate(NamedTuple):
+    """A fastokens tokenizer still to check as an encoder, and what it is checked against."""
+
+    tokenizer: Any
+    probes: EncodeProbes
+
+
+def check_fast_encoder(model: ModelTokenizer, pending: FastCandidate | None) -> None:
+    """Encode with ``pending`` (fastokens) from now on if it gives the reference's ids."""
+    if pending is None or model.tokenizer_file is None:
+        return
+    model.fast_encode = verified_encoder(pending.tokenizer, pending.probes, model.tokenizer_file)
+    if model.fast_encode is None:
+        model.tokenizer  # noqa: B018 - read the reference again now, not on a request's path
 
 
 def preload_model_tokenizers(directories: list[str], chat_template: str | None = None) -> None:
@@ -194,7 +215,7 @@ def preload_model_tokenizers(directories: list[str], chat_template: str | None =
         if key not in _PRELOADED:
             identity = _identity(Path(directory))
             model, fast = _load(Path(directory), chat_template, True)
-            warmed = fast is not None and warm(fast)
+            warmed = fast is not None and warm(fast.tokenizer)
             _PRELOADED[key] = _Preloaded(model, fast, warmed, identity)
 
 
@@ -202,7 +223,7 @@ class _Preloaded(NamedTuple):
     """A tokenizer loaded ahead of need."""
 
     model: ModelTokenizer
-    fast: Any  # its fastokens tokenizer, not yet checked against the reference (or None)
+    fast: FastCandidate | None  # its fastokens tokenizer, not yet checked as an encoder
     warmed: bool  # see fast_backend.warm
     identity: tuple[Any, ...]  # of the files it was read from
 
@@ -235,21 +256,22 @@ def _key(directory: str | Path, chat_template: str | None) -> tuple[str, str | N
     return str(Path(directory).resolve()), chat_template
 
 
-def _load(directory: Path, chat_template: str | None, fast: bool) -> tuple[ModelTokenizer, Any]:
+def _load(
+    directory: Path, chat_template: str | None, fast: bool
+) -> tuple[ModelTokenizer, FastCandidate | None]:
+    """The model with its reference tokenizer, and fastokens' still to check as an encoder.
+    Where fastokens decodes alike, it decodes already and the reference is let go."""
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise TokenizerLoadError(f"no tokenizer.json in {directory}")
-    try:
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    except Exception as exc:  # tokenizers raises plain Exception on malformed files
-        raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
     config = _read_json(directory / "tokenizer_config.json")
-    rebuilt = _apply_bos_eos_config(tokenizer, config)
+    read_reference = _reference_reader(tokenizer_file, config)
+    tokenizer, rebuilt = read_reference()
     special = special_tokens_from_config(config)
     source = _template_source(directory, config, chat_template)
     max_length = config.get("model_max_length")
     model = ModelTokenizer(
-        tokenizer=tokenizer,
+        reference=tokenizer,
         chat_template=ChatTemplate(source, special) if source else None,
         eos_token_ids=_eos_ids(directory, tokenizer, special.get("eos_token")),
         special_tokens=special,
@@ -258,10 +280,30 @@ def _load(directory: Path, chat_template: str | None, fast: bool) -> tuple[Model
         tokenizer_file=tokenizer_file,
         sampling_defaults=sampling_defaults(directory),
         truncation_side="left" if config.get("truncation_side") == "left" else "right",
+        reload=lambda: read_reference()[0],
     )
-    pending = (
-        open_fast_tokenizer(tokenizer_file, tokenizer.to_str() if rebuilt else None)
-        if fast
-        else None
-    )
-    return model, pending
+    if not fast:
+        return model, None
+    candidate = open_fast_tokenizer(tokenizer_file, tokenizer.to_str() if rebuilt else None)
+    if candidate is None:
+        return model, None
+    probes = encode_probes(tokenizer)
+    if decodes_alike(candidate, tokenizer, probes, tokenizer_file):
+        model.decode_with(candidate)
+    return model, FastCandidate(candidate, probes)
+
+
+def _reference_reader(
+    tokenizer_file: Path, config: dict[str, Any]
+) -> Callable[[], tuple[Tokenizer, bool]]:
+    """Reads the reference tokenizer as the model uses it: (it, whether the config rebuilt its
+    post-processor)."""
+
+    def read() -> tuple[Tokenizer, bool]:
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # tokenizers raises plain Exception on malformed files
+            raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
+        return tokenizer, _apply_bos_eos_config(tokenizer, config)
+
+    return read

@@ -39,7 +39,9 @@ LONG_TEXT_CHARS = {"tokenizers": 12_000, "fastokens": 60_000}
 
 @dataclass(slots=True)
 class ModelTokenizer:
-    tokenizer: Tokenizer
+    # The reference (``tokenizers``); None once let go for fastokens (`decode_with`), and then
+    # read again from `reload` only by what fastokens cannot do (see the `tokenizer` property).
+    reference: Tokenizer | None
     chat_template: ChatTemplate | None
     eos_token_ids: tuple[int, ...]
     special_tokens: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +58,43 @@ class ModelTokenizer:
     cache: TokenizationCache | None = None
     tokenizer_file: Path | None = None
     _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned
+    # What decodes: the reference, or fastokens once proven to decode alike (`decode_with`).
+    decoding: Any = field(default=None, repr=False)
+    reload: Callable[[], Tokenizer] | None = field(default=None, repr=False)
+    _vocab_size: int = field(default=0, repr=False)
+    # Single-id texts for the detokenizers' streams, by skip_special_tokens (WindowStream).
+    _singles: tuple[dict[int, str], dict[int, str]] = field(
+        default_factory=lambda: ({}, {}), repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.reference is not None:
+            if self.decoding is None:
+                self.decoding = self.reference
+            self._vocab_size = self.reference.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The reference tokenizer, read again if it was let go (`decode_with`): for the paths
+        fastokens does not serve (truncating pooling inputs, encoding without a fast encoder)."""
+        if self.reference is None:
+            if self.reload is None:
+                raise RuntimeError(f"the reference tokenizer of {self.source} is gone")
+            self.reference = self.reload()
+        return self.reference
+
+    def decode_with(self, fast: Any) -> None:
+        """Decode with ``fast`` (proven to decode alike: fast_backend.decodes_alike) and let the
+        reference go, when it can be read again: the process then holds one tokenizer."""
+        if self.reload is None:
+            return
+        self._leading_space_marker()  # read from the reference while it is here
+        self.decoding = fast
+        self.reference = None
+
+    @property
+    def decodes_with(self) -> str:
+        return "tokenizers" if isinstance(self.decoding, Tokenizer) else "fastokens"
 
     def enable_cache(
         self, l0_bytes: int, l1_bytes: int, shared: SharedSegmentStore | None = None
@@ -82,7 +121,7 @@ class ModelTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         if self.cache is not None:
@@ -124,14 +163,17 @@ class ModelTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.decoding.decode(list(ids), skip_special_tokens=skip_special_tokens)  # type: ignore[no-any-return]
 
     def detokenizer(
         self, *, skip_special_tokens: bool = True, context: Sequence[int] = ()
     ) -> IncrementalDetokenizer:
         """A detokenizer for output that continues ``context`` (the prompt's ids)."""
         return IncrementalDetokenizer(
-            self.tokenizer, skip_special_tokens=skip_special_tokens, context=context
+            self.decoding,
+            skip_special_tokens=skip_special_tokens,
+            context=context,
+            singles=self._singles[skip_special_tokens],
         )
 
     def token_text(self, token_id: int) -> str:
@@ -142,10 +184,10 @@ class ModelTokenizer:
         """
         text = self._token_texts.get(token_id)
         if text is None:
-            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            text = self.decoding.decode([token_id], skip_special_tokens=False)
             marker = self._leading_space_marker()
             if marker is not None:
-                raw = self.tokenizer.id_to_token(token_id) or ""
+                raw = self.decoding.id_to_token(token_id) or ""
                 markers = len(raw) - len(raw.lstrip(marker))
                 missing = markers - (len(text) - len(text.lstrip(" ")))
                 if missing > 0:
@@ -163,7 +205,7 @@ class ModelTokenizer:
         text = self.token_text(token_id)
         if not text.endswith("\ufffd"):
             return text
-        decode = self.tokenizer.decode
+        decode = self.decoding.decode
         for n in range(1, min(len(context), 4) + 1):
             window = list(context[-n:])
             full = decode([*window, token_id], skip_special_tokens=False)
@@ -186,7 +228,7 @@ class ModelTokenizer:
     def token_piece(self, token_id: int) -> str | None:
         """The vocabulary's own string for an id ("Ġhello", "▁hello"), as vLLM's /tokenize
         returns ``token_strs``."""
-        return self.tokenizer.id_to_token(token_id)
+        return self.decoding.id_to_token(token_id)  # type: ignore[no-any-return]
 
     def _leading_space_marker(self) -> str | None:
         """The Metaspace replacement character when the pre-tokenizer is Metaspace (alone or in a
@@ -195,8 +237,9 @@ class ModelTokenizer:
         if marker is False:
             marker = None
             try:
-                pre = json.loads(self.tokenizer.to_str()).get("pre_tokenizer") or {}
-            except ValueError:
+                state = self.tokenizer.pre_tokenizer
+                pre = json.loads(state.__getstate__()) if state is not None else {}
+            except (ValueError, AttributeError):
                 pre = {}
             subs = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
             for sub in subs:
@@ -207,4 +250,4 @@ class ModelTokenizer:
         return marker if isinstance(marker, str) else None
 
     def token_id(self, token: str) -> int | None:
-        return self.tokenizer.token_to_id(token)
+        return self.decoding.token_to_id(token)  # type: ignore[no-any-return]
