@@ -41,9 +41,9 @@ import pytest
 from tests.fixture_tokenizers import model_dir
 
 from herdsman.api.bodies import decode_body
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.pipeline.context import ServedModel
 from herdsman.pipeline.prepare import prepare_chat, render_chat_prompt
+from herdsman.protocol.openai import ChatCompletionRequest
 from herdsman.tokenizer import ModelTokenizer, load_model_tokenizer
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,6 @@ from herdsman.api.bodies import (
     usage_of,
 )
 from herdsman.api.logprobs import ChatLogprobs, chat_logprobs
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.sse import ChunkFrames, encode_json
 from herdsman.engines import TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
@@ -29,6 +28,7 @@ from herdsman.pipeline.images import load_images
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_chat
+from herdsman.protocol.openai import ChatCompletionRequest
 
 
 async def chat_completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:

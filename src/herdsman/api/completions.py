@@ -14,7 +14,6 @@ from herdsman.api.bodies import (
     usage_of,
 )
 from herdsman.api.logprobs import CompletionLogprobs
-from herdsman.api.protocol import CompletionRequest
 from herdsman.api.sse import ChunkFrames
 from herdsman.engines import PromptLogprobs, TokenLogprobs
 from herdsman.http import Request, Response, StreamingResponse
@@ -23,6 +22,7 @@ from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.generate import Generation
 from herdsman.pipeline.postprocess import ChoiceOutput
 from herdsman.pipeline.prepare import prepare_completion
+from herdsman.protocol.openai import CompletionRequest
 
 
 async def completions(ctx: ServingContext, request: Request) -> Response | StreamingResponse:

@@ -8,10 +8,10 @@ import msgspec
 
 from herdsman.api.bodies import decode_body, json_response
 from herdsman.api.errors import bad_request
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServingContext
 from herdsman.pipeline.prepare import render_chat_prompt
+from herdsman.protocol.openai import ChatCompletionRequest
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):

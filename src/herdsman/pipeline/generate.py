@@ -50,8 +50,9 @@ from herdsman.pipeline.failures import CLIENT_CODES, judge, request_error
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
 from herdsman.pipeline.postprocess import ChoiceOutput
+from herdsman.pipeline.worker_choice import WorkerChoice
 from herdsman.routing import RoutingRequest, Worker
-from herdsman.routing.pairing import incompatibility, prefill_host
+from herdsman.routing.pairing import prefill_host
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,6 @@ class StepSink(Protocol):
         logprobs: TokenLogprobs | None,
         finish_reason: str | None,
     ) -> None: ...
-
-
-# While no worker is available: how often to look again (only then, never per request).
-_WORKER_POLL_SECONDS = 0.1
 
 
 class _Attempt(msgspec.Struct):
@@ -157,13 +154,12 @@ class Generation:
         self.prompt_tokens = len(plan.input_ids)
         self.cached_tokens = 0
         self.attempts = 0
-        self._tried: set[int] = set()
+        self._choice = WorkerChoice(ctx, model, self._routing, self._deadline)
         # A step went to a consumer that sends it on as it comes (a stream): no more retries.
         self._shown = False
         self._ttft_seen = False
         self._started: _Attempt | None = None
         self._tokens_held = 0
-        self._wait_end: float | None = None
         # The current attempt: choices not finished yet, and when its tokens came.
         self._remaining = 0
         self._first_token_at = 0.0
@@ -383,19 +379,19 @@ class Generation:
                     f"the request did not finish within {self._ctx.limits.request_timeout:g}s",
                     code="timeout",
                 )
-            picked = self._pick()
-            if picked is None and last is None and await self._wait_for_worker():
+            picked = self._choice.pick()
+            if picked is None and last is None and await self._choice.wait_for_worker():
                 continue
             if picked is None:
                 if last is not None:
                     raise self._failure(last) from last
-                raise NoWorkerAvailable(self._no_worker_reason(), code="no_worker")
+                raise NoWorkerAvailable(self._choice.no_worker_reason(), code="no_worker")
             worker, prefill = picked
             self.attempts += 1
             if tracing.enabled():
                 self._trace_routing(routing_started, worker, prefill)
             routing_started = 0.0
-            self._tried.add(id(worker))
+            self._choice.tried(worker)
             request_id = (
                 plan.request_id if self.attempts == 1 else f"{plan.request_id}-{self.attempts}"
             )
@@ -415,7 +411,7 @@ class Generation:
             # The worker that computes the prompt: a pair's prefill, else the worker itself.
             computing = prefill or worker
             if prefill is not None:
-                self._tried.add(id(prefill))
+                self._choice.tried(prefill)
                 prefill.circuit.on_attempt()
                 prefill.routed()
             prefill_tokens = self._routing.prefill_tokens
@@ -472,63 +468,6 @@ class Generation:
             attributes["herdsman.prefill_worker"] = prefill.url
         tracing.stage("routing", started, time.perf_counter(), attributes)
 
-    def _pick(self) -> tuple[Worker, Worker | None] | None:
-        """The worker (or the decode worker and its prefill worker) for the next attempt: one
-        not tried yet when there is one, else any that is available again."""
-        registry, model = self._ctx.registry, self._model
-        if registry.disaggregated(model.name):
-            pair = self._pick_pair()
-            if pair is not None or not self._ctx.pd_fallback:
-                return pair
-        available = registry.available(model.name, "regular")
-        fresh = [w for w in available if id(w) not in self._tried]
-        worker = model.policy.select(fresh or available, self._routing)
-        return None if worker is None else (worker, None)
-
-    def _pick_pair(self) -> tuple[Worker, Worker] | None:
-        """A decode worker and a prefill worker that can pair (routing.pairing)."""
-        registry, model = self._ctx.registry, self._model
-        decodes = registry.available(model.name, "decode")
-        prefills = registry.available(model.name, "prefill")
-        if not decodes:
-            return None
-        candidates = [w for w in prefills if id(w) not in self._tried] or prefills
-        while candidates:
-            prefill = model.prefill_policy.select(candidates, self._routing)
-            if prefill is None:
-                return None
-            compatible = [d for d in decodes if incompatibility(prefill, d) is None]
-            if compatible:
-                fresh = [d for d in compatible if id(d) not in self._tried]
-                decode = model.decode_policy.select(fresh or compatible, self._routing)
-                if decode is not None:
-                    return decode, prefill
-            candidates = [w for w in candidates if w is not prefill]
-        return None
-
-    def _servable(self) -> bool:
-        """Whether a worker (or a pair) of the model can take a request now."""
-        registry, name = self._ctx.registry, self._model.name
-        if registry.disaggregated(name):
-            if registry.available(name, "decode") and registry.available(name, "prefill"):
-                return True
-            if not self._ctx.pd_fallback:
-                return False
-        return bool(registry.available(name, "regular"))
-
-    def _no_worker_reason(self) -> str:
-        registry, name = self._ctx.registry, self._model.name
-        if registry.disaggregated(name) and not self._ctx.pd_fallback:
-            prefills = registry.available(name, "prefill")
-            decodes = registry.available(name, "decode")
-            if prefills and decodes:
-                return (
-                    f"no prefill and decode worker of '{name}' can pair "
-                    f"({incompatibility(prefills[0], decodes[0])}); see GET /workers"
-                )
-            return f"no healthy prefill/decode pair serves '{name}' now"
-        return f"no healthy engine worker serves '{name}' now"
-
     def _generate(
         self, worker: Worker, prefill: Worker | None, request: EngineRequest
     ) -> AsyncGenerator[EngineOutput, None]:
@@ -557,26 +496,6 @@ class Generation:
             transfer_timeout=timeout,
             abort=self._abort_on,
         )
-
-    async def _wait_for_worker(self) -> bool:
-        """No worker of the model can take a request now, but one may soon (an engine still
-        loading, restarting, or its circuit about to let trials through): wait for it, within
-        the worker wait and the request's deadline. True when one is available. Workers that
-        health checks found down are not waited for: that is a 503 now, not in 30 s."""
-        registry, name = self._ctx.registry, self._model.name
-        coming = self._ctx.pending or any(
-            w.healthy and not w.available for w in registry.for_model(name)
-        )
-        if not coming:
-            return False
-        if self._wait_end is None:
-            limit = self._ctx.limits.worker_wait_timeout
-            self._wait_end = min(time.perf_counter() + limit, self._deadline)
-        while time.perf_counter() < self._wait_end:
-            await asyncio.sleep(_WORKER_POLL_SECONDS)
-            if self._servable():
-                return True
-        return False
 
     def _may_retry(self, exc: EngineError) -> bool:
         if self._shown or exc.code in CLIENT_CODES or isinstance(exc, EngineDeadlineExceeded):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from herdsman.api.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from herdsman.engines import SamplingParams
 from herdsman.multimodal.base import expand_placeholders
 from herdsman.observability import METRICS, tracing
@@ -18,6 +17,7 @@ from herdsman.pipeline.errors import InvalidRequest
 from herdsman.pipeline.generate import GenerationPlan
 from herdsman.pipeline.images import ImageInputs
 from herdsman.pipeline.parsing import ParserSetup
+from herdsman.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 from herdsman.tokenizer import ChatTemplateError
 
 # The most logprobs per position an engine serves (vLLM's default max_logprobs).
@@ -56,7 +56,7 @@ def _template_variables(req: ChatCompletionRequest) -> dict[str, Any]:
 
 def _sampling(
     model: ServedModel,
-    req: _SamplingFields,
+    req: SamplingFields,
     prompt_len: int,
     max_tokens: int | None,
     logprobs: int | None,
@@ -132,7 +132,7 @@ def _logit_bias(model: ServedModel, bias: dict[str, float] | None) -> dict[int, 
     return out
 
 
-def _stops(req: _SamplingFields) -> list[str]:
+def _stops(req: SamplingFields) -> list[str]:
     if req.stop is None:
         return []
     return [req.stop] if isinstance(req.stop, str) else [s for s in req.stop if s]

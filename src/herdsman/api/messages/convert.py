@@ -22,8 +22,8 @@ import json
 from typing import Any
 
 from herdsman.api.messages.protocol import CountTokensRequest, MessagesRequest, ToolChoice
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.pipeline.errors import InvalidRequest
+from herdsman.protocol.openai import ChatCompletionRequest
 
 Json = dict[str, Any]
 

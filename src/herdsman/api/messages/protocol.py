@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from herdsman.api.protocol import Seed
+from herdsman.protocol.openai import Seed
 
 # Anthropic's ranges (its API refuses a temperature above 1, unlike OpenAI's 2).
 Temperature = Annotated[float, Meta(ge=0.0, le=1.0)]

@@ -38,7 +38,6 @@ from herdsman.api.messages.convert import (
 from herdsman.api.messages.errors import error_response, stream_error_type
 from herdsman.api.messages.protocol import CountTokensRequest, MessagesRequest
 from herdsman.api.messages.stream import MessageBuilder, frame, new_id
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.sse import encode_json
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.multimodal.base import expand_placeholders
@@ -49,6 +48,7 @@ from herdsman.pipeline.generate import Generation
 from herdsman.pipeline.images import ImageInputs, load_images
 from herdsman.pipeline.parsing import ChoiceParser, ParsedDelta
 from herdsman.pipeline.prepare import prepare_chat, render_chat_prompt
+from herdsman.protocol.openai import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from herdsman.api.protocol import Temperature, TopLogprobs, TopP
+from herdsman.protocol.openai import Temperature, TopLogprobs, TopP
 
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 

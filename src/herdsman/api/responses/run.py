@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herdsman.api.errors import api_error
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import mcp_tools
 from herdsman.api.responses.builder import ResponseBuilder
 from herdsman.api.responses.items import (
@@ -25,6 +24,7 @@ from herdsman.pipeline.generate import Generation, GenerationPlan
 from herdsman.pipeline.images import load_images
 from herdsman.pipeline.parsing import ParsedDelta
 from herdsman.pipeline.prepare import prepare_chat
+from herdsman.protocol.openai import ChatCompletionRequest
 from herdsman.storage import Store
 
 

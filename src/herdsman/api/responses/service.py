@@ -17,7 +17,6 @@ from typing import Any
 
 from herdsman.api.bodies import decode_body, routing_key
 from herdsman.api.errors import APIError, bad_request
-from herdsman.api.protocol import ChatCompletionRequest
 from herdsman.api.responses import mcp_tools
 from herdsman.api.responses.background import start_background
 from herdsman.api.responses.builder import ResponseBuilder
@@ -37,6 +36,7 @@ from herdsman.api.sse import encode_json
 from herdsman.http import Request, Response, StreamingResponse
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.generate import Generation
+from herdsman.protocol.openai import ChatCompletionRequest
 from herdsman.storage import StorageError
 
 # What ``include`` may ask for: herdsman has no encrypted reasoning (reasoning items carry their

@@ -30,7 +30,7 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
     continuous_usage_stats: bool = False
 
 
-class _SamplingFields(msgspec.Struct, kw_only=True):
+class SamplingFields(msgspec.Struct, kw_only=True):
     model: str
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
@@ -57,7 +57,7 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     return_token_ids: bool = False
 
 
-class ChatCompletionRequest(_SamplingFields, kw_only=True):
+class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[dict[str, Any]]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
@@ -93,7 +93,7 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
         }
 
 
-class CompletionRequest(_SamplingFields, kw_only=True):
+class CompletionRequest(SamplingFields, kw_only=True):
     logprobs: TopLogprobs | None = None
     # str, list of str, list of ids or list of id lists: msgspec unions allow one array type.
     prompt: str | list[Any]
