@@ -28,10 +28,14 @@ _CONTEXT_MAX = 32
 
 
 class Decoding(Protocol):
-    """What a detokenizer needs of a tokenizer: ``tokenizers.Tokenizer`` and fastokens' both
-    have it."""
+    """What decoding needs of a tokenizer: ``tokenizers.Tokenizer`` and fastokens' both have it
+    (a detokenizer only calls ``decode``)."""
 
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+    def id_to_token(self, id: int) -> str | None: ...
+
+    def token_to_id(self, token: str) -> int | None: ...
 
 
 class InvalidPrefix(ValueError):

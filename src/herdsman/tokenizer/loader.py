@@ -203,7 +203,7 @@ def check_fast_encoder(model: ModelTokenizer, pending: FastCandidate | None) -> 
         return
     model.fast_encode = verified_encoder(pending.tokenizer, pending.probes, model.tokenizer_file)
     if model.fast_encode is None:
-        model.tokenizer  # noqa: B018 - read the reference again now, not on a request's path
+        model.hold_reference()  # the reference encodes: read it again now, not on a request
 
 
 def preload_model_tokenizers(directories: list[str], chat_template: str | None = None) -> None:

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from herdsman.tokenizer.cache import Splitting, TokenizationCache, plan_splitting
 from herdsman.tokenizer.chat_template import ChatTemplate
-from herdsman.tokenizer.detokenizer import IncrementalDetokenizer
+from herdsman.tokenizer.detokenizer import Decoding, IncrementalDetokenizer
 from herdsman.tokenizer.shared_store import SharedSegmentStore
 
 
@@ -59,7 +59,7 @@ class ModelTokenizer:
     tokenizer_file: Path | None = None
     _splitting: Splitting | bool | None = field(default=False, repr=False)  # False: not planned
     # What decodes: the reference, or fastokens once proven to decode alike (`decode_with`).
-    decoding: Any = field(default=None, repr=False)
+    decoding: Decoding = field(default=None, repr=False)  # type: ignore[assignment]
     reload: Callable[[], Tokenizer] | None = field(default=None, repr=False)
     _vocab_size: int = field(default=0, repr=False)
     # Single-id texts for the detokenizers' streams, by skip_special_tokens (WindowStream).
@@ -77,13 +77,17 @@ class ModelTokenizer:
     def tokenizer(self) -> Tokenizer:
         """The reference tokenizer, read again if it was let go (`decode_with`): for the paths
         fastokens does not serve (truncating pooling inputs, encoding without a fast encoder)."""
+        return self.hold_reference()
+
+    def hold_reference(self) -> Tokenizer:
+        """The reference, read again now if it was let go."""
         if self.reference is None:
             if self.reload is None:
                 raise RuntimeError(f"the reference tokenizer of {self.source} is gone")
             self.reference = self.reload()
         return self.reference
 
-    def decode_with(self, fast: Any) -> None:
+    def decode_with(self, fast: Decoding) -> None:
         """Decode with ``fast`` (proven to decode alike: fast_backend.decodes_alike) and let the
         reference go, when it can be read again: the process then holds one tokenizer."""
         if self.reload is None:
@@ -163,7 +167,7 @@ class ModelTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.decoding.decode(list(ids), skip_special_tokens=skip_special_tokens)  # type: ignore[no-any-return]
+        return self.decoding.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def detokenizer(
         self, *, skip_special_tokens: bool = True, context: Sequence[int] = ()
@@ -228,7 +232,7 @@ class ModelTokenizer:
     def token_piece(self, token_id: int) -> str | None:
         """The vocabulary's own string for an id ("Ġhello", "▁hello"), as vLLM's /tokenize
         returns ``token_strs``."""
-        return self.decoding.id_to_token(token_id)  # type: ignore[no-any-return]
+        return self.decoding.id_to_token(token_id)
 
     def _leading_space_marker(self) -> str | None:
         """The Metaspace replacement character when the pre-tokenizer is Metaspace (alone or in a
@@ -250,4 +254,4 @@ class ModelTokenizer:
         return marker if isinstance(marker, str) else None
 
     def token_id(self, token: str) -> int | None:
-        return self.decoding.token_to_id(token)  # type: ignore[no-any-return]
+        return self.decoding.token_to_id(token)
