@@ -23,14 +23,19 @@ lint: $(STAMP)
 
 # The real-engine tier (tests/integration) needs vLLM's CPU build in its own venv outside the
 # clone (scripts/vllm_env.sh: built once, then reused); CI always runs it. HERDSMAN_SKIP_VLLM=1
-# skips building it and the tier.
+# skips building it and the tier. Test files run on TEST_JOBS xdist workers (TEST_JOBS=0: in
+# this process, one after another): a serial run keeps one core busy on average, as most tests
+# wait for the processes they start.
+TEST_JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+
 test: lint
 	@if [ "$${HERDSMAN_SKIP_VLLM:-}" = 1 ]; then \
 		echo "HERDSMAN_SKIP_VLLM=1: skipping the real-engine tier (tests/integration)"; \
-		$(BIN)/python -m pytest -q; \
+		$(PYTEST); \
 	else \
 		vllm_python=$$(bash scripts/vllm_env.sh) && \
-		HERDSMAN_VLLM_PYTHON=$$vllm_python $(BIN)/python -m pytest -q; \
+		HERDSMAN_VLLM_PYTHON=$$vllm_python $(PYTEST); \
 	fi
 
 bench: $(STAMP)

@@ -10,7 +10,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,38 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
     asyncio.run(pyfuncitem.obj(**kwargs))
     return True
+
+
+# `make test` runs the suite on two xdist workers (--dist loadfile), each taking the next unit
+# as it finishes one. A unit is a file, except the real-engine tier: one unit, so that its vLLM
+# servers (4-5 GB each, a minute or two to start) run one module at a time as in a serial run
+# rather than two modules' at once. The long units go first, so none starts last and runs alone.
+_REAL_ENGINES = "tests/integration/"
+_FIRST = (_REAL_ENGINES, "tests/faults/", "tests/fleet/")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndRealEngines(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(_REAL_ENGINES):
+                return _REAL_ENGINES
+            return super()._split_scope(nodeid)
+
+    return FilesAndRealEngines(config, log)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(_FIRST) if path.startswith(prefix)), len(_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each group is kept
 
 
 @dataclass
@@ -140,28 +172,60 @@ def start_gateway(*workers: str, extra: tuple[str, ...] = ()) -> Proc:
     return _start([*argv, *extra], _GATEWAY_READY)
 
 
+class _Shared:
+    """The session's shared engine-sims and gateways, by what they are started for.
+
+    The fixtures below are parametrized per session (backend, transport), and pytest tears such a
+    fixture down whenever the next test wants another parameter. That is once per parameter in
+    a serial run, but under xdist (``make test`` runs files on two workers) each worker switches
+    parameters at every file, and would start the same processes again each time. Kept here
+    instead, each is started once per worker and stopped when the session ends."""
+
+    def __init__(self) -> None:
+        self._procs: dict[tuple[str, ...], Proc] = {}
+
+    def get(self, key: tuple[str, ...], start: Callable[[], Proc]) -> Proc:
+        proc = self._procs.get(key)
+        if proc is None or proc.process.poll() is not None:
+            proc = self._procs[key] = start()
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs.values()):  # gateways before the sims they use
+            proc.stop()
+        self._procs.clear()
+
+
+@pytest.fixture(scope="session")
+def _shared() -> Iterator[_Shared]:
+    shared = _Shared()
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture(scope="session", params=["vllm", "sglang"])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture(scope="session")
-def sim(backend: str) -> Iterator[Proc]:
+def sim(backend: str, _shared: _Shared) -> Proc:
     """A fast engine-sim (small timings) for the given protocol."""
-    proc = start_sim(
-        QWEN3,
-        backend,
-        "--ttft-base-ms",
-        "1",
-        "--prefill-ms-per-1k",
-        "0",
-        "--itl-base-ms",
-        "1",
-        "--itl-per-running-ms",
-        "0",
+    return _shared.get(
+        ("sim", backend),
+        lambda: start_sim(
+            QWEN3,
+            backend,
+            "--ttft-base-ms",
+            "1",
+            "--prefill-ms-per-1k",
+            "0",
+            "--itl-base-ms",
+            "1",
+            "--itl-per-running-ms",
+            "0",
+        ),
     )
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="session", params=["native", "grpcio"])
@@ -170,11 +234,12 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def gateway(sim: Proc, transport: str) -> Iterator[Proc]:
+def gateway(sim: Proc, transport: str, _shared: _Shared) -> Proc:
     """A gateway in front of ``sim`` with the tokenizer fetched from the worker."""
-    proc = start_gateway(sim.address, extra=("--grpc-transport", transport))
-    yield proc
-    proc.stop()
+    return _shared.get(
+        ("gateway", sim.address, transport),
+        lambda: start_gateway(sim.address, extra=("--grpc-transport", transport)),
+    )
 
 
 @pytest.fixture(scope="session")

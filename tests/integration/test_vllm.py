@@ -350,7 +350,10 @@ def test_disconnect_aborts_in_the_engine(
     ) as response:
         assert response.status_code == 200
         started = time.monotonic()
-        for line in response.iter_lines():
+        # Held: a line iterator dropped by the `break` would be closed, and closing it closes
+        # the connection, racing the engine's load check below.
+        lines = response.iter_lines()
+        for line in lines:
             if line.startswith("data: {"):
                 request_id = json.loads(line[6:])["id"]
                 chunks += 1
