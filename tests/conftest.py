@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.sim.simproc import FAST_TIMING
 from tests.storage_servers import start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +61,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 @pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture parameters
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        path = item.nodeid
-        return next((i for i, prefix in enumerate(_FIRST) if path.startswith(prefix)), len(_FIRST))
+        return next((i for i, p in enumerate(_FIRST) if item.nodeid.startswith(p)), len(_FIRST))
 
     items.sort(key=rank)  # stable: the order within each group is kept
 
@@ -186,7 +186,7 @@ class _Shared:
 
     def get(self, key: tuple[str, ...], start: Callable[[], Proc]) -> Proc:
         proc = self._procs.get(key)
-        if proc is None or proc.process.poll() is not None:
+        if proc is None:
             proc = self._procs[key] = start()
         return proc
 
@@ -211,21 +211,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def sim(backend: str, _shared: _Shared) -> Proc:
     """A fast engine-sim (small timings) for the given protocol."""
-    return _shared.get(
-        ("sim", backend),
-        lambda: start_sim(
-            QWEN3,
-            backend,
-            "--ttft-base-ms",
-            "1",
-            "--prefill-ms-per-1k",
-            "0",
-            "--itl-base-ms",
-            "1",
-            "--itl-per-running-ms",
-            "0",
-        ),
-    )
+    return _shared.get(("sim", backend), lambda: start_sim(QWEN3, backend, *FAST_TIMING))
 
 
 @pytest.fixture(scope="session", params=["native", "grpcio"])
