@@ -25,13 +25,14 @@ from tests.conftest import _GATEWAY_READY, LLAMA3, ROOT, Proc, wait_for_line
 
 HERE = Path(__file__).resolve().parent
 VLLM_ENV_SCRIPT = ROOT / "scripts" / "vllm_env.sh"
-# The generous limits: a cold vLLM start (torch.compile of the model, the servicer's warm-up) on
-# 2 shared cores took about 75 s here.
+# The generous limits: a cold vLLM start of this tier (eager, no servicer warm-up) takes 25-80 s
+# on 2 shared cores here, two servers starting at once; a compiled one took 75 s and more.
 VLLM_START_TIMEOUT = float(os.environ.get("HERDSMAN_VLLM_START_TIMEOUT", "600"))
 MAX_MODEL_LEN = 4096
 GRPC_SERVER = "vllm.entrypoints.launchers.grpc_server"
 OPENAI_SERVER = "vllm.entrypoints.openai.api_server"
 SERVED_NAME = "tiny-llama"
+EAGER = ("--enforce-eager",)
 
 
 def _vllm_python() -> Path | None:
@@ -154,6 +155,10 @@ def vllm_env(**extra: str) -> dict[str, str]:
         DO_NOT_TRACK="1",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
+        # The servicer's planned warm-up visits every batch and prefill shape before it reports
+        # SERVING (7-19 s a start here): it spares a production engine's first requests a
+        # compile, and a tiny eager model has none to spare.
+        SMG_VLLM_SERVICER_WARMUP="off",
         **extra,
     )
 
@@ -194,7 +199,10 @@ def wait_vllm_ready(server: VllmServer, ready: Callable[[str], bool]) -> None:
 def vllm_argv(
     entrypoint: str, vllm_python: Path, model: Path, served_name: str, port: int, *extra: str
 ) -> list[str]:
-    """A vLLM server of this tier for ``model``: float32, seed 0, a small context."""
+    """A vLLM server of this tier for ``model``: float32, seed 0, a small context, eager.
+
+    Eager (no torch.compile): compiling took 20-50 s of every start here, and a tier that compares
+    two servers' outputs compares them under the same flags, not with a compiled run."""
     return [
         str(vllm_python),
         "-m",
@@ -215,6 +223,7 @@ def vllm_argv(
         str(MAX_MODEL_LEN),
         "--seed",
         "0",
+        *EAGER,
         *extra,
     ]
 

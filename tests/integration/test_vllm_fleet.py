@@ -27,7 +27,6 @@ loads, a KV-event batch), with a generous deadline.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import re
@@ -45,6 +44,7 @@ import openai
 import pytest
 
 from .conftest import (
+    EAGER,
     SERVED_NAME,
     VLLM_START_TIMEOUT,
     EngineClient,
@@ -53,6 +53,7 @@ from .conftest import (
     _health_serving,
     engine_port,
     start_gateway_logged,
+    vllm_env,
     wait_for,
 )
 
@@ -123,20 +124,13 @@ def _start_engine(
         "--gpu-memory-utilization", "0.2",
         "--max-model-len", str(MAX_MODEL_LEN),
         "--seed", "0",
+        *EAGER,
         "--enable-prefix-caching",
         "--kv-events-config", _kv_events_config(workdir, index),
         # "Added request X.": which engine ran which request.
         "--enable-log-requests",
     ]  # fmt: skip
-    env = dict(
-        os.environ,
-        PYTHONUNBUFFERED="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
+    env = vllm_env()
     started = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)

@@ -38,6 +38,7 @@ from PIL import Image
 from tests.conftest import MODELS, ROOT
 
 from .conftest import (
+    EAGER,
     HERE,
     MAX_MODEL_LEN,
     Gateway,
@@ -158,6 +159,7 @@ def pair(
         str(MAX_MODEL_LEN),
         "--seed",
         "0",
+        *EAGER,
         *common,
     ]
     grpc_argv = grpc_server_argv(vllm_python, vl_model, SERVED, grpc_port, *common)

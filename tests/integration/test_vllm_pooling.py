@@ -39,6 +39,7 @@ import httpx
 import pytest
 
 from .conftest import (
+    EAGER,
     GRPC_SERVER,
     HERE,
     OPENAI_SERVER,
@@ -93,9 +94,8 @@ def pooling_models(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) 
 def pooling_argv(
     entrypoint: str, vllm_python: Path, model: Path, served_name: str, port: int
 ) -> list[str]:
-    """A vLLM server of this module: the pooling runner, float32, no torch.compile (a cold start
-    ~10 s shorter; the outputs of the two servers are compared with each other, not with a
-    compiled run)."""
+    """A vLLM server of this module: the pooling runner, float32, eager as the whole tier (the
+    outputs of the two servers are compared with each other, not with a compiled run)."""
     return [
         str(vllm_python),
         "-m",
@@ -106,7 +106,7 @@ def pooling_argv(
         "--port", str(port),
         "--runner", "pooling",
         "--dtype", "float32",
-        "--enforce-eager",
+        *EAGER,
         "--gpu-memory-utilization", "0.2",
         "--max-model-len", str(MAX_MODEL_LEN),
         "--seed", "0",
