@@ -27,7 +27,7 @@ from smg_grpc_proto.generated import vllm_engine_pb2 as pb
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.sim.simproc import start_sim
 
-from herdsman.engines.transport import TRANSPORTS
+from herdsman.engines.transport import transport_class
 
 ZERO_TIMING = ("--ttft-base-ms", "0", "--prefill-ms-per-1k", "0", "--itl-base-ms", "0")
 ZERO_TIMING += ("--itl-per-running-ms", "0", "--max-model-len", "1000000")
@@ -44,7 +44,7 @@ def _request(i: int, tokens: int) -> pb.GenerateRequest:
 
 
 async def _run(transport_name: str, port: int, streams: int, tokens: int) -> float:
-    transport = TRANSPORTS[transport_name](f"127.0.0.1:{port}")
+    transport = transport_class(transport_name)(f"127.0.0.1:{port}")
 
     async def one(i: int) -> int:
         count = 0

@@ -24,7 +24,13 @@ from tests.sim.simproc import SimFactory, SimProcess
 
 from herdsman.engines import EngineBusy, EngineRequest, SamplingParams, connect_engine
 from herdsman.engines.grpc_engine import engine_error
-from herdsman.engines.transport import TRANSPORTS, NativeTransport, RpcError, Transport
+from herdsman.engines.transport import (
+    NativeTransport,
+    RpcError,
+    StatusCode,
+    Transport,
+    transport_class,
+)
 from herdsman.engines.transport.base import TransportOptions
 from herdsman.engines.transport.grpcio import rpc_error
 
@@ -62,7 +68,7 @@ def run(coroutine: Awaitable[T]) -> T:
 
 
 def make(name: str, address: str, **options: Any) -> Transport:
-    return TRANSPORTS[name](address, TransportOptions(**options))
+    return transport_class(name)(address, TransportOptions(**options))
 
 
 def generate(request_id: str, max_tokens: int = 20) -> pb.GenerateRequest:
@@ -118,7 +124,7 @@ async def eventually(call: Callable[[], Awaitable[T]], within: float = GENEROUS)
         try:
             return await call()
         except RpcError as exc:
-            if exc.code != grpc.StatusCode.UNAVAILABLE or loop.time() > deadline:
+            if exc.code != StatusCode.UNAVAILABLE or loop.time() > deadline:
                 raise
         await asyncio.sleep(0.1)
 
@@ -148,7 +154,7 @@ def test_deadline_before_the_first_message(sims: SimFactory, transport_name: str
         finally:
             await transport.close()
 
-    assert run(main()).code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert run(main()).code == StatusCode.DEADLINE_EXCEEDED
     assert sim.wait_for_log_line("cancel hang-first", timeout=GENEROUS)
 
 
@@ -169,7 +175,7 @@ def test_deadline_after_the_first_message(sims: SimFactory, transport_name: str)
 
     tokens, error = run(main())
     assert tokens == 3
-    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.code == StatusCode.DEADLINE_EXCEEDED
     assert sim.wait_for_log_line("cancel hang-later", timeout=GENEROUS)
 
 
@@ -190,7 +196,7 @@ def test_deadline_is_enforced_by_the_client_when_the_engine_cannot_answer(
         finally:
             await transport.close()
 
-    assert run(main()).code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert run(main()).code == StatusCode.DEADLINE_EXCEEDED
 
 
 # -- keepalive -------------------------------------------------------------------------------
@@ -208,7 +214,7 @@ def test_keepalive_fails_calls_on_a_stalled_connection(
             proxy.stall()
             error = await expect_error(responses)
             # UNAVAILABLE from keepalive, long before the call's deadline.
-            assert error.code == grpc.StatusCode.UNAVAILABLE, error
+            assert error.code == StatusCode.UNAVAILABLE, error
             proxy.pass_through()
             tokens, complete = await eventually(lambda: drain(stream(transport, "after", 5)))
             assert (tokens, complete) == (5, True)
@@ -230,13 +236,13 @@ def test_keepalive_fails_calls_on_a_frozen_engine(sims: SimFactory, transport_na
             await take(responses, 2)
             os.kill(sim.process.pid, signal.SIGSTOP)
             error = await expect_error(responses)
-            assert error.code == grpc.StatusCode.UNAVAILABLE, error
+            assert error.code == StatusCode.UNAVAILABLE, error
             if isinstance(transport, NativeTransport):
                 # The kernel still accepts TCP connections for a frozen process: connecting
                 # waits for the engine's SETTINGS, so this fails after the connect timeout.
                 with pytest.raises(RpcError) as refused:
                     await health(transport)
-                assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                assert refused.value.code == StatusCode.UNAVAILABLE
             os.kill(sim.process.pid, signal.SIGCONT)
             tokens, complete = await eventually(lambda: drain(stream(transport, "thawed", 5)))
             assert (tokens, complete) == (5, True)
@@ -262,7 +268,7 @@ def test_silent_engine_is_pinged_politely(sims: SimFactory) -> None:
             # grpc core's default policy (one PING per 5 minutes without data, 2 strikes) sends
             # GOAWAY too_many_pings at the fourth PING; backing off x4 it takes seconds.
             error = await expect_error(responses)
-            assert error.code == grpc.StatusCode.UNAVAILABLE
+            assert error.code == StatusCode.UNAVAILABLE
             assert transport.keepalive.interval == pytest.approx(0.04)
         finally:
             await transport.close()
@@ -284,7 +290,7 @@ def test_connection_reset_mid_stream(
             await take(responses, 2)
             proxy.reset()
             error = await expect_error(responses)
-            assert error.code == grpc.StatusCode.UNAVAILABLE, error
+            assert error.code == StatusCode.UNAVAILABLE, error
             proxy.pass_through()
             tokens, complete = await eventually(lambda: drain(stream(transport, "after", 5)))
             assert (tokens, complete) == (5, True)
@@ -323,7 +329,7 @@ def test_connection_refused_is_unavailable(
         try:
             with pytest.raises(RpcError) as error:
                 await health(transport, timeout=5.0)
-            assert error.value.code == grpc.StatusCode.UNAVAILABLE
+            assert error.value.code == StatusCode.UNAVAILABLE
             proxy.pass_through()
             assert await eventually(lambda: health(transport))
         finally:
@@ -430,7 +436,7 @@ def test_calls_wait_for_a_slot_within_their_deadline(sims: SimFactory) -> None:
             await take(holder, 1)
             # The only slot is taken by a silent call: the next one waits, then times out.
             error = await expect_error(stream(transport, "waiter", 5, timeout=0.5))
-            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error.code == StatusCode.DEADLINE_EXCEEDED
             await holder.aclose()  # frees the slot
             assert await health(transport)
         finally:
@@ -502,7 +508,7 @@ def test_max_message_size(sims: SimFactory, transport_name: str) -> None:
                 TOKENIZER, common_pb2.GetTokenizerRequest(), common_pb2.GetTokenizerChunk
             )
             error = await expect_error(chunks)
-            assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+            assert error.code == StatusCode.RESOURCE_EXHAUSTED, error
             # Only that call failed: the connection goes on.
             assert await drain(stream(transport, "small", 5)) == (5, True)
         finally:
@@ -608,7 +614,7 @@ def test_grpcio_refused_stream_is_refused() -> None:
         details="Stream removed (RST_STREAM (Received RST_STREAM with error code 7))",
     )
     error = rpc_error(refused)
-    assert (error.code, error.refused) == (grpc.StatusCode.UNAVAILABLE, True)
+    assert (error.code, error.refused) == (StatusCode.UNAVAILABLE, True)
     assert isinstance(engine_error(error), EngineBusy)
     other = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="EOF"
@@ -649,7 +655,7 @@ def test_refused_stream_is_refused(sims: SimFactory) -> None:
             (connection,) = transport.connections
             connection.max_streams = 10  # pretend the engine allows more
             error = await expect_error(stream(transport, "extra", 5))
-            assert error.code == grpc.StatusCode.UNAVAILABLE
+            assert error.code == StatusCode.UNAVAILABLE
             assert error.refused
             assert isinstance(engine_error(error), EngineBusy)  # back-pressure, not failure
             await holder.aclose()

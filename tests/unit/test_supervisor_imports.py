@@ -68,6 +68,8 @@ def test_herdsman_serve_up_to_the_supervisor_imports_no_serving_code() -> None:
     )
     assert "herdsman.serve.supervisor" in modules
     assert _serving_only(modules) == []
+    # It probes the engines over the native transport: grpcio (~20 MB) stays out.
+    assert "grpc" not in modules
 
 
 def test_the_gateway_process_target_imports_the_serving_code_when_it_runs() -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import grpc
-
 from herdsman.engines.base import EngineClient, EngineUnavailable
 from herdsman.engines.grpc_engine import GrpcEngine
 from herdsman.engines.sglang import SglangScheduler
-from herdsman.engines.transport import TRANSPORTS, RpcError, Transport, TransportOptions
+from herdsman.engines.transport import (
+    RpcError,
+    StatusCode,
+    Transport,
+    TransportOptions,
+    transport_class,
+)
 from herdsman.engines.vllm import VllmEngine
 
 BACKENDS: dict[str, type[GrpcEngine]] = {
@@ -36,7 +40,7 @@ async def _speaks(adapter: type[GrpcEngine], transport: Transport, timeout: floa
             method, adapter.pb2.GetModelInfoRequest(), adapter.pb2.GetModelInfoResponse, timeout
         )
     except RpcError as exc:
-        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+        if exc.code == StatusCode.UNIMPLEMENTED:
             return False
         raise EngineUnavailable(f"worker unreachable: {exc}") from exc
     return True
@@ -51,10 +55,9 @@ async def connect_engine(
 ) -> EngineClient:
     """Connect to a worker; with ``backend="auto"`` ask each service until one answers."""
     target, tls = parse_worker_url(url)
-    if transport not in TRANSPORTS:
-        raise ValueError(f"unknown transport {transport!r}; choose from {sorted(TRANSPORTS)}")
+    kind = transport_class(transport)
     options = dataclasses.replace(options or TransportOptions(), tls=tls)
-    channel = TRANSPORTS[transport](target, options)
+    channel = kind(target, options)
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")

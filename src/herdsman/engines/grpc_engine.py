@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, ClassVar
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 from smg_grpc_proto.generated import common_pb2
 
@@ -27,7 +26,7 @@ from herdsman.engines.base import (
     TokenLogprobs,
 )
 from herdsman.engines.embed_wire import EmbedResponseDecoder
-from herdsman.engines.transport import RpcError, Transport
+from herdsman.engines.transport import RpcError, StatusCode, Transport
 from herdsman.engines.transport.base import DECLINED, Listener
 from herdsman.observability.tracing import engine_metadata
 from herdsman.routing.load import WorkerLoad
@@ -51,11 +50,11 @@ def _listener(plain: Callable[[bytes], EngineOutput | None], push: OutputSink) -
 
 def engine_error(exc: RpcError) -> EngineError:
     message = f"engine {exc.code.name}: {exc.details or 'no details'}"
-    if exc.refused or exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if exc.refused or exc.code == StatusCode.RESOURCE_EXHAUSTED:
         return EngineBusy(message)
-    if exc.code == grpc.StatusCode.UNAVAILABLE:
+    if exc.code == StatusCode.UNAVAILABLE:
         return EngineUnavailable(message)
-    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if exc.code == StatusCode.DEADLINE_EXCEEDED:
         return EngineDeadlineExceeded(message)
     return EngineError(message, code=exc.code.name.lower())
 

@@ -15,12 +15,12 @@ from herdsman.pipeline.images import ImageSupport
 from herdsman.pipeline.retry import RetryPolicy
 from herdsman.routing import RoundRobinPolicy, RoutingPolicy, WorkerRegistry
 from herdsman.routing.kv_events import KvEventSubscriber
-from herdsman.routing.kv_index import KvIndex
 from herdsman.storage import Store
+from herdsman.tokenizer import ModelTokenizer
 
 if TYPE_CHECKING:
     from herdsman.mcp import McpPool
-from herdsman.tokenizer import ModelTokenizer
+    from herdsman.routing.kv_index import KvIndex  # cache-aware routing only; imports numpy
 
 log = logging.getLogger(__name__)
 

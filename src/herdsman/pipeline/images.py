@@ -10,15 +10,17 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from herdsman.multimodal.errors import MediaError
-from herdsman.multimodal.fetch import ImageFetcher
-from herdsman.multimodal.service import ImagePreprocessor
 from herdsman.observability import tracing
 from herdsman.pipeline.errors import InvalidRequest
+
+if TYPE_CHECKING:  # the processors import numpy and Pillow: only a vision model's gateway does
+    from herdsman.multimodal.fetch import ImageFetcher
+    from herdsman.multimodal.service import ImagePreprocessor
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from herdsman.engines import SamplingParams
-from herdsman.multimodal.base import expand_placeholders
+from herdsman.multimodal.placeholders import expand_placeholders
 from herdsman.observability import METRICS, tracing
 from herdsman.parsers import registry
 from herdsman.parsers.reasoning import thinking_flag

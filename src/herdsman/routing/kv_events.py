@@ -31,13 +31,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smg_grpc_proto.generated import common_pb2
 
 from herdsman.engines.base import EngineClient, EngineError
-from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.load import WorkerLoad
+
+if TYPE_CHECKING:  # built only for cache-aware routing; it imports numpy
+    from herdsman.routing.kv_index import KvIndex
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,6 @@ from pathlib import Path
 from herdsman.config import GatewayConfig
 from herdsman.engines import EngineClient, ModelInfo
 from herdsman.mcp import load_mcp_config
-from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
-from herdsman.multimodal.registry import load_processor
-from herdsman.multimodal.service import ImagePreprocessor
 from herdsman.observability import METRICS
 from herdsman.parsers import registry
 from herdsman.pipeline.admission import Admission
@@ -35,7 +32,6 @@ from herdsman.routing import (
     worker_id,
 )
 from herdsman.routing.kv_events import KvEventSubscriber
-from herdsman.routing.kv_index import KvIndex
 from herdsman.routing.pairing import incompatibility
 from herdsman.serve.fleet import WorkerSpec, connect_worker_engine, probe_until_ready
 from herdsman.serve.heap import trim_heap
@@ -122,6 +118,12 @@ def _image_support(
 ) -> ImageSupport | None:
     if not (model_dir / "preprocessor_config.json").is_file():
         return None
+    # Here, not at the top: the processors import numpy and Pillow, which a text-only gateway
+    # never loads (the fork server preloads them where a model has a processor: preload.py).
+    from herdsman.multimodal.fetch import FetchPolicy, ImageFetcher
+    from herdsman.multimodal.registry import load_processor
+    from herdsman.multimodal.service import ImagePreprocessor
+
     processor = load_processor(model_dir)
     model_config = (
         json.loads((model_dir / "config.json").read_text())
@@ -252,11 +254,17 @@ async def load_model(config: GatewayConfig, spec: WorkerSpec) -> ServedModel:
             config, info, model.name, tokenizer
         )
         model.images = _image_support(config, tokenizer_dir, tokenizer)
+    else:
+        # Pooling outputs are numpy arrays: imported now (if the fork server has not), not by
+        # the first request, on the event loop.
+        import numpy  # noqa: F401
     policy = policy_for(config, model.name)
     prefill_policy = config.prefill_policy or policy
     decode_policy = config.decode_policy or policy
     policies = {policy, prefill_policy, decode_policy}
     if "cache_aware" in policies:
+        from herdsman.routing.kv_index import KvIndex  # numpy: only where a policy needs it
+
         model.index = KvIndex(
             spec.block_size,
             max_blocks=config.kv_index_max_blocks,

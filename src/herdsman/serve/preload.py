@@ -10,31 +10,81 @@ collector's reach (``gc.freeze``), whose passes would otherwise write to every o
 every page.
 
 The supervisor names the tokenizers in ``HERDSMAN_PRELOAD`` (JSON: ``{"tokenizers": [dir, ...],
-"chat_template": str | null}``) before the fork server starts. fastokens' first encode builds
-~40 MB of tables; with one BPE thread it starts no thread (a thread does not survive a fork), so
-it runs here once (``fast_backend.warm``) and every process shares the tables. Each process still
-checks its fast encoder itself (``load_model_tokenizer``), against the ids the reference gave
-the probes here: where fastokens decodes alike, the reference (``tokenizers``) was let go while
-loading, before the heap is trimmed and any process forked. A tokenizer that fails to load
-here is loaded, and its error reported, by the gateway process as before; one whose files changed
-since is read again (``load_model_tokenizer`` checks).
+"chat_template": str | null, "modules": [name, ...]}``) before the fork server starts.
+fastokens' first encode builds ~40 MB of tables; with one BPE thread it starts no thread (a
+thread does not survive a fork), so it runs here once (``fast_backend.warm``) and every process
+shares the tables. Each process still checks its fast encoder itself (``load_model_tokenizer``),
+against the ids the reference gave the probes here: where fastokens decodes alike, the reference
+(``tokenizers``) was let go while loading, before the heap is trimmed and any process forked. A
+tokenizer that fails to load here is loaded, and its error reported, by the gateway process as
+before; one whose files changed since is read again (``load_model_tokenizer`` checks).
+
+The serving code leaves out what only some gateways use: the image processors (numpy and
+Pillow), numpy for pooling outputs, the prefix index of cache-aware routing (numpy), and grpcio
+for its transport (~34 MB of a process together). Where the supervisor's configuration
+(``modules``: ``config_modules``) or a model's directory (``model_modules``) says a gateway will
+use them, they are imported here and shared like the rest; a gateway that finds it needs one
+later imports it itself.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import logging
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from herdsman.serve.heap import trim_heap
 from herdsman.settings import PRELOAD_ENV as ENV
 
 log = logging.getLogger(__name__)
 
+_IMAGE_MODULES = ("herdsman.multimodal.registry", "herdsman.multimodal.service")
+_INDEX_MODULE = "herdsman.routing.kv_index"
+_GRPCIO_MODULE = "herdsman.engines.transport.grpcio"
+# Architectures of models that generate text: any other is probably served by a pooling runner,
+# whose outputs are numpy arrays.
+_GENERATING = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 
-def preload_spec(tokenizer_dirs: list[str], chat_template: str | None) -> str:
-    return json.dumps({"tokenizers": sorted(set(tokenizer_dirs)), "chat_template": chat_template})
+
+def config_modules(policies: Iterable[str | None], grpc_transport: str) -> list[str]:
+    """What the routing policies and the engine transport in use import beyond the serving
+    code."""
+    modules = [_INDEX_MODULE] if "cache_aware" in set(policies) else []
+    if grpc_transport == "grpcio":
+        modules.append(_GRPCIO_MODULE)
+    return modules
+
+
+def model_modules(directory: Path) -> list[str]:
+    """What the gateways serving the model in ``directory`` will import beyond the serving code,
+    as far as its files tell: the image processors for a model with one, numpy for a model that
+    does not generate text."""
+    if (directory / "preprocessor_config.json").is_file():
+        return list(_IMAGE_MODULES)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        architectures = config.get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    if architectures and not any(str(a).endswith(_GENERATING) for a in architectures):
+        return ["numpy"]
+    return []
+
+
+def preload_spec(
+    tokenizer_dirs: list[str], chat_template: str | None, modules: Iterable[str] = ()
+) -> str:
+    return json.dumps(
+        {
+            "tokenizers": sorted(set(tokenizer_dirs)),
+            "chat_template": chat_template,
+            "modules": sorted(set(modules)),
+        }
+    )
 
 
 def preload() -> None:
@@ -57,11 +107,18 @@ def preload() -> None:
         except ValueError:
             spec = {}
         template = spec.get("chat_template")
+        modules = list(spec.get("modules", []))
         for directory in spec.get("tokenizers", []):
             try:
                 preload_model_tokenizers([directory], template)
             except Exception:  # the gateway process loads it again and reports the error
                 log.debug("preloading %s failed", directory, exc_info=True)
+            modules += model_modules(Path(directory))
+        for name in dict.fromkeys(modules):
+            try:
+                importlib.import_module(name)
+            except Exception:  # imported again, and any error reported, where it is used
+                log.debug("preloading %s failed", name, exc_info=True)
     finally:
         gc.collect()
         gc.freeze()

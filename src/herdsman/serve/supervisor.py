@@ -63,7 +63,7 @@ from herdsman.serve.control import (
 from herdsman.serve.entry import gateway_process
 from herdsman.serve.fleet import WorkerSpec, connect_worker_engine, probe_until_ready
 from herdsman.serve.preload import ENV as PRELOAD_ENV
-from herdsman.serve.preload import preload_spec
+from herdsman.serve.preload import config_modules, preload_spec
 from herdsman.serve.shared_files import SharedBoard, make_store_directory, remove_store_directory
 
 log = logging.getLogger(__name__)
@@ -443,8 +443,12 @@ class Supervisor:
     def _start_fork_server(self) -> None:
         """Have the fork server preload the tokenizers of the models known now (it starts with the
         first process and reads its environment then)."""
-        dirs = [spec.tokenizer_dir for spec in self._config.worker_specs]
-        os.environ[PRELOAD_ENV] = preload_spec(dirs, self._config.chat_template)
+        config = self._config
+        dirs = [spec.tokenizer_dir for spec in config.worker_specs]
+        policies = [config.policy, config.prefill_policy, config.decode_policy]
+        policies += [item.partition("=")[2] for item in config.model_policies]
+        modules = config_modules(policies, config.grpc_transport)
+        os.environ[PRELOAD_ENV] = preload_spec(dirs, config.chat_template, modules)
         self._mp.set_forkserver_preload(["herdsman.serve.forkserver_preload"])
 
     def _start_child(self, index: int | None) -> _Child:

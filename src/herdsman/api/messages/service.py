@@ -40,7 +40,7 @@ from herdsman.api.messages.protocol import CountTokensRequest, MessagesRequest
 from herdsman.api.messages.stream import MessageBuilder, frame, new_id
 from herdsman.api.sse import encode_json
 from herdsman.http import Request, Response, StreamingResponse
-from herdsman.multimodal.base import expand_placeholders
+from herdsman.multimodal.placeholders import expand_placeholders
 from herdsman.observability import METRICS
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.errors import InvalidRequest, RequestError

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from herdsman.api.bodies import json_response, routing_key
 from herdsman.engines import EmbedOutput
 from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.pooling import PoolingInput, pool
+
+if TYPE_CHECKING:  # imported where used: a generating model's gateway never loads numpy
+    import numpy as np
 
 
 async def run(
@@ -81,6 +83,8 @@ def sigmoid(logit: float) -> float:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """vLLM's score of two embeddings (torch's cosine_similarity, its 1e-8 floor on each norm),
     computed in float64 from the engine's float32 values."""
+    import numpy as np
+
     x, y = a.astype(np.float64), b.astype(np.float64)
     if x.shape != y.shape:
         raise ValueError(f"embeddings of different sizes: {x.shape[0]} and {y.shape[0]}")

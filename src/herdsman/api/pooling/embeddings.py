@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-import numpy as np
 from msgspec import Meta
 
 from herdsman.api.bodies import decode_body, split_inputs
@@ -16,6 +15,9 @@ from herdsman.http import Request, Response
 from herdsman.pipeline.context import ServedModel, ServingContext
 from herdsman.pipeline.pooling import PoolingInput, ids_input, text_input
 from herdsman.pipeline.prepare import new_request_id
+
+if TYPE_CHECKING:  # imported where used: a generating model's gateway never loads numpy
+    import numpy as np
 
 # At most this many inputs per request (OpenAI's limit).
 MAX_INPUTS = 2048
@@ -100,6 +102,8 @@ def _cut(values: np.ndarray, dimensions: int | None) -> np.ndarray:
         raise bad_request(
             f"dimensions ({dimensions}) is more than the model's {len(values)}", "dimensions"
         )
+    import numpy as np
+
     cut = values[:dimensions].astype(np.float64)
     norm = float(np.linalg.norm(cut))
     return (cut / norm if norm > 0 else cut).astype(np.float32)

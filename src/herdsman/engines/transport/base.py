@@ -1,12 +1,37 @@
-"""The transport interface and its error."""
+"""The transport interface, its error and gRPC's status codes."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
+
+class StatusCode(enum.Enum):
+    """gRPC's status codes, with the names and values of ``grpc.StatusCode``.
+
+    Our own, so that the native transport, which the gateway uses unless told otherwise, needs no
+    import of grpcio (~20 MB of a process, for its C core): grpcio is imported only by the
+    grpcio transport, which maps its codes here by name."""
+
+    OK = (0, "ok")
+    CANCELLED = (1, "cancelled")
+    UNKNOWN = (2, "unknown")
+    INVALID_ARGUMENT = (3, "invalid argument")
+    DEADLINE_EXCEEDED = (4, "deadline exceeded")
+    NOT_FOUND = (5, "not found")
+    ALREADY_EXISTS = (6, "already exists")
+    PERMISSION_DENIED = (7, "permission denied")
+    RESOURCE_EXHAUSTED = (8, "resource exhausted")
+    FAILED_PRECONDITION = (9, "failed precondition")
+    ABORTED = (10, "aborted")
+    OUT_OF_RANGE = (11, "out of range")
+    UNIMPLEMENTED = (12, "unimplemented")
+    INTERNAL = (13, "internal")
+    UNAVAILABLE = (14, "unavailable")
+    DATA_LOSS = (15, "data loss")
+    UNAUTHENTICATED = (16, "unauthenticated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +67,7 @@ Listener = Callable[[bytes], int]
 class RpcError(Exception):
     """A call ended with a non-OK gRPC status (or could not be made at all)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str = "", *, refused: bool = False) -> None:
+    def __init__(self, code: StatusCode, details: str = "", *, refused: bool = False) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details

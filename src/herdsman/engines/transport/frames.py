@@ -9,9 +9,7 @@ from __future__ import annotations
 import struct
 from urllib.parse import unquote
 
-import grpc
-
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import RpcError, StatusCode
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
     0x0,
@@ -41,12 +39,12 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = struct.Struct(">I")  # 24-bit length + type read as one int, then flags and id
 
-_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+_STATUS_BY_VALUE = {status.value[0]: status for status in StatusCode}
 # HTTP/2 error codes a server uses to reset a stream, as gRPC maps them. REFUSED_STREAM is
 # handled apart: UNAVAILABLE with refused=True (not processed, safe to retry).
 RST_STATUS = {
-    CANCEL: grpc.StatusCode.CANCELLED,
-    ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    CANCEL: StatusCode.CANCELLED,
+    ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -96,21 +94,21 @@ def status_from(headers: list[tuple[bytes, bytes]]) -> RpcError | None:
         elif name == b"grpc-message":
             message = unquote(value.decode("utf-8", "replace"))
     if code is None:
-        return RpcError(grpc.StatusCode.UNKNOWN, "call ended without grpc-status")
+        return RpcError(StatusCode.UNKNOWN, "call ended without grpc-status")
     if code == 0:
         return None
-    return RpcError(_STATUS_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN), message)
+    return RpcError(_STATUS_BY_VALUE.get(code, StatusCode.UNKNOWN), message)
 
 
-def http_status(status: int) -> grpc.StatusCode:
+def http_status(status: int) -> StatusCode:
     # The mapping gRPC defines for HTTP statuses that are not 200.
     return {
-        400: grpc.StatusCode.INTERNAL,
-        401: grpc.StatusCode.UNAUTHENTICATED,
-        403: grpc.StatusCode.PERMISSION_DENIED,
-        404: grpc.StatusCode.UNIMPLEMENTED,
-        429: grpc.StatusCode.UNAVAILABLE,
-        502: grpc.StatusCode.UNAVAILABLE,
-        503: grpc.StatusCode.UNAVAILABLE,
-        504: grpc.StatusCode.UNAVAILABLE,
-    }.get(status, grpc.StatusCode.UNKNOWN)
+        400: StatusCode.INTERNAL,
+        401: StatusCode.UNAUTHENTICATED,
+        403: StatusCode.PERMISSION_DENIED,
+        404: StatusCode.UNIMPLEMENTED,
+        429: StatusCode.UNAVAILABLE,
+        502: StatusCode.UNAVAILABLE,
+        503: StatusCode.UNAVAILABLE,
+        504: StatusCode.UNAVAILABLE,
+    }.get(status, StatusCode.UNKNOWN)

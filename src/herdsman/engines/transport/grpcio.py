@@ -20,7 +20,13 @@ from typing import Any
 
 import grpc
 
-from herdsman.engines.transport.base import Listener, Metadata, RpcError, TransportOptions
+from herdsman.engines.transport.base import (
+    Listener,
+    Metadata,
+    RpcError,
+    StatusCode,
+    TransportOptions,
+)
 from herdsman.engines.transport.tls import read_optional
 
 
@@ -33,8 +39,8 @@ _REFUSED_DETAILS = "RST_STREAM with error code 7"
 
 
 def rpc_error(exc: grpc.aio.AioRpcError) -> RpcError:
-    code, details = exc.code(), exc.details() or ""
-    refused = code == grpc.StatusCode.UNAVAILABLE and _REFUSED_DETAILS in details
+    code, details = StatusCode[exc.code().name], exc.details() or ""
+    refused = code == StatusCode.UNAVAILABLE and _REFUSED_DETAILS in details
     return RpcError(code, details, refused=refused)
 
 

@@ -15,10 +15,9 @@ import struct
 from collections.abc import Callable
 from typing import cast
 
-import grpc
 import hpack
 
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import RpcError, StatusCode
 from herdsman.engines.transport.frames import (
     ACK,
     CANCEL,
@@ -146,7 +145,7 @@ class Http2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
         self._keepalive.stop()
-        error = RpcError(grpc.StatusCode.UNAVAILABLE, f"connection to engine lost: {exc or 'EOF'}")
+        error = RpcError(StatusCode.UNAVAILABLE, f"connection to engine lost: {exc or 'EOF'}")
         for stream in list(self._streams.values()):
             stream.finish(error)
         self._streams.clear()
@@ -188,7 +187,7 @@ class Http2Connection(asyncio.Protocol):
     # -- calls ---------------------------------------------------------------------------------
     async def start_call(self, header_block: bytes, message: bytes) -> Http2Stream:
         if not self.has_slot() or self._transport is None:
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, "connection to engine is not usable")
+            raise RpcError(StatusCode.UNAVAILABLE, "connection to engine is not usable")
         stream_id = self._next_id
         self._next_id += 2
         if self._next_id >= 1 << 31:
@@ -246,14 +245,14 @@ class Http2Connection(asyncio.Protocol):
 
     def cancel(self, stream: Http2Stream) -> None:
         """The caller gave up on the call: RST_STREAM(CANCEL) so the engine stops it."""
-        self.reset(stream, RpcError(grpc.StatusCode.CANCELLED, "cancelled by the gateway"))
+        self.reset(stream, RpcError(StatusCode.CANCELLED, "cancelled by the gateway"))
 
     def expire(self, stream: Http2Stream) -> None:
         """The call's deadline passed: fail it now (dropping what it had not read yet)."""
         if stream.closed:
             return  # it ended in time; its caller still gets what it had not read
         stream.messages.clear()
-        self.reset(stream, RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+        self.reset(stream, RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
 
     def reset(self, stream: Http2Stream, error: RpcError, code: int = CANCEL) -> None:
         if self._streams.get(stream.id) is stream:
@@ -313,7 +312,7 @@ class Http2Connection(asyncio.Protocol):
             self.reset(stream, error)
             return
         if flags & END_STREAM:
-            self._end(stream, RpcError(grpc.StatusCode.INTERNAL, "stream ended without status"))
+            self._end(stream, RpcError(StatusCode.INTERNAL, "stream ended without status"))
 
     def _on_control(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if kind != PING or not flags & ACK:
@@ -345,7 +344,7 @@ class Http2Connection(asyncio.Protocol):
                 if code == REFUSED_STREAM:
                     error: RpcError = Unprocessed("engine refused the stream (REFUSED_STREAM)")
                 else:
-                    status = RST_STATUS.get(code, grpc.StatusCode.INTERNAL)
+                    status = RST_STATUS.get(code, StatusCode.INTERNAL)
                     error = RpcError(status, f"engine reset the stream (HTTP/2 error {code})")
                 self._end(stream, error)
         elif kind == GOAWAY:

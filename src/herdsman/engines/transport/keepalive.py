@@ -24,9 +24,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING
 
-import grpc
-
-from herdsman.engines.transport.base import RpcError
+from herdsman.engines.transport.base import RpcError, StatusCode
 
 if TYPE_CHECKING:
     from herdsman.engines.transport.http2 import Http2Connection
@@ -103,7 +101,7 @@ class Keepalive:
             if not (self._acked or connection.heard):
                 connection.fail(
                     RpcError(
-                        grpc.StatusCode.UNAVAILABLE,
+                        StatusCode.UNAVAILABLE,
                         f"engine did not answer a keepalive ping within {policy.timeout:g}s",
                     )
                 )

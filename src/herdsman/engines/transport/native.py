@@ -16,9 +16,13 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import grpc
-
-from herdsman.engines.transport.base import Listener, Metadata, RpcError, TransportOptions
+from herdsman.engines.transport.base import (
+    Listener,
+    Metadata,
+    RpcError,
+    StatusCode,
+    TransportOptions,
+)
 from herdsman.engines.transport.frames import grpc_timeout, literal_header_block
 from herdsman.engines.transport.http2 import Http2Connection
 from herdsman.engines.transport.keepalive import Keepalive, KeepalivePolicy
@@ -91,7 +95,7 @@ class NativeTransport:
                         return connection
                     usable += 1
             if self._closed:
-                raise RpcError(grpc.StatusCode.UNAVAILABLE, "transport is closed")
+                raise RpcError(StatusCode.UNAVAILABLE, "transport is closed")
             if self._connecting is None and usable < self.max_connections:
                 self._connecting = asyncio.ensure_future(self._connect())
                 self._connecting.add_done_callback(self._connect_done)
@@ -166,19 +170,19 @@ class NativeTransport:
                 await made[0].ready
         except (OSError, TimeoutError, RpcError) as exc:
             for connection in made:
-                connection.fail(RpcError(grpc.StatusCode.UNAVAILABLE, "connect failed"))
+                connection.fail(RpcError(StatusCode.UNAVAILABLE, "connect failed"))
             reason = (
                 f"timed out after {self._options.connect_timeout:g}s"
                 if isinstance(exc, TimeoutError)
                 else str(exc)
             )
             raise RpcError(
-                grpc.StatusCode.UNAVAILABLE, f"cannot connect to {self._target}: {reason}"
+                StatusCode.UNAVAILABLE, f"cannot connect to {self._target}: {reason}"
             ) from exc
         connection = made[0]
         if self._closed:
             connection.close()
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, "transport is closed")
+            raise RpcError(StatusCode.UNAVAILABLE, "transport is closed")
         self._connections.append(connection)
         self.connections_opened += 1
         connection.closed.add_done_callback(lambda _: self._forget(connection))
@@ -217,7 +221,7 @@ class NativeTransport:
                     )
             except TimeoutError as exc:
                 raise RpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started"
+                    StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started"
                 ) from exc
             handle = None if deadline is None else loop.call_at(deadline, connection.expire, stream)
             try:
@@ -248,7 +252,7 @@ class NativeTransport:
         connection, stream, handle, data = await self._open(method, request, timeout, metadata)
         try:
             if data is None:
-                raise RpcError(grpc.StatusCode.INTERNAL, "no response message")
+                raise RpcError(StatusCode.INTERNAL, "no response message")
             while await stream.read() is not None:  # wait for the status trailers
                 pass
             return response_type.FromString(data)

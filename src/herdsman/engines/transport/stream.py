@@ -14,9 +14,7 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-import grpc
-
-from herdsman.engines.transport.base import ENOUGH, TAKEN, Listener, RpcError
+from herdsman.engines.transport.base import ENOUGH, TAKEN, Listener, RpcError, StatusCode
 
 # Per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE). A streamed token message is 20-300
 # bytes, so 256 KiB holds thousands of them: a consumer's hiccup (a GC pause, a slow socket
@@ -35,7 +33,7 @@ class Unprocessed(RpcError):
     last-stream-id is below it): safe to retry as is, and back-pressure rather than failure."""
 
     def __init__(self, details: str) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, details, refused=True)
+        super().__init__(StatusCode.UNAVAILABLE, details, refused=True)
 
 
 class Http2Stream:
@@ -107,14 +105,14 @@ class Http2Stream:
             if length > self._max_message:
                 # Refused at its length prefix, before any of it is buffered (as grpc does).
                 return RpcError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"received message larger than max ({length} vs. {self._max_message})",
                 )
             end = offset + 5 + length
             if end > size:
                 break
             if buffer[offset]:
-                return RpcError(grpc.StatusCode.INTERNAL, "compressed messages unsupported")
+                return RpcError(StatusCode.INTERNAL, "compressed messages unsupported")
             message = buffer[offset + 5 : end]
             offset = end
             if listener is not None and not messages:
