@@ -125,16 +125,25 @@ _SIM_READY = re.compile(rb"engine-sim listening on (\S+):(\d+)")
 _GATEWAY_READY = re.compile(rb"herdsman listening on https?://(\S+):(\d+)")
 
 
-def gateway_processes(supervisor: int) -> set[int]:
-    """The supervisor's gateway processes: the children of its fork server (not the fork server
-    itself, nor multiprocessing's resource tracker)."""
+def fork_servers(supervisor: int) -> set[int]:
+    """The supervisor's fork server (a set: empty before it starts, or with --start-method
+    spawn)."""
     found: set[int] = set()
     for child in _children(supervisor):
         try:
             if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found |= _children(child)
+                found.add(child)
         except OSError:  # gone meanwhile
             continue
+    return found
+
+
+def gateway_processes(supervisor: int) -> set[int]:
+    """The supervisor's gateway processes: the children of its fork server (not the fork server
+    itself, nor multiprocessing's resource tracker)."""
+    found: set[int] = set()
+    for server in fork_servers(supervisor):
+        found |= _children(server)
     return found
 
 

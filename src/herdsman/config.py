@@ -154,3 +154,10 @@ class GatewayConfig:
     # new traces (None: OTEL_TRACES_SAMPLER/_ARG, default all; a client's sampled flag wins).
     otlp_endpoint: str | None = None
     otlp_sample_ratio: float | None = None
+
+    def policies(self) -> set[str]:
+        """Every routing policy this configuration names: the default, the per-model ones and
+        the prefill and decode ones."""
+        named = {self.policy, self.prefill_policy, self.decode_policy}
+        named |= {item.partition("=")[2] for item in self.model_policies}
+        return {policy for policy in named if policy}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import QWEN3, gateway_processes, start_gateway
+from tests.conftest import QWEN3, fork_servers, gateway_processes, start_gateway
 from tests.faults.common import sim, wait_for
 
 pytestmark = pytest.mark.slow
@@ -85,16 +85,6 @@ def test_replacements_and_spares_that_fail_to_start_are_retried(tmp_path: Path) 
         engine.stop()
 
 
-def _fork_server(supervisor: int) -> int:
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    (server,) = [
-        pid
-        for pid in map(int, children)
-        if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    return server
-
-
 def test_processes_of_a_dead_fork_server_are_replaced_not_left_running(tmp_path: Path) -> None:
     engine, _ = sim(tmp_path, "engine")
     gw = start_gateway(engine.address, extra=("--model-path", str(QWEN3), "--workers", "2"))
@@ -102,7 +92,8 @@ def test_processes_of_a_dead_fork_server_are_replaced_not_left_running(tmp_path:
     try:
         old = gateway_processes(gw.process.pid)
         assert len(old) == 2
-        os.kill(_fork_server(gw.process.pid), signal.SIGKILL)
+        (server,) = fork_servers(gw.process.pid)
+        os.kill(server, signal.SIGKILL)
         # Its processes are stopped (nobody would watch them) and new ones forked by a new
         # fork server take their slots.
         assert wait_for(lambda: all(not os.path.exists(f"/proc/{p}") for p in old), timeout=60)

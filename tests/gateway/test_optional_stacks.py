@@ -1,7 +1,7 @@
 """A gateway process holds only the stacks its models and policies use.
 
 The image processors (numpy, Pillow), the prefix index of cache-aware routing (numpy) and grpcio
-are left out of the serving code a text-only gateway imports (~34 MB a process); where a model has
+are left out of the serving code a text-only gateway imports (~22 MB a process); where a model has
 an image processor, a policy routes on the prefix index or the grpcio transport is chosen, the
 fork server imports them once, so that the gateway processes share them (herdsman.serve.preload).
 Checked from outside: which shared libraries each process has mapped (/proc/PID/maps), after it
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import MODELS, QWEN3, _children, gateway_processes, start_gateway, start_sim
+from tests.conftest import MODELS, QWEN3, fork_servers, gateway_processes, start_gateway, start_sim
 
+from herdsman.config import GatewayConfig
 from herdsman.serve.preload import config_modules, model_modules
 
 VL = MODELS / "qwen2_5_vl"
@@ -28,15 +29,6 @@ GRPCIO = "grpc/_cython/cygrpc"
 
 def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
-
-
-def _fork_server(supervisor: int) -> int:
-    (server,) = [
-        child
-        for child in _children(supervisor)
-        if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
-    return server
 
 
 def _serve(*extra: str, model: Path = QWEN3) -> tuple[str, str]:
@@ -54,8 +46,9 @@ def _serve(*extra: str, model: Path = QWEN3) -> tuple[str, str]:
             timeout=60,
         )
         assert answer.status_code == 200, answer.text
+        (server,) = fork_servers(gateway.process.pid)
         (process,) = gateway_processes(gateway.process.pid)
-        return _mapped(_fork_server(gateway.process.pid)), _mapped(process)
+        return _mapped(server), _mapped(process)
     finally:
         gateway.stop()
         sim.stop()
@@ -112,8 +105,13 @@ def test_model_modules_read_the_model_directory(
 
 
 def test_config_modules_follow_the_policies_and_the_transport() -> None:
-    assert config_modules(["round_robin", None, "power_of_two"], "native") == []
-    assert config_modules(["round_robin", "cache_aware", None], "native") == [
-        "herdsman.routing.kv_index"
-    ]
-    assert config_modules(["round_robin"], "grpcio") == ["herdsman.engines.transport.grpcio"]
+    assert config_modules(GatewayConfig(policy="power_of_two").policies(), "native") == []
+    index = ["herdsman.routing.kv_index"]
+    for config in (
+        GatewayConfig(policy="cache_aware"),
+        GatewayConfig(model_policies=["other=cache_aware"]),
+        GatewayConfig(prefill_policy="cache_aware"),
+        GatewayConfig(decode_policy="cache_aware"),
+    ):
+        assert config_modules(config.policies(), "native") == index
+    assert config_modules({"round_robin"}, "grpcio") == ["herdsman.engines.transport.grpcio"]

@@ -9,6 +9,7 @@ module-scoped: they are gone once their test module ends instead of idling throu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -172,7 +173,8 @@ def launch_vllm(argv: list[str], log: Path, address: str, env: dict[str, str]) -
 
 
 def wait_vllm_ready(server: VllmServer, ready: Callable[[str], bool]) -> None:
-    """Poll ``ready(address)`` until it holds; stops the server and raises on exit or timeout."""
+    """Ask ``ready(address)`` each second until it holds; stops the server and raises if it
+    exits first or the start timeout passes."""
     deadline = server.started + VLLM_START_TIMEOUT
     try:
         while True:
@@ -188,7 +190,10 @@ def wait_vllm_ready(server: VllmServer, ready: Callable[[str], bool]) -> None:
                     f"vLLM not ready after {VLLM_START_TIMEOUT:.0f}s; log {server.log}:\n"
                     + server.log_tail()
                 )
-            time.sleep(1.0)
+            # Readiness can only be asked for; the process's exit is waited on, so a server
+            # that dies is reported at once.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.process.wait(timeout=1.0)
     except BaseException:
         server.stop()
         raise

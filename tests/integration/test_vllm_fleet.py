@@ -30,7 +30,6 @@ import json
 import queue
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -44,23 +43,23 @@ import openai
 import pytest
 
 from .conftest import (
-    EAGER,
     SERVED_NAME,
-    VLLM_START_TIMEOUT,
     EngineClient,
     Gateway,
     VllmServer,
     _health_serving,
     engine_port,
+    grpc_server_argv,
+    launch_vllm,
     start_gateway_logged,
     vllm_env,
     wait_for,
+    wait_vllm_ready,
 )
 
 ENGINES = 2
 CONVERSATIONS = 4
 TURNS = 3
-MAX_MODEL_LEN = 4096
 # Words of each system prompt: about 700 tokens with the Llama 3 tokenizer, five blocks of 128.
 SYSTEM_WORDS = 400
 MIN_SYSTEM_BLOCKS = 5
@@ -109,32 +108,20 @@ def _kv_events_config(socket_dir: Path, index: int) -> str:
 
 def _start_engine(
     vllm_python: Path, model: Path, workdir: Path, index: int, port: int
-) -> tuple[VllmServer, float]:
+) -> VllmServer:
     """One vLLM gRPC server with prefix caching and KV events (not waited for)."""
-    log = workdir / f"vllm-{index}.log"
-    argv = [
-        str(vllm_python),
-        "-m",
-        "vllm.entrypoints.launchers.grpc_server",
-        "--model", str(model),
-        "--served-model-name", SERVED_NAME,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--dtype", "float32",
-        "--gpu-memory-utilization", "0.2",
-        "--max-model-len", str(MAX_MODEL_LEN),
-        "--seed", "0",
-        *EAGER,
+    argv = grpc_server_argv(
+        vllm_python,
+        model,
+        SERVED_NAME,
+        port,
         "--enable-prefix-caching",
-        "--kv-events-config", _kv_events_config(workdir, index),
+        "--kv-events-config",
+        _kv_events_config(workdir, index),
         # "Added request X.": which engine ran which request.
         "--enable-log-requests",
-    ]  # fmt: skip
-    env = vllm_env()
-    started = time.monotonic()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    return VllmServer(process, f"127.0.0.1:{port}", log, 0.0), started
+    )
+    return launch_vllm(argv, workdir / f"vllm-{index}.log", f"127.0.0.1:{port}", vllm_env())
 
 
 def _block_size(address: str) -> int:
@@ -155,37 +142,18 @@ def _block_size(address: str) -> int:
 def fleet(
     vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[FleetEngine]]:
-    """Two engines, started side by side (the slow part of this module: 80 s on 2 cores)."""
+    """Two engines, started side by side (the slow part of this module: ~40 s on 2 cores)."""
     workdir = tmp_path_factory.mktemp("vllm-fleet")
     ports: set[int] = set()
     while len(ports) < ENGINES:
         ports.add(engine_port(ports))
-    launched = [
+    servers = [
         _start_engine(vllm_python, tiny_model, workdir, i, port)
         for i, port in enumerate(sorted(ports))
     ]
-    servers = [server for server, _ in launched]
     try:
-        deadline = time.monotonic() + VLLM_START_TIMEOUT
-        waiting = dict(enumerate(launched))
-        while waiting:
-            for i, (server, started) in list(waiting.items()):
-                if server.process.poll() is not None:
-                    raise RuntimeError(
-                        f"vLLM {i} exited with {server.process.returncode} before it was ready; "
-                        f"log {server.log}:\n{server.log_tail()}"
-                    )
-                if _health_serving(server.address):
-                    server.startup_seconds = time.monotonic() - started
-                    del waiting[i]
-            if waiting and time.monotonic() > deadline:
-                i, (server, _) = next(iter(waiting.items()))
-                raise RuntimeError(
-                    f"vLLM {i} not ready after {VLLM_START_TIMEOUT:.0f}s; log {server.log}:\n"
-                    + server.log_tail()
-                )
-            if waiting:
-                time.sleep(1.0)
+        for server in servers:  # started side by side, waited for one after the other
+            wait_vllm_ready(server, _health_serving)
         engines = [FleetEngine(server, _block_size(server.address)) for server in servers]
     except BaseException:
         _stop(servers)

@@ -3,7 +3,7 @@ transformers' image processors.
 
 The names below are imported on first use (PEP 562), not with the package: the pipeline imports
 the package's light modules (errors, fetch, placeholders) for every model, and numpy and Pillow
-(~27 MB of a process) only belong in gateways that serve a vision model.
+(~14 MB of a gateway process) only belong in gateways that serve a vision model.
 """
 
 from __future__ import annotations

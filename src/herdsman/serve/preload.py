@@ -21,7 +21,7 @@ before; one whose files changed since is read again (``load_model_tokenizer`` ch
 
 The serving code leaves out what only some gateways use: the image processors (numpy and
 Pillow), numpy for pooling outputs, the prefix index of cache-aware routing (numpy), and grpcio
-for its transport (~34 MB of a process together). Where the supervisor's configuration
+for its transport (~22 MB of a gateway process together). Where the supervisor's configuration
 (``modules``: ``config_modules``) or a model's directory (``model_modules``) says a gateway will
 use them, they are imported here and shared like the rest; a gateway that finds it needs one
 later imports it itself.
@@ -50,10 +50,10 @@ _GRPCIO_MODULE = "herdsman.engines.transport.grpcio"
 _GENERATING = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 
 
-def config_modules(policies: Iterable[str | None], grpc_transport: str) -> list[str]:
+def config_modules(policies: set[str], grpc_transport: str) -> list[str]:
     """What the routing policies and the engine transport in use import beyond the serving
     code."""
-    modules = [_INDEX_MODULE] if "cache_aware" in set(policies) else []
+    modules = [_INDEX_MODULE] if "cache_aware" in policies else []
     if grpc_transport == "grpcio":
         modules.append(_GRPCIO_MODULE)
     return modules

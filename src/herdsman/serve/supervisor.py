@@ -445,9 +445,7 @@ class Supervisor:
         first process and reads its environment then)."""
         config = self._config
         dirs = [spec.tokenizer_dir for spec in config.worker_specs]
-        policies = [config.policy, config.prefill_policy, config.decode_policy]
-        policies += [item.partition("=")[2] for item in config.model_policies]
-        modules = config_modules(policies, config.grpc_transport)
+        modules = config_modules(config.policies(), config.grpc_transport)
         os.environ[PRELOAD_ENV] = preload_spec(dirs, config.chat_template, modules)
         self._mp.set_forkserver_preload(["herdsman.serve.forkserver_preload"])
 
