@@ -36,11 +36,12 @@ _ENV = "HERDSMAN_ASGI_SERVE_ARGS"
 
 
 def gateway_config(serve_args: list[str]) -> GatewayConfig:
-    from herdsman import cli
+    from herdsman.serve.options import add_serve_arguments
+    from herdsman.serve.options_config import config_from_args
 
     parser = argparse.ArgumentParser(prog="herdsman serve")
-    cli._add_serve_arguments(parser)
-    return cli._config(parser.parse_args(serve_args))
+    add_serve_arguments(parser)
+    return config_from_args(parser.parse_args(serve_args))
 
 
 class AsgiGateway:

@@ -1,8 +1,8 @@
 """One configuration: every ``herdsman serve`` option from a file, the environment or the CLI.
 
 Nothing here knows the options themselves: it walks the parser's actions, so an option added
-to ``_add_serve_arguments`` later is settable everywhere without more code. For each option,
-named by its long flag (``--max-retries``; its aliases too):
+to ``serve.options.add_serve_arguments`` later is settable everywhere without more code. For
+each option, named by its long flag (``--max-retries``; its aliases too):
 
 - file key ``max-retries`` (or ``max_retries``), in ``--config FILE`` (YAML, or JSON for .json);
 - environment ``HERDSMAN_MAX_RETRIES``.

@@ -56,10 +56,11 @@ def test_herdsman_serve_up_to_the_supervisor_imports_no_serving_code() -> None:
         """
         import json, sys
         from herdsman import cli
+        from herdsman.serve.options_config import config_from_args
 
         def run(args):
             import herdsman.serve.cpus, herdsman.serve.embedded, herdsman.serve.supervisor
-            cli._config(args)
+            config_from_args(args)
             print(json.dumps(sorted(sys.modules)))
 
         cli._run_serve = run
