@@ -373,3 +373,31 @@ def test_relay_floor_streams_every_token_and_counts_its_cpu(tmp_path: Path) -> N
     assert result["tokens_per_request"] == 16 and result["chunks_per_request"] == 16
     assert result["gateway"]["cpu_ms_per_req"] is not None
     assert result["gateway"]["kernel_ms_per_req"] is not None
+
+
+def test_token_budget_times_the_push_path_and_reads_a_profile(tmp_path: Path) -> None:
+    # The budget's HTTP/2 figure is only the push path's cost if every frame reaches the
+    # listener, none queued for a reader; and a profile's pieces are its stacks' shares.
+    from bench.token_budget import in_server_ms, receiving_stream, token_message
+
+    messages = [token_message(token_id, n + 1) for n, token_id in enumerate([11, 300, 70000])]
+
+    async def feed() -> tuple[list[bytes], int]:
+        connection, frames, taken = receiving_stream(messages)
+        for data in frames:
+            connection.data_received(data)
+        return taken, len(connection.streams[0].messages)
+
+    taken, queued = asyncio.run(feed())
+    assert taken == messages and queued == 0
+
+    profile = tmp_path / "profile.txt"
+    profile.write_text(
+        "main (a.py:1);render_chat_prompt (herdsman/pipeline/prepare.py:42);x (jinja2/r.py:3) 3\n"
+        "main (a.py:1);step (herdsman/tokenizer/detokenizer.py:68);decode 1\n"
+        "main (a.py:1);data_received (herdsman/engines/transport/http2.py:290) 2\n"
+        "main (a.py:1);other (herdsman/api/chat.py:9) 4\n"
+        "main (a.py:1);run (asyncio/runners.py:118);epoll_pwait 90\n"
+    )
+    shares = in_server_ms(profile, cpu_ms=5.0)  # 10 busy samples: the epoll wait is idle
+    assert shares == pytest.approx({"template": 1.5, "detokenize": 0.5, "http2_receive": 1.0})
