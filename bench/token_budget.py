@@ -1,7 +1,7 @@
 """What each piece of a streamed request costs herdsman, measured alone, against the CPU budget of
 issue 17's target (gateway CPU per request ≤ 0.5× SMG's on the standard workload).
 
-    python -m bench.token_budget [--smg-ms 6.6] [--floor-us 8.0] [--model models/qwen3]
+    python -m bench.token_budget [--smg-ms 6.6] [--floor-us 8.0] [--profile RAW --cpu-ms 5.9]
 
 Every piece is herdsman's own code as built, called in a tight loop in one process (no sockets,
 no event loop wake-ups, warm caches): the cheapest it can ever be inside a gateway. Per token:
@@ -17,6 +17,11 @@ the epoll wake-up, the engine read and the client write any Python gateway pays 
 What is left must pay for everything below; the table says how much of it these pieces alone
 take, before any of the glue between them (the generation step, the response's stages, the
 HTTP/1.1 request, routing, metrics) that the profile in docs/benchmarks.md shows.
+
+``--profile``: a py-spy profile of the serving process under the standard workload
+(``py-spy record --native -f raw -p PID``, with herdsman serve --workers 1 before an engine-sim
+and bench.load at c=64), and ``--cpu-ms`` the CPU per request bench.load measured in that run:
+the table then also says what each piece costs there.
 """
 
 from __future__ import annotations
