@@ -32,6 +32,9 @@ from herdsman.mcp import (
 from herdsman.mcp.net import fetch_policy, pinned_http_client
 
 APP = Path(__file__).with_name("mcp_app.py")
+# A second server process starts while the suite's other worker may be running vLLM on every
+# core: the pool's 30 s default once ran out there (a 1 s start alone). A hang still fails.
+RESTART_DEADLINE_S = 120.0
 DEADLINE_S = 60.0
 HTTP_TRANSPORTS = ("sse", "streamable_http")
 TRANSPORTS = ("stdio", *HTTP_TRANSPORTS)
@@ -334,7 +337,7 @@ async def test_cancelled_caller_leaves_the_shared_session_alone(
 
 async def test_crashed_stdio_server_is_an_error_then_reconnects(tmp_path: Path) -> None:
     server = stdio_server(tmp_path / "stdio.log")
-    async with McpPool() as pool:
+    async with McpPool(connect_timeout_s=RESTART_DEADLINE_S) as pool:
         first = await pid_of(pool, server)
         crashed = await pool.call_tool(server, "crash", {})
         assert crashed.is_error
@@ -346,7 +349,7 @@ async def test_crashed_stdio_server_is_an_error_then_reconnects(tmp_path: Path) 
 
 async def test_stdio_server_killed_while_idle_is_replaced(tmp_path: Path) -> None:
     server = stdio_server(tmp_path / "stdio.log")
-    async with McpPool() as pool:
+    async with McpPool(connect_timeout_s=RESTART_DEADLINE_S) as pool:
         first = await pid_of(pool, server)
         os.kill(first, signal.SIGKILL)
         await until(lambda: process_gone(first), "the server to die")
