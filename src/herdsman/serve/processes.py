@@ -102,12 +102,16 @@ class GatewayProcesses:
         # The admission board whose slot a dead process leaves (see serve/shared_files.py).
         self.board_path: Path | None = None
 
-    def live(self) -> list[Child]:
-        """Every running process, the spare included: who a fleet change goes to."""
-        children = [c for c in self._children.values() if c.process.is_alive()]
-        if self._spare is not None and self._spare.process.is_alive():
+    def _everyone(self) -> list[Child]:
+        """Every slot's process and the spare, if any."""
+        children = list(self._children.values())
+        if self._spare is not None:
             children.append(self._spare)
         return children
+
+    def live(self) -> list[Child]:
+        """Every running process, the spare included: who a fleet change goes to."""
+        return [c for c in self._everyone() if c.process.is_alive()]
 
     def send_all(self, message: Message) -> list[Child]:
         children = self.live()
@@ -330,10 +334,7 @@ class GatewayProcesses:
             await asyncio.sleep(interval)
             self._ping_seq += 1
             now = time.monotonic()
-            children = list(self._children.values())
-            if self._spare is not None:
-                children.append(self._spare)
-            for child in children:
+            for child in self._everyone():
                 if not child.watched or child.stopping or not child.process.is_alive():
                     continue
                 silent = now - child.last_pong
@@ -355,9 +356,7 @@ class GatewayProcesses:
         """Drain every process (``--drain-timeout``), then kill what is still running."""
         self._stopping = True
         timeout = self._config.drain_timeout
-        children = list(self._children.values())
-        if self._spare is not None:
-            children.append(self._spare)
+        children = self._everyone()
         for child in children:
             child.channel.send(Shutdown(drain_timeout=timeout))
         deadline = time.monotonic() + timeout + 5

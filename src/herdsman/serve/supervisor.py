@@ -187,7 +187,7 @@ class Supervisor:
             log.error("worker %s: %s", url, exc)
             self._probes.pop(url, None)
             self._probe_errors[url] = exc
-            self._broadcast(WorkerRemoved(url=url))
+            self._processes.send_all(WorkerRemoved(url=url))
             return
         self._probe_errors.pop(url, None)
         self._probes.pop(url, None)
@@ -205,15 +205,12 @@ class Supervisor:
         if self._processes.serving:
             await self._broadcast_and_wait(WorkerAdded(spec=spec), url)
 
-    def _broadcast(self, message: Message) -> list[Child]:
-        return self._processes.send_all(message)
-
     async def _broadcast_and_wait(self, message: Message, url: str) -> list[str]:
         """Send a fleet change to every process and wait until each has applied it; the errors
         processes reported (empty when all went well)."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[WorkerAck]] = []
-        for child in self._broadcast(message):
+        for child in self._processes.send_all(message):
             future = loop.create_future()
             self._acks.setdefault((id(child), url), []).append(future)
             futures.append(future)
@@ -274,7 +271,7 @@ class Supervisor:
         if url in self._specs:
             return 200, self._spec_view(self._specs[url], "already serving")
         task = self._probe(url)
-        self._broadcast(WorkerPending(url=url))
+        self._processes.send_all(WorkerPending(url=url))
         await asyncio.wait({task}, timeout=wait)
         if url in self._specs:
             return 200, self._spec_view(self._specs[url], "serving")
@@ -344,7 +341,7 @@ class Supervisor:
             await self._admin_remove(spec.worker_ids[0])
         elif url in self._probes:
             self._removed.add(url)
-            self._broadcast(WorkerRemoved(url=url))
+            self._processes.send_all(WorkerRemoved(url=url))
 
     def _ordered_specs(self) -> list[WorkerSpec]:
         """Serving specs in the order the workers were configured (then added): every process
@@ -394,7 +391,9 @@ class Supervisor:
             )
 
     def _broadcast_health(self, worker: Worker, reason: str) -> None:
-        self._broadcast(WorkerHealth(url=worker.url, healthy=worker.healthy, reason=reason))
+        self._processes.send_all(
+            WorkerHealth(url=worker.url, healthy=worker.healthy, reason=reason)
+        )
 
 
 async def run_supervisor(config: GatewayConfig, processes: int) -> None:
