@@ -46,6 +46,13 @@ CONFIGS = [
     Config("herdsman-w4", "herdsman", 4, note="as shipped"),
     Config("herdsman-w1 +spare", "herdsman", 1, ("--warm-spare",), "with the warm spare"),
     Config(
+        "herdsman-w1 inline",
+        "herdsman",
+        1,
+        ("--start-method", "inline"),
+        "one process: the gateway serves in the supervisor's own (`--start-method inline`)",
+    ),
+    Config(
         "herdsman-w1 spawn+spare",
         "herdsman",
         1,

@@ -86,7 +86,12 @@ class Target:
     workers: int | None = None
     # kind asgi: the HTTP server bench/asgi_gateway.py runs the app on.
     server: str | None = None
+    # kind herdsman: flags beyond --workers.
+    flags: tuple[str, ...] = ()
 
+
+# Run only when named in --targets: the gateway serving in its supervisor's own process.
+INLINE_TARGET = Target("herdsman-inline", "herdsman", None, flags=("--start-method", "inline"))
 
 # The HTTP server comparison: the same app, one process each.
 HTTP_SERVER_TARGETS = [
@@ -160,6 +165,9 @@ def make_plan(mode: str, nproc: int, has_workers_flag: bool, only: set[str] | No
         ]  # fmt: skip
     if only:
         targets = [t for t in targets if t.name in only or t.kind in only]
+        if INLINE_TARGET.name in only:  # before SMG, as the other gateways
+            smg = [i for i, t in enumerate(targets) if t.kind == "smg"]
+            targets.insert(smg[0] if smg else len(targets), INLINE_TARGET)
     # The second client, on the standard workload: every level by default, one in quick mode.
     aiperf_levels = {"quick": {"standard": [32]}, "default": {"standard": [1, 8, 32, 64]}}
     return Plan(mode, scenarios, targets, aiperf_levels=aiperf_levels.get(mode, {}))
@@ -299,7 +307,7 @@ def start_gateway(target: Target, engine_port: int, smg: str, log: Path) -> tupl
         argv += ["127.0.0.1", "--port", "0", "--log-level", "warning"]
         if target.workers is not None:
             argv += ["--workers", str(target.workers)]
-        argv += shlex.split(os.environ.get("BENCH_HERDSMAN_ARGS", ""))
+        argv += [*target.flags, *shlex.split(os.environ.get("BENCH_HERDSMAN_ARGS", ""))]
         server = Server(target.name, argv, log)
         match = server.wait_for_line(re.compile(r"herdsman listening on (http://[\d.]+:\d+)"))
         base = match.group(1)

@@ -24,8 +24,12 @@ async def _serve(args: argparse.Namespace) -> None:
         backend = "vllm" if args.backend == "auto" else args.backend
         sim = EmbeddedEngineSim(args.model_path, backend, args.engine_sim_arg)
         config.workers.append(await sim.start())
-    processes = args.processes if args.processes is not None else available_cpus()
-    config.processes = max(1, processes)
+    if config.start_method == "inline":
+        # One process serves: the supervisor's own.
+        config.processes = 1
+    else:
+        processes = args.processes if args.processes is not None else available_cpus()
+        config.processes = max(1, processes)
     try:
         await run_supervisor(config, config.processes)
     finally:
@@ -44,6 +48,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise SystemExit("herdsman serve needs --worker grpc://HOST:PORT (or --engine-sim)")
     if args.service_discovery and not args.discovery_selector:
         raise SystemExit("--service-discovery needs --selector LABELS")
+    if args.start_method == "inline" and (args.processes or 1) != 1:
+        raise SystemExit("--start-method inline serves in one process: --workers 1 or none")
+    if args.start_method == "inline" and args.warm_spare:
+        raise SystemExit("--start-method inline keeps no warm spare: one process serves")
     uvloop.run(_serve(args))
     return 0
 

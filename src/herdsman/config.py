@@ -61,8 +61,8 @@ class GatewayConfig:
     health_check_timeout: float = 2.0
     drain_timeout: float = 25.0
     warm_spare: bool = False
-    # How gateway processes start: forked by a fork server holding the tokenizers (shared), or
-    # spawned, each loading its own.
+    # How gateway processes start: forked by a fork server holding the tokenizers (shared),
+    # spawned, each loading its own, or "inline": one gateway in the supervisor's own process.
     start_method: str = "forkserver"
     log_level: str = "info"
 

@@ -76,8 +76,18 @@ def server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
 
 
 class GatewayProcess:
-    def __init__(self, config: GatewayConfig, conn: Connection, index: int | None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        conn: Connection,
+        index: int | None,
+        *,
+        own_signals: bool = True,
+    ) -> None:
         self._config = config
+        # Off when the process is the supervisor's own (``--start-method inline``): SIGTERM is the
+        # supervisor's, which drains this gateway as it would a child.
+        self._own_signals = own_signals
         self._index = index  # None: a warm spare, waiting to be given a slot
         self._stop = asyncio.Event()
         self._activated = asyncio.Event()
@@ -98,7 +108,8 @@ class GatewayProcess:
         self._control.start()
         changes = asyncio.create_task(self._apply_fleet_changes(), name="fleet changes")
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        if self._own_signals:
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         if self._index is None and not await self._wait_for_slot(self._models()):
             changes.cancel()
             await self._close(ctx)

@@ -234,10 +234,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--start-method",
-        choices=("forkserver", "spawn"),
+        choices=("forkserver", "spawn", "inline"),
         default="forkserver",
         help="how gateway processes start: forked from a fork server that loaded the tokenizers "
-        "once (they share that memory), or spawned, each loading its own",
+        "once (they share that memory), spawned, each loading its own, or inline: one process "
+        "serving in the supervisor's own (the least memory; a failed gateway exits the process "
+        "for its orchestrator to restart)",
     )
     p.add_argument(
         "--warm-spare",

@@ -37,6 +37,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from herdsman.config import GatewayConfig
 from herdsman.serve.heap import trim_heap
 from herdsman.settings import PRELOAD_ENV as ENV
 
@@ -75,6 +76,13 @@ def model_modules(directory: Path) -> list[str]:
     return []
 
 
+def planned(config: GatewayConfig) -> tuple[list[str], str | None, list[str]]:
+    """What a gateway of ``config`` loads ahead: the tokenizers of the models known now, the chat
+    template, and the optional modules its configuration uses."""
+    dirs = [spec.tokenizer_dir for spec in config.worker_specs]
+    return dirs, config.chat_template, config_modules(config.policies(), config.grpc_transport)
+
+
 def preload_spec(
     tokenizer_dirs: list[str], chat_template: str | None, modules: Iterable[str] = ()
 ) -> str:
@@ -88,7 +96,7 @@ def preload_spec(
 
 
 def preload() -> None:
-    """Import the serving code and load the tokenizers ``ENV`` names, then freeze the heap."""
+    """The fork server's start: import the serving code and load ahead what ``ENV`` names."""
     # Imported here, in the fork server: the supervisor imports this module for ENV and
     # preload_spec, and must stay small. The serving code, once for all processes (the processes'
     # target, and yaml, which every process needs to read a YAML --api-keys-file, included):
@@ -99,19 +107,25 @@ def preload() -> None:
     import herdsman.cli
     import herdsman.serve.entry
     import herdsman.serve.gateway  # noqa: F401
-    from herdsman.tokenizer.loader import preload_model_tokenizers
 
     try:
-        try:
-            spec = json.loads(os.environ.get(ENV) or "{}")
-        except ValueError:
-            spec = {}
-        template = spec.get("chat_template")
-        modules = list(spec.get("modules", []))
-        for directory in spec.get("tokenizers", []):
+        spec = json.loads(os.environ.get(ENV) or "{}")
+    except ValueError:
+        spec = {}
+    load_ahead(spec.get("tokenizers", []), spec.get("chat_template"), spec.get("modules", []))
+
+
+def load_ahead(tokenizer_dirs: list[str], chat_template: str | None, modules: list[str]) -> None:
+    """Load the tokenizers (fastokens warmed on this thread) and import the modules, then freeze
+    the heap: in the fork server, for every process it forks; inline, for the one process."""
+    from herdsman.tokenizer.loader import preload_model_tokenizers
+
+    modules = list(modules)
+    try:
+        for directory in tokenizer_dirs:
             try:
-                preload_model_tokenizers([directory], template)
-            except Exception:  # the gateway process loads it again and reports the error
+                preload_model_tokenizers([directory], chat_template)
+            except Exception:  # the gateway loads it again and reports the error
                 log.debug("preloading %s failed", directory, exc_info=True)
             modules += model_modules(Path(directory))
         for name in dict.fromkeys(modules):

@@ -33,7 +33,7 @@ from herdsman.http.server import bind_socket
 from herdsman.serve.control import Activate, ControlChannel, Message, Ping, Pong, Ready, Shutdown
 from herdsman.serve.entry import gateway_process
 from herdsman.serve.preload import ENV as PRELOAD_ENV
-from herdsman.serve.preload import config_modules, preload_spec
+from herdsman.serve.preload import planned, preload_spec
 from herdsman.serve.shared_files import SharedBoard
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ _BACKOFF_INITIAL = 0.5
 _BACKOFF_MAX = 30.0
 # How long the first processes get to load and listen.
 _START_TIMEOUT = 120.0
+
+
+def reserve_port(config: GatewayConfig) -> socket.socket:
+    """Hold the port (bound, not listening) so that ``--port 0`` means one port for all: the
+    processes bind it with SO_REUSEPORT, and ``config.port`` is the one chosen."""
+    sock = bind_socket(config.host, config.port, reuse_port=True, listen=False)
+    config.port = sock.getsockname()[1]
+    return sock
 
 
 @dataclasses.dataclass(eq=False)
@@ -123,15 +131,12 @@ class GatewayProcesses:
     def start_fork_server(self) -> None:
         """Have the fork server preload the tokenizers of the models known now (it starts with the
         first process and reads its environment then)."""
-        config = self._config
-        dirs = [spec.tokenizer_dir for spec in config.worker_specs]
-        modules = config_modules(config.policies(), config.grpc_transport)
-        os.environ[PRELOAD_ENV] = preload_spec(dirs, config.chat_template, modules)
+        os.environ[PRELOAD_ENV] = preload_spec(*planned(self._config))
         self._mp.set_forkserver_preload(["herdsman.serve.forkserver_preload"])
 
     async def start(self) -> Ready:
         """Start every slot (and the spare) and wait until each listens; what the first said."""
-        reservation = self._reserve_port()
+        reservation = reserve_port(self._config)
         try:
             children = [self._start_child(i) for i in range(self.count)]
             waits = [c.ready for c in children]
@@ -144,12 +149,6 @@ class GatewayProcesses:
             reservation.close()
         self.serving = True
         return ready[0]
-
-    def _reserve_port(self) -> socket.socket:
-        """Hold the port (bound, not listening) so that ``--port 0`` means one port for all."""
-        sock = bind_socket(self._config.host, self._config.port, reuse_port=True, listen=False)
-        self._config.port = sock.getsockname()[1]
-        return sock
 
     def _start_child(self, index: int | None) -> Child:
         parent_conn, child_conn = self._mp.Pipe(duplex=True)

@@ -11,7 +11,9 @@ process must agree on, the engine workers:
 The supervisor serves no request, and its memory adds to the gateway's: it imports only what it
 runs (engine clients for probes and health checks, the worker registry, the control channel),
 never the serving code (the API, the pipeline, tokenizers, image processing); its processes'
-target is ``herdsman.serve.entry``. tests/unit/test_supervisor_imports.py checks it.
+target is ``herdsman.serve.entry``. tests/unit/test_supervisor_imports.py checks it. With
+``--start-method inline`` (herdsman.serve.inline) it serves itself instead, one gateway in its own
+event loop, spoken to over the same control channel.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from herdsman.serve.control import (
     WorkerSuspect,
 )
 from herdsman.serve.fleet import WorkerSpec, connect_worker_engine, probe_until_ready
+from herdsman.serve.inline import InlineChild, InlineGateway
 from herdsman.serve.processes import Child, GatewayProcesses
 from herdsman.serve.shared_files import SharedBoard, make_store_directory, remove_store_directory
 
@@ -61,12 +64,24 @@ def _error(message: str) -> dict[str, object]:
     return {"error": {"message": message, "type": "invalid_request_error", "code": None}}
 
 
+# A gateway process as the supervisor addresses it: a child, or itself (--start-method inline).
+Peer = Child | InlineChild
+
+
 class Supervisor:
     def __init__(self, config: GatewayConfig, processes: int) -> None:
         self._config = config
-        self._processes = GatewayProcesses(
-            config, processes, on_ready=self._tell_fleet, on_message=self._on_message
-        )
+        self._processes: GatewayProcesses | InlineGateway
+        if config.start_method == "inline":
+            self._processes = InlineGateway(
+                config, on_ready=self._tell_fleet, on_message=self._on_message, on_lost=self._lost
+            )
+        else:
+            self._processes = GatewayProcesses(
+                config, processes, on_ready=self._tell_fleet, on_message=self._on_message
+            )
+        # Why the gateway stopped serving on its own (inline: nothing can replace it).
+        self._failure: BaseException | None = None
         self._registry = WorkerRegistry()
         self._checker: HealthChecker | None = None
         self._stop = asyncio.Event()
@@ -126,6 +141,8 @@ class Supervisor:
             await self._checker.stop()
             await processes.shutdown()
             await self._registry.close()
+            if self._failure is not None:
+                raise RuntimeError("the gateway stopped serving") from self._failure
         finally:
             await self._stop_discovery()
             processes.cancel_pending()
@@ -224,7 +241,7 @@ class Supervisor:
             errors.append(f"{len(futures) - len(done)} process(es) did not confirm in time")
         return errors
 
-    def _on_ack(self, child: Child, ack: WorkerAck) -> None:
+    def _on_ack(self, child: Peer, ack: WorkerAck) -> None:
         waiting = self._acks.get((id(child), ack.url))
         if waiting:
             future = waiting.pop(0)
@@ -233,7 +250,7 @@ class Supervisor:
             if not waiting:
                 del self._acks[(id(child), ack.url)]
 
-    async def _admin(self, child: Child, request: AdminRequest) -> None:
+    async def _admin(self, child: Peer, request: AdminRequest) -> None:
         try:
             if request.op == "add":
                 status, body = await self._admin_add(
@@ -361,14 +378,14 @@ class Supervisor:
         }
 
     # -- what the processes say -----------------------------------------------------------
-    def _tell_fleet(self, child: Child) -> None:
+    def _tell_fleet(self, child: Peer) -> None:
         """A (re)started process learns the fleet as it is now, and every worker's health."""
         child.channel.send(FleetState(specs=self._ordered_specs(), pending=sorted(self._probes)))
         for worker in self._registry:
             if not worker.healthy:
                 child.channel.send(WorkerHealth(url=worker.url, healthy=False))
 
-    def _on_message(self, child: Child, message: Message) -> None:
+    def _on_message(self, child: Peer, message: Message) -> None:
         if isinstance(message, WorkerSuspect):
             for worker in self._registry.by_url(message.url):
                 self._check_suspect(worker)
@@ -378,6 +395,11 @@ class Supervisor:
             asyncio.get_running_loop().create_task(
                 self._admin(child, message), name=f"admin {message.op}"
             )
+
+    def _lost(self, error: BaseException) -> None:
+        """The inline gateway stopped serving: the supervisor stops, and exits with its error."""
+        self._failure = error
+        self._stop.set()
 
     # -- engine worker health ------------------------------------------------------------------
     def _check_suspect(self, worker: Worker) -> None:
