@@ -158,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if changed:  # measured on a tree that differs from the commit named
+        commit += " with uncommitted changes"
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit,

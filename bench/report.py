@@ -201,6 +201,10 @@ CLIENT_DIFFERENCES = [
     "own ITL is one value per request, (latency − TTFT) ÷ (output tokens − 1), a per-request "
     "mean: column `aiperf ITL`. Percentiles: load.py nearest-rank; aiperf interpolated (ICL "
     "from a t-digest).",
+    "Engine TTFT: the engine-sim's own, from a Generate call's arrival to its first write "
+    "(`--timing-log`, bench/engine_timing.py), over the client's measured window. TTFT minus "
+    "engine TTFT is what the gateway added around the engine; engine TTFT itself moves with how "
+    "the gateway delivers requests together (prefills queue behind each other).",
     "Gateway CPU for aiperf: /proc samples every 0.25 s of the gateway's process tree, "
     "differenced between the samples nearest inside aiperf's measured phase (its phase "
     "manifest's wall-clock edges), divided by the requests of that phase. Client cores: "
@@ -227,8 +231,9 @@ def clients_section(
         out += [f"Note: {meta['client_note']}.", ""]
     header = [
         "c", "target", "client", "req/s", "req/s after ramp", "out tok/s", "TTFT p50",
-        "TTFT p99", "ITL p50", "ITL p99", "aiperf ITL p50", "aiperf ITL p99", "errors",
-        "gateway CPU ms/req", "client cores", "machine busy",
+        "TTFT p99", "engine TTFT p50", "engine TTFT p99", "ITL p50", "ITL p99",
+        "aiperf ITL p50", "aiperf ITL p99", "errors", "gateway CPU ms/req", "client cores",
+        "machine busy",
     ]  # fmt: skip
     for scenario in meta["scenarios"]:
         mine = [r for r in aiperf if r["scenario"] == scenario["name"]]
@@ -255,7 +260,8 @@ def _own_row(r: dict[str, Any]) -> list[str]:
     return [
         str(r["concurrency"]), r["target"], "own", fmt(r["req_per_s"], 2), "–",
         fmt(r["out_tok_per_s"], 0), fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]),
-        fmt(r["itl_ms"]["p50"], 2), fmt(r["itl_ms"]["p99"], 2), "–", "–", str(r["errors"]),
+        *_engine_ttft(r), fmt(r["itl_ms"]["p50"], 2), fmt(r["itl_ms"]["p99"], 2), "–", "–",
+        str(r["errors"]),
         fmt(r["gateway"]["cpu_ms_per_req"], 2), fmt(r["client"]["cpu_cores"], 2),
         _percent(r["machine"]["busy"]),
     ]  # fmt: skip
@@ -266,12 +272,17 @@ def _aiperf_row(r: dict[str, Any]) -> list[str]:
     return [
         str(r["concurrency"]), r["target"], "aiperf", fmt(r["req_per_s"], 2),
         fmt((r.get("steady") or {}).get("req_per_s"), 2), fmt(r["out_tok_per_s"], 0),
-        fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]),
+        fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]), *_engine_ttft(r),
         fmt(r["icl_ms"]["p50"], 2), fmt(r["icl_ms"]["p99"], 2), fmt(r["itl_ms"]["p50"], 2),
         fmt(r["itl_ms"]["p99"], 2), str(r["errors"]),
         fmt((cpu.get("gateway") or {}).get("cpu_ms_per_req"), 2),
         fmt((cpu.get("client") or {}).get("cpu_cores"), 2), _percent(cpu.get("machine_busy")),
     ]  # fmt: skip
+
+
+def _engine_ttft(r: dict[str, Any]) -> list[str]:
+    timing = r.get("engine_timing") or {}
+    return [fmt(timing.get("ttft_p50_ms")), fmt(timing.get("ttft_p99_ms"))]
 
 
 def _percent(value: float | None) -> str:

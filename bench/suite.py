@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench import aiperf_client, procstat
+from bench import aiperf_client, engine_timing, procstat
 from bench.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,8 +293,10 @@ def probe_chat(base: str, server: Server) -> str:
     return str(message["content"])
 
 
-def start_engine(args: list[str], log: Path) -> tuple[Server, int]:
+def start_engine(args: list[str], log: Path, timing: Path | None = None) -> tuple[Server, int]:
     argv = [HERDSMAN, "engine-sim", "--model-path", MODEL, "--backend", "vllm", "--port", "0"]
+    if timing is not None:  # the engine's own TTFT (bench/engine_timing.py)
+        argv += ["--timing-log", str(timing)]
     server = Server("engine-sim", [*argv, *args, "--log-level", "WARNING"], log)
     match = server.wait_for_line(re.compile(r"engine-sim listening on [\d.]+:(\d+)"))
     return server, int(match.group(1))
@@ -372,7 +374,8 @@ def run_one(
     if round_index is not None:
         stem += f"-r{round_index + 1}"
     logs = out_dir / "logs"
-    engine, engine_port = start_engine(scenario.engine_args, logs / f"{stem}.engine.log")
+    timing = logs / f"{stem}.engine-timing.log"
+    engine, engine_port = start_engine(scenario.engine_args, logs / f"{stem}.engine.log", timing)
     gateway: Server | None = None
     stops: dict[str, Any] = {}
     try:
@@ -416,6 +419,7 @@ def run_one(
         target_kind=target.kind,
         round=None if round_index is None else round_index + 1,
         workers=target.workers,
+        engine_timing=engine_timing.summarize(timing, skip_s=scenario.warmup),
         commands={
             "engine": _shell(engine.argv),
             "gateway": _shell(gateway.argv) if gateway else None,
@@ -467,7 +471,10 @@ def run_aiperf_one(
         "--conversations", str(count), "--conversation-offset", str(first),
         "--max-tokens", str(scenario.max_tokens),
     ]  # fmt: skip
-    engine, engine_port = start_engine(scenario.engine_args, logs / f"{stem}.aiperf.engine.log")
+    timing = logs / f"{stem}.aiperf.engine-timing.log"
+    engine, engine_port = start_engine(
+        scenario.engine_args, logs / f"{stem}.aiperf.engine.log", timing
+    )
     gateway: Server | None = None
     stops: dict[str, Any] = {}
     try:
@@ -492,6 +499,7 @@ def run_aiperf_one(
         target=target.name,
         target_kind=target.kind,
         workers=target.workers,
+        engine_timing=engine_timing.summarize(timing, window_ns=tuple(result["window_ns"])),
         dataset=summary,
         commands={
             "engine": _shell(engine.argv),

@@ -355,12 +355,13 @@ def test_aiperf_export_parses_into_the_report(workload: Workload, tmp_path: Path
     assert result["cpu"]["gateway"]["cpu_ms_per_req"] == 3.0  # 390 ms over 130 requests
     assert result["cpu"]["client"]["cpu_cores"] == 0.2  # 1.2 s over 6 s
     result.update(scenario="standard", target="herdsman-w1", target_kind="herdsman",
+                  engine_timing={"ttft_p50_ms": 7.5, "ttft_p99_ms": 15.0},
                   commands={"engine": "sim", "gateway": "gw", "client": "aiperf"})  # fmt: skip
     meta = {"scenarios": [{"name": "standard", "title": "Standard"}]}
     text = "\n".join(clients_section(meta, [], [result]))
     assert "## Two clients" in text
-    row = "| 32 | herdsman-w1 | aiperf | 20.00 | – | 2,560 | 11.0 | 20.0 | 11.00 | 20.00 | 11.00 |"
-    assert row + " 20.00 | 0 | 3.00 | 0.20 | 30% |" in text
+    row = "| 32 | herdsman-w1 | aiperf | 20.00 | – | 2,560 | 11.0 | 20.0 | 7.5 | 15.0 | 11.00 |"
+    assert row + " 20.00 | 11.00 | 20.00 | 0 | 3.00 | 0.20 | 30% |" in text
 
 
 def test_relay_floor_streams_every_token_and_counts_its_cpu(tmp_path: Path) -> None:
@@ -401,3 +402,28 @@ def test_token_budget_times_the_push_path_and_reads_a_profile(tmp_path: Path) ->
     )
     shares = in_server_ms(profile, cpu_ms=5.0)  # 10 busy samples: the epoll wait is idle
     assert shares == pytest.approx({"template": 1.5, "detokenize": 0.5, "http2_receive": 1.0})
+
+
+def test_engine_timing_reads_the_window_of_a_timing_log(tmp_path: Path) -> None:
+    from bench.engine_timing import summarize
+
+    ms = 1_000_000
+    log = tmp_path / "timing.log"
+    # The probe, then calls 10 ms apart whose engine TTFT is 1, 2, ... 100 ms; one never wrote.
+    lines = [f"{0} {5 * ms} 10 0"]
+    lines += [f"{(1000 + 10 * i) * ms} {(1000 + 10 * i + i + 1) * ms} 100 50" for i in range(100)]
+    lines.append(f"{2000 * ms} - 100 0")
+    log.write_text("\n".join(lines) + "\n")
+
+    whole = summarize(log)
+    assert whole is not None
+    assert whole["requests"] == 100  # not the probe, not the call that never wrote
+    assert whole["ttft_p50_ms"] == 51.0
+    assert whole["ttft_p99_ms"] == 100.0
+    assert whole["cached_share"] == 0.5
+    assert whole["bunched_share"] == 0.0  # 10 ms apart
+    warm = summarize(log, skip_s=0.5)  # the first 50 calls are the warm-up
+    assert warm is not None and warm["requests"] == 50 and warm["ttft_p50_ms"] == 76.0
+    window = summarize(log, window_ns=(1000 * ms, 1095 * ms))
+    assert window is not None and window["requests"] == 10
+    assert summarize(tmp_path / "missing.log") is None

@@ -63,3 +63,29 @@ def test_no_kv_events_reports_no_subscriber_count(sim_factory: SimFactory, tmp_p
     sim = sim_factory(*FAST_TIMING, "--stats-file", str(path), "--no-kv-events")
     sim.process.send_signal(signal.SIGUSR1)
     assert _read_after(path, 0)["kv_subscribers"] is None
+
+
+def test_timing_log_has_each_calls_arrival_and_first_write(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "timing.log"
+    # 30 ms before the first token: the first write comes at least that long after arrival.
+    sim = sim_factory(
+        "--ttft-base-ms", "30", "--prefill-ms-per-1k", "0", "--itl-base-ms", "1",
+        "--block-size", "4", "--timing-log", str(path),
+    )  # fmt: skip
+    prompt = list(range(100, 113))
+    before = time.time_ns()
+    for i in range(2):
+        request = generate_request("vllm", f"t{i}", prompt, max_tokens=3, ignore_eos=True)
+        split_responses(list(sim.stub().Generate(request, timeout=10)))
+    after = time.time_ns()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        arrived, first, prompt_tokens, _cached = (int(field) for field in line.split())
+        assert before <= arrived < first <= after
+        assert first - arrived >= 30_000_000
+        assert prompt_tokens == len(prompt)
+    assert int(lines[0].split()[3]) == 0  # the repeat found the first's prefix cached
+    assert int(lines[1].split()[3]) > 0

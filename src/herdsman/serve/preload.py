@@ -1,4 +1,5 @@
-"""What the fork server loads once for every gateway process it starts.
+"""What the fork server loads once for every gateway process it starts (and what an inline gateway,
+``--start-method inline``, loads ahead for itself the same way: ``load_ahead``).
 
 The supervisor starts gateway processes with multiprocessing's ``forkserver``: a process that
 imports ``herdsman.serve.forkserver_preload`` (which runs ``preload`` here) once, then forks a

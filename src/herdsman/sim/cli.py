@@ -104,6 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append '<request id> <traceparent or ->' per Generate and Embed call",
     )
     model.add_argument(
+        "--timing-log",
+        metavar="FILE",
+        default=None,
+        help="append '<arrival ns> <first write ns or -> <prompt tokens> <cached tokens>' per "
+        "Generate call as it ends (wall clock): the engine's own TTFT, beside a client's",
+    )
+    model.add_argument(
         "--stats-file",
         metavar="FILE",
         default=None,

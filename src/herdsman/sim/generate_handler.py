@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -55,9 +56,20 @@ def log_trace(engine: DataParallelEngine, message: Any, context: grpc.aio.Servic
         out.write(f"{getattr(message, 'request_id', '')} {traceparent}\n")
 
 
+def log_timing(engine: DataParallelEngine, request: SimRequest, arrived_ns: int) -> None:
+    """--timing-log: when the call arrived and first wrote, and its prompt."""
+    path = engine.options.timing_log
+    if path is None:
+        return
+    first = str(request.first_write_ns) if request.first_write_ns else "-"
+    with path.open("a", encoding="utf-8") as out:
+        out.write(f"{arrived_ns} {first} {request.prompt_len} {request.cached_tokens}\n")
+
+
 async def run_generate(
     engine: DataParallelEngine, wire: ProtoWire, message: Any, context: grpc.aio.ServicerContext
 ) -> None:
+    arrived_ns = time.time_ns()
     log_trace(engine, message, context)
     if engine.options.reject_new:
         await context.abort(
@@ -100,6 +112,7 @@ async def run_generate(
         raise
     finally:
         engine.release(request, cancelled=cancelled)
+        log_timing(engine, request, arrived_ns)
         if isinstance(handoff, PrefillHandoff):
             # Finished: its KV waits for a decode. Ended any other way: dropped.
             engine.handoffs.close_room(request)
@@ -130,9 +143,13 @@ async def _ship(
                     end - start >= per_message or start == 0 or finished or seq.hung
                 ):
                     seq.flushed = end
+                    if not request.first_write_ns:
+                        request.first_write_ns = time.time_ns()
                     await context.write(wire.chunk(request, seq, start, end))
             if finished and not seq.complete_sent and state is not RequestState.FAILED:
                 seq.complete_sent = True
+                if not request.first_write_ns:
+                    request.first_write_ns = time.time_ns()
                 await context.write(wire.complete(request, seq))
         if exit_now:
             await _exit_abruptly(request)

@@ -73,6 +73,8 @@ class SimOptions:
     abort_log: Path | None = None
     # Appended '<request id> <traceparent>' per Generate/Embed call (the gateway's trace context).
     trace_log: Path | None = None
+    # Appended per Generate call as it ends: arrival and first write (wall ns), prompt, cached.
+    timing_log: Path | None = None
     # Cumulative counters written here as JSON on SIGUSR1 and at exit (see sim/stats_file.py).
     stats_file: Path | None = None
     # Server: TLS (PEM files; a client CA makes client certificates required), periodic GOAWAY
@@ -145,6 +147,7 @@ class SimOptions:
             prompt_logprobs_once=args.prompt_logprobs_once,
             abort_log=Path(args.abort_log) if args.abort_log else None,
             trace_log=Path(args.trace_log) if args.trace_log else None,
+            timing_log=Path(args.timing_log) if args.timing_log else None,
             stats_file=Path(args.stats_file) if args.stats_file else None,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,

@@ -137,6 +137,7 @@ class SimRequest:
     __slots__ = (
         "cached_tokens",
         "exit_now",
+        "first_write_ns",
         "handoff_params",
         "kv_ready",
         "logprob_key",
@@ -175,6 +176,8 @@ class SimRequest:
         self.handoff_params: dict[str, Any] | None = None
         # Some choice's chunk has carried the prompt's logprobs (--prompt-logprobs-once).
         self.prompt_logprobs_sent = False
+        # Wall clock of the handler's first write (--timing-log; 0: nothing written yet).
+        self.first_write_ns = 0
 
     @property
     def done(self) -> bool:
