@@ -7,12 +7,15 @@
 #                             (default 1200)
 #   ./bench/run.sh --http-servers   herdsman's HTTP server vs uvicorn vs granian (~9 minutes,
 #                             BENCH_ROUNDS=2 rounds); writes only that section of docs/benchmarks.md
-#   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg)
+#   BENCH_TARGETS=herdsman-w1,smg ./bench/run.sh   only some targets (floor, herdsman-wN, smg;
+#                                                  herdsman-inline, --start-method inline, only
+#                                                  when named)
 #   BENCH_HERDSMAN_ARGS='--tokenizer-cache on'     extra flags for the herdsman targets
 #   BENCH_DOCS=/tmp/report.md                      write the report elsewhere
 #   BENCH_CLIENTS=own,aiperf                       load clients (default both; aiperf 0.13.0
 #                                                  measures the standard workload too, quick and
 #                                                  default mode only; BENCH_CLIENTS=own skips it)
+#   BENCH_AIPERF_LEVELS=64                         aiperf at only these concurrency levels
 #
 # Everything runs inside a private network namespace with only loopback: the script first
 # prepares what needs the network (the project venv, SMG and aiperf in cache venvs), then

@@ -655,6 +655,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {client_note}", file=sys.stderr)
     if "aiperf" not in clients:
         plan.aiperf_levels = {}
+    elif os.environ.get("BENCH_AIPERF_LEVELS"):  # e.g. "64": only these of the plan's levels
+        chosen = {int(level) for level in os.environ["BENCH_AIPERF_LEVELS"].split(",")}
+        plan.aiperf_levels = {
+            name: [level for level in levels if level in chosen]
+            for name, levels in plan.aiperf_levels.items()
+        }
     meta = {
         "started": started_at.isoformat(timespec="seconds"),
         "mode": args.mode,
