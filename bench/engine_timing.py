@@ -14,9 +14,10 @@ call before it is the harness's probe of the gateway).
 from __future__ import annotations
 
 import itertools
-import statistics
 from pathlib import Path
 from typing import Any
+
+from bench.runner import percentiles
 
 
 def read(path: Path) -> list[tuple[int, int, int, int]]:
@@ -28,11 +29,6 @@ def read(path: Path) -> list[tuple[int, int, int, int]]:
             rows.append((int(arrived), int(first), int(prompt), int(cached)))
     rows.sort()
     return rows
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summarize(
@@ -52,15 +48,16 @@ def summarize(
         window = []
     if not window:
         return None
-    ttft = [(first - arrived) / 1e6 for arrived, first, _, _ in window]
+    # Nearest-rank, as load.py's client TTFT beside it.
+    ttft = percentiles([(first - arrived) / 1e6 for arrived, first, _, _ in window], scale=1.0)
     arrivals = [r[0] for r in window]
     # Calls that arrived within 5 ms of the one before: how bunched the gateway delivered them.
     gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(arrivals)]
     return {
         "requests": len(window),
-        "ttft_p50_ms": percentile(ttft, 0.50),
-        "ttft_p99_ms": percentile(ttft, 0.99),
-        "ttft_mean_ms": statistics.fmean(ttft),
+        "ttft_p50_ms": ttft["p50"],
+        "ttft_p99_ms": ttft["p99"],
+        "ttft_mean_ms": ttft["mean"],
         "bunched_share": sum(g < 5.0 for g in gaps) / len(gaps) if gaps else 0.0,
         "cached_share": sum(r[3] for r in window) / max(1, sum(r[2] for r in window)),
     }

@@ -61,6 +61,7 @@ class InlineGateway:
         self._on_message = on_message
         self._on_lost = on_lost
         self._child: InlineChild | None = None
+        self._ready: asyncio.Future[Ready] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.serving = False
@@ -83,20 +84,9 @@ class InlineGateway:
         load_ahead(*planned(self._config))
         loop = asyncio.get_running_loop()
         ours, theirs = multiprocessing.Pipe(duplex=True)
-        ready: asyncio.Future[Ready] = loop.create_future()
-        child = InlineChild(0, None)  # type: ignore[arg-type]
-
-        def on_message(message: Message) -> None:
-            if isinstance(message, Ready):
-                if not ready.done():
-                    ready.set_result(message)
-                self._on_ready(child)
-            elif not isinstance(message, Pong):
-                self._on_message(child, message)
-
-        child.channel = ControlChannel(ours, on_message, lambda: None)
-        child.channel.start()
-        self._child = child
+        ready = self._ready = loop.create_future()
+        self._child = InlineChild(0, ControlChannel(ours, self._from_gateway, lambda: None))
+        self._child.channel.start()
         reservation = reserve_port(self._config)
         try:
             # A copy, as a child process gets one: the supervisor changes its own as the fleet
@@ -116,6 +106,15 @@ class InlineGateway:
         task.add_done_callback(self._exited)
         self.serving = True
         return ready.result()
+
+    def _from_gateway(self, message: Message) -> None:
+        assert self._child is not None and self._ready is not None
+        if isinstance(message, Ready):
+            if not self._ready.done():
+                self._ready.set_result(message)
+            self._on_ready(self._child)
+        elif not isinstance(message, Pong):
+            self._on_message(self._child, message)
 
     def _exited(self, task: asyncio.Task[None]) -> None:
         if self._stopping:
